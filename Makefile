@@ -1,0 +1,40 @@
+# cmr_assets — every target creates .venv and installs what it needs.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+
+.PHONY: install demo test test-slow lint ui bench gpu-check clean-data
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c requirements.lock -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/cmr-assets demo
+
+test: install
+	bash scripts/ensure_test_tools.sh
+	$(BIN)/ruff check cmr_assets cmr_assets_tests benchmarks scripts
+	$(BIN)/pytest -q -p no:cacheprovider
+
+test-slow: install
+	$(BIN)/pytest -q -m slow
+
+lint: install
+	$(BIN)/ruff check cmr_assets cmr_assets_tests benchmarks scripts
+
+ui: install
+	bash scripts/ui.sh
+
+bench: install
+	$(BIN)/cmr-assets bench
+
+clean-data:
+	rm -rf data/scans data/reference data/slices data/annotations data/reports data/cmr.duckdb* mlflow/mlflow.db mlflow/artifacts
