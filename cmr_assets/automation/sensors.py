@@ -1,0 +1,59 @@
+"""Sensors and schedules: annotations trickle in, models retrain, new scans are picked up.
+
+Defaults (documented in the README): both sensors and the nightly schedule are RUNNING once the
+Dagster daemon runs (`make ui` starts it); switch any of them in the UI (Automation tab) or with
+`dagster sensor stop NAME` / `dagster schedule stop NAME`.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from cmr_assets.automation.file_cursor import files_after, format_cursor, parse_cursor, run_key_for, scan_folder
+from cmr_assets.resources import DataPathsResource
+
+ANNOTATION_PATTERNS = ("*.jsonl",)
+DICOM_PATTERNS = ("*",)
+
+# Everything that must be refreshed when labels change: ingestion of annotation files, labels,
+# agreement, both models and the evaluation report.
+RELABEL_SELECTION = dg.AssetSelection.assets("raw_annotations_single", "raw_annotations_ranking").downstream()
+RETRAIN_SELECTION = dg.AssetSelection.assets("model_single", "model_ranking").downstream()
+NEW_SCANS_SELECTION = dg.AssetSelection.assets("raw_scans", "slices")
+
+relabel_job = dg.define_asset_job(
+    "relabel_and_retrain", selection=RELABEL_SELECTION,
+    description="Ingest new annotation files, re-aggregate labels, retrain both models, re-evaluate.",
+)
+ingest_new_scans_job = dg.define_asset_job(
+    "ingest_new_scans", selection=NEW_SCANS_SELECTION,
+    description="Ingest DICOM that appeared under the scans folder (already ingested scans are skipped).",
+)
+retrain_job = dg.define_asset_job(
+    "retrain_models", selection=RETRAIN_SELECTION,
+    description="Retrain both models on the current labels and re-evaluate.",
+)
+
+
+def _folder_sensor_tick(context: dg.SensorEvaluationContext, folder, patterns, what: str):
+    stamps = scan_folder(folder, patterns)
+    new = files_after(stamps, parse_cursor(context.cursor))
+    if not new:
+        return dg.SkipReason(f"no new {what} in {folder}")
+    context.update_cursor(format_cursor(new[-1]))
+    context.log.info(f"{len(new)} new {what} (newest {new[-1].path})")
+    return dg.RunRequest(run_key=run_key_for(new), tags={"cmr/new_files": str(len(new))})
+
+
+@dg.sensor(job=relabel_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
+def annotation_files_sensor(context: dg.SensorEvaluationContext, data_paths: DataPathsResource):
+    """New annotation files -> ingest them, re-aggregate labels, retrain, re-evaluate (one run per batch of files)."""
+    paths = data_paths.paths()
+    return _folder_sensor_tick(context, paths.annotations_incoming, ANNOTATION_PATTERNS, "annotation files")
+
+
+@dg.sensor(job=ingest_new_scans_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
+def new_scans_sensor(context: dg.SensorEvaluationContext, data_paths: DataPathsResource):
+    """New files under the scans folder -> incremental ingestion (existing scans are not reprocessed)."""
+    paths = data_paths.paths()
+    return _folder_sensor_tick(context, paths.scans, DICOM_PATTERNS, "files under scans/")

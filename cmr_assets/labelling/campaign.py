@@ -1,0 +1,322 @@
+"""Campaign design: which expert sees which images, for both labelling strategies, within a time budget.
+
+Public API:
+- `annotator_ids(n)`: the simulated roster `sim-expert-1..n`.
+- `design_single_tasks(slice_ids, annotators, intra_share=0.05, inter_share=0.05, seed=0)`
+  -> `tasks_single(task_id, annotator_id, slice_id, kind)`; kind primary/intra_repeat/inter_repeat.
+- `design_ranking_batches(slices, annotators, min_views=3, batch_size=8, seed=0)`
+  -> `tasks_ranking(batch_id, annotator_id, slice_ids)`.
+- `ranking_design_summary(tasks_ranking, slice_ids)` -> `RankingDesignSummary` (views, experts per
+  image, connectivity of the comparison graph): what the asset checks assert.
+- `comparison_graph_components(tasks_ranking, slice_ids)`: connected components via scipy.
+- `budget_check(tasks, seconds_per_task, hours_per_annotator=5.0)` -> `BudgetCheck`: will the
+  planned tasks fit the experts' time? `expert_hours_spent(raw_annotations)`: hours actually used.
+
+Conventions: every expert works through their own tasks in id order (`s-000001`, `r-000001`, ...);
+ids are zero-padded so string order is work order. Ranking batches are numbered round by round,
+so an exhausted budget leaves every image with as many views as possible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+SINGLE_TASK_KINDS = ("primary", "intra_repeat", "inter_repeat")
+DEFAULT_HOURS_PER_ANNOTATOR = 5.0
+
+
+def annotator_ids(n: int) -> list[str]:
+    """Roster of simulated experts; people get their own ids in the `annotators` roster."""
+    return [f"sim-expert-{i}" for i in range(1, n + 1)]
+
+
+def _check_annotators(annotators: Sequence[str]) -> list[str]:
+    roster = list(annotators)
+    if not roster or len(set(roster)) != len(roster):
+        raise ValueError(f"annotators must be a non-empty list of distinct ids, got {roster}")
+    return roster
+
+
+# ---------------------------------------------------------------- single image at a time
+
+
+def design_single_tasks(slice_ids: Sequence[str], annotators: Sequence[str], intra_share: float = 0.05,
+                        inter_share: float = 0.05, seed: int = 0) -> pd.DataFrame:
+    """Every image once, dealt evenly over the experts, plus repeats that measure agreement.
+
+    `intra_share` of the images go a second time to the same expert (intra-observer kappa);
+    a disjoint `inter_share` go to every other expert too (inter-observer kappa). Each expert's
+    queue is shuffled so a repeat rarely follows its first look.
+    """
+    roster = _check_annotators(annotators)
+    ids = np.asarray(sorted(set(map(str, slice_ids))), dtype=object)
+    if min(intra_share, inter_share) < 0 or intra_share + inter_share > 1:
+        raise ValueError(f"shares must be >= 0 and sum to <= 1, got {intra_share}, {inter_share}")
+    rng = np.random.default_rng(seed)
+    n = len(ids)
+    permuted = ids[rng.permutation(n)]
+    owner = np.arange(n) % len(roster)  # even split: counts differ by at most one
+    n_intra = round(intra_share * n)
+    n_inter = round(inter_share * n) if len(roster) > 1 else 0
+    picks = rng.permutation(n)
+    intra, inter = picks[:n_intra], picks[n_intra:n_intra + n_inter]
+
+    annotator_idx = [owner, owner[intra]]
+    slices = [permuted, permuted[intra]]
+    kinds = [np.full(n, "primary", dtype=object), np.full(n_intra, "intra_repeat", dtype=object)]
+    for shift in range(1, len(roster)):
+        annotator_idx.append((owner[inter] + shift) % len(roster))
+        slices.append(permuted[inter])
+        kinds.append(np.full(n_inter, "inter_repeat", dtype=object))
+    tasks = pd.DataFrame({
+        "annotator_idx": np.concatenate(annotator_idx),
+        "slice_id": np.concatenate(slices),
+        "kind": np.concatenate(kinds),
+    })
+    # shuffled queue per expert, then queues interleaved so ids give each expert's work order
+    tasks["queue_key"] = rng.random(len(tasks))
+    tasks["queue_rank"] = tasks.groupby("annotator_idx")["queue_key"].rank(method="first")
+    tasks = tasks.sort_values(["queue_rank", "annotator_idx"], ignore_index=True)
+    return pd.DataFrame({
+        "task_id": [f"s-{i:06d}" for i in range(1, len(tasks) + 1)],
+        "annotator_id": np.asarray(roster, dtype=object)[tasks["annotator_idx"].to_numpy()],
+        "slice_id": tasks["slice_id"].astype(str).to_numpy(),
+        "kind": tasks["kind"].astype(str).to_numpy(),
+    })
+
+
+# ---------------------------------------------------------------- ranking batches of 8
+
+
+def _relative_position(slices: pd.DataFrame) -> np.ndarray:
+    """Index from base scaled to 0..1 within its stack: the only position known before labelling."""
+    span = np.maximum(slices["n_slices"].to_numpy(dtype=float) - 1, 1)
+    return slices["slice_from_base"].to_numpy(dtype=float) / span
+
+
+def _round_batches(n: int, relative: np.ndarray, views: np.ndarray, batch_size: int,
+                   rng: np.random.Generator) -> np.ndarray:
+    """One round: every image once (padded to whole batches with the least-seen images), each batch
+    drawing one image from each position stratum so batches mix basal, mid and apical slices."""
+    n_batches = -(-n // batch_size)
+    members = rng.permutation(n)
+    pad = n_batches * batch_size - n
+    if pad:
+        least_seen = np.lexsort((rng.random(n), views))[:pad]
+        members = np.concatenate([members, least_seen])
+    order = np.lexsort((rng.random(len(members)), relative[members]))
+    strata = members[order].reshape(batch_size, n_batches)  # row k = k-th position stratum
+    for row in strata:
+        rng.shuffle(row)
+    return strata.T.copy()  # (n_batches, batch_size)
+
+
+def _repair_collisions(batches: np.ndarray, scan_codes: np.ndarray, rng: np.random.Generator,
+                       max_tries: int = 20) -> None:
+    """Swap members within their stratum so no batch holds an image twice and, where possible,
+    no two images of one scan (same-scan pairs are allowed but carry less cross-scan information)."""
+
+    def cost(row: np.ndarray) -> int:
+        duplicate_images = len(row) - len(np.unique(row))
+        duplicate_scans = len(row) - len(np.unique(scan_codes[row]))
+        return 100 * duplicate_images + duplicate_scans
+
+    n_batches, batch_size = batches.shape
+    for b in range(n_batches):
+        for k in range(batch_size):
+            if cost(batches[b]) == 0:
+                break
+            for other in rng.integers(0, n_batches, size=max_tries):
+                if other == b:
+                    continue
+                before = cost(batches[b]) + cost(batches[other])
+                batches[b, k], batches[other, k] = batches[other, k], batches[b, k]
+                if cost(batches[b]) + cost(batches[other]) < before:
+                    break
+                batches[b, k], batches[other, k] = batches[other, k], batches[b, k]
+    if any(len(np.unique(row)) != batch_size for row in batches):
+        raise ValueError("could not form batches of distinct images; too few images for the batch size")
+
+
+def _components_of(batches: np.ndarray, n: int) -> np.ndarray:
+    """Component label per image of the comparison graph (images linked when they share a batch)."""
+    if len(batches) == 0:
+        return np.arange(n)
+    rows = batches[:, :-1].ravel()
+    cols = batches[:, 1:].ravel()
+    graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n))
+    return connected_components(graph, directed=False)[1]
+
+
+def _connect(batches: np.ndarray, n: int, rng: np.random.Generator) -> None:
+    """Merge components by swapping one member between batches of different components (view
+    counts stay the same); random designs of realistic size are connected already."""
+    labels = _components_of(batches, n)
+    for _ in range(10 * len(np.unique(labels))):
+        if len(np.unique(labels)) == 1:
+            return
+        batch_component = labels[batches[:, 0]]
+        first = rng.choice(np.flatnonzero(batch_component == batch_component[0]))
+        second = rng.choice(np.flatnonzero(batch_component != batch_component[0]))
+        k = rng.integers(batches.shape[1])
+        batches[first, k], batches[second, k] = batches[second, k], batches[first, k]
+        labels = _components_of(batches, n)
+    if len(np.unique(labels)) > 1:
+        raise ValueError("could not connect the comparison graph; every image needs at least 2 views")
+
+
+def _assign_experts(batches: np.ndarray, n_rounds_batches: list[int], n: int, n_experts: int,
+                    rng: np.random.Generator) -> np.ndarray:
+    """Deal batches evenly over experts, each batch to the expert (with room left this round) who
+    is the only viewer of the fewest of its images, then who has seen the fewest of them, so images
+    collect views from different experts."""
+    seen = np.zeros((n_experts, n), dtype=np.int32)
+    expert_of = np.empty(len(batches), dtype=np.int64)
+    start = 0
+    for size in n_rounds_batches:
+        capacity = np.full(n_experts, size // n_experts)
+        capacity[rng.permutation(n_experts)[: size % n_experts]] += 1
+        for b in start + rng.permutation(size):
+            members = seen[:, batches[b]]
+            total = members.sum(axis=0)
+            # images this expert alone has seen so far would stay single-expert: avoid that first
+            only_viewer = ((members == total) & (total > 0)).sum(axis=1).astype(float)
+            only_viewer[capacity == 0] = np.inf
+            overlap = members.sum(axis=1)
+            load = capacity.max() - capacity  # prefer the least-loaded expert among equal choices
+            choice = int(np.lexsort((rng.random(n_experts), load, overlap, only_viewer))[0])
+            expert_of[b] = choice
+            capacity[choice] -= 1
+            seen[choice, batches[b]] += 1
+        start += size
+    return expert_of
+
+
+def design_ranking_batches(slices: pd.DataFrame, annotators: Sequence[str], min_views: int = 3,
+                           batch_size: int = 8, seed: int = 0) -> pd.DataFrame:
+    """Random batches of `batch_size` distinct images, each image in at least `min_views` batches.
+
+    The design is `min_views` rounds; in each round every image appears once, and each batch takes
+    one image per position stratum from (preferably) different scans, so every batch spans the
+    base-to-apex axis and links scans. Batches go evenly to experts, preferring an expert new to
+    the images. The comparison graph is made connected (one latent axis for every image). Images
+    are presented in random order inside a batch, never in stratum order.
+    """
+    roster = _check_annotators(annotators)
+    if min_views < 2 or batch_size < 2:
+        # with one view per image the batches partition the images: the graph cannot be connected
+        raise ValueError(f"need min_views >= 2 and batch_size >= 2, got {min_views}, {batch_size}")
+    frame = slices.drop_duplicates("slice_id").sort_values("slice_id", ignore_index=True)
+    n = len(frame)
+    if n < batch_size:
+        raise ValueError(f"{n} images cannot fill a batch of {batch_size} distinct images")
+    rng = np.random.default_rng(seed)
+    relative = _relative_position(frame)
+    scan_codes = pd.factorize(frame["scan_id"])[0]
+    views = np.zeros(n, dtype=np.int64)
+    rounds = []
+    for _ in range(min_views):
+        batches = _round_batches(n, relative, views, batch_size, rng)
+        _repair_collisions(batches, scan_codes, rng)
+        np.add.at(views, batches.ravel(), 1)
+        rounds.append(batches)
+    batches = np.concatenate(rounds)
+    _connect(batches, n, rng)
+    expert_of = _assign_experts(batches, [len(r) for r in rounds], n, len(roster), rng)
+    ids = frame["slice_id"].astype(str).to_numpy(dtype=object)
+    presented = [list(ids[row[rng.permutation(batch_size)]]) for row in batches]
+    return pd.DataFrame({
+        "batch_id": [f"r-{i:06d}" for i in range(1, len(batches) + 1)],
+        "annotator_id": np.asarray(roster, dtype=object)[expert_of],
+        "slice_ids": presented,
+    })
+
+
+@dataclass(frozen=True)
+class RankingDesignSummary:
+    n_images: int
+    n_batches: int
+    min_views: int
+    max_views: int
+    images_below_two_experts: int
+    n_components: int
+    batches_per_annotator: dict[str, int]
+
+    @property
+    def connected(self) -> bool:
+        return self.n_components == 1
+
+
+def comparison_graph_components(tasks_ranking: pd.DataFrame, slice_ids: Sequence[str]) -> int:
+    """Number of connected components of the image comparison graph (1 = one shared latent axis)."""
+    index = {s: i for i, s in enumerate(slice_ids)}
+    batches = np.array([[index[s] for s in ids] for ids in tasks_ranking["slice_ids"]], dtype=np.int64)
+    return len(np.unique(_components_of(batches.reshape(len(tasks_ranking), -1), len(index))))
+
+
+def ranking_design_summary(tasks_ranking: pd.DataFrame, slice_ids: Sequence[str]) -> RankingDesignSummary:
+    """Views per image, distinct experts per image, connectivity and load: what a check asserts."""
+    ids = list(dict.fromkeys(map(str, slice_ids)))
+    exploded = tasks_ranking[["annotator_id", "slice_ids"]].explode("slice_ids")
+    views = exploded["slice_ids"].value_counts().reindex(ids, fill_value=0)
+    experts = exploded.groupby("slice_ids")["annotator_id"].nunique().reindex(ids, fill_value=0)
+    return RankingDesignSummary(
+        n_images=len(ids),
+        n_batches=len(tasks_ranking),
+        min_views=int(views.min()) if len(ids) else 0,
+        max_views=int(views.max()) if len(ids) else 0,
+        images_below_two_experts=int((experts < 2).sum()),
+        n_components=comparison_graph_components(tasks_ranking, ids),
+        batches_per_annotator={str(k): int(v) for k, v in
+                               tasks_ranking["annotator_id"].value_counts().items()},
+    )
+
+
+# ---------------------------------------------------------------- time budget
+
+
+@dataclass(frozen=True)
+class BudgetCheck:
+    """Planned hours per expert against the budget; `tasks_within_budget` is what can be done."""
+
+    hours_needed: dict[str, float]
+    hours_per_annotator: float
+    tasks_planned: dict[str, int]
+    tasks_within_budget: dict[str, int]
+
+    @property
+    def fits(self) -> bool:
+        return all(h <= self.hours_per_annotator for h in self.hours_needed.values())
+
+    @property
+    def total_hours_needed(self) -> float:
+        return float(sum(self.hours_needed.values()))
+
+
+def budget_check(tasks: pd.DataFrame, seconds_per_task: float,
+                 hours_per_annotator: float = DEFAULT_HOURS_PER_ANNOTATOR) -> BudgetCheck:
+    """Does each expert's task list fit their hours at the expected time per task (image or batch)?"""
+    if seconds_per_task <= 0 or hours_per_annotator < 0:
+        raise ValueError("seconds_per_task must be > 0 and hours_per_annotator >= 0")
+    planned = tasks["annotator_id"].value_counts().sort_index()
+    affordable = int(hours_per_annotator * 3600 // seconds_per_task)
+    return BudgetCheck(
+        hours_needed={str(a): float(c * seconds_per_task / 3600) for a, c in planned.items()},
+        hours_per_annotator=float(hours_per_annotator),
+        tasks_planned={str(a): int(c) for a, c in planned.items()},
+        tasks_within_budget={str(a): min(int(c), affordable) for a, c in planned.items()},
+    )
+
+
+def expert_hours_spent(raw_annotations: pd.DataFrame) -> pd.Series:
+    """Hours each expert spent on submitted work (sum of submitted_at - started_at), by annotator."""
+    if raw_annotations.empty:
+        return pd.Series(dtype=float, name="hours")
+    seconds = (raw_annotations["submitted_at"] - raw_annotations["started_at"]).dt.total_seconds()
+    return seconds.groupby(raw_annotations["annotator_id"]).sum().div(3600).rename("hours")

@@ -1,0 +1,239 @@
+"""Annotation ingestion: annotation files in the incoming folder -> append-only DuckDB tables.
+
+Every record is validated against the format and the campaign (`tasks_single`, `tasks_ranking` in
+the same database, and the roster of known annotators). A bad record goes to
+`rejected_annotations` with file, line and reason while the rest go on. Submission ids already
+stored are ignored, so re-running is idempotent; `annotation_files` remembers each file's size and
+SHA-256 so an unchanged file is skipped without parsing, and a file that grew (it was partly written)
+is re-read for its new records only. Source files are only ever read.
+
+Public API:
+- `list_annotation_files(incoming_dir) -> list[Path]`: complete session files (`*.jsonl`), by name.
+- `ingest_annotation_files(incoming_dir, con, known_annotators, now=None) -> AnnotationIngestReport`
+- `ensure_annotation_tables(con)`: create the four tables if missing (schemas below).
+- `read_raw_annotations(con) -> (single, ranking)`: the raw tables as DataFrames, list columns as
+  Python lists, timestamps tz-aware UTC; what aggregation consumes.
+
+Tables (column `order` is an SQL keyword: quote it as "order"):
+- raw_annotations_single(submission_id, annotator_id, task_id, slice_id, label, artefact,
+  started_at, submitted_at, source_file, line)
+- raw_annotations_ranking(submission_id, annotator_id, batch_id, "order" VARCHAR[8] most basal
+  first, divider_a, divider_b, artefact_ids VARCHAR[], started_at, submitted_at, source_file, line)
+- rejected_annotations(source_file, line, reason, rejected_at)
+- annotation_files(source_file, size, sha256, n_valid, n_rejected, ingested_at)
+`source_file` is the file name relative to the incoming folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+from cmr_assets.labelling.annotation_format import (
+    AnnotationContext,
+    ParsedRecord,
+    RankingAnnotation,
+    SingleAnnotation,
+    parse_annotation_file,
+)
+
+SINGLE_COLUMNS = ["submission_id", "annotator_id", "task_id", "slice_id", "label", "artefact",
+                  "started_at", "submitted_at", "source_file", "line"]
+RANKING_COLUMNS = ["submission_id", "annotator_id", "batch_id", "order", "divider_a", "divider_b",
+                   "artefact_ids", "started_at", "submitted_at", "source_file", "line"]
+
+_DDL = (
+    """CREATE TABLE IF NOT EXISTS raw_annotations_single (
+        submission_id VARCHAR PRIMARY KEY, annotator_id VARCHAR NOT NULL, task_id VARCHAR NOT NULL,
+        slice_id VARCHAR NOT NULL, label VARCHAR, artefact BOOLEAN NOT NULL,
+        started_at TIMESTAMPTZ NOT NULL, submitted_at TIMESTAMPTZ NOT NULL,
+        source_file VARCHAR NOT NULL, line INTEGER NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS raw_annotations_ranking (
+        submission_id VARCHAR PRIMARY KEY, annotator_id VARCHAR NOT NULL, batch_id VARCHAR NOT NULL,
+        "order" VARCHAR[] NOT NULL, divider_a INTEGER NOT NULL, divider_b INTEGER NOT NULL,
+        artefact_ids VARCHAR[] NOT NULL, started_at TIMESTAMPTZ NOT NULL,
+        submitted_at TIMESTAMPTZ NOT NULL, source_file VARCHAR NOT NULL, line INTEGER NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS rejected_annotations (
+        source_file VARCHAR NOT NULL, line INTEGER NOT NULL, reason VARCHAR NOT NULL,
+        rejected_at TIMESTAMPTZ NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS annotation_files (
+        source_file VARCHAR PRIMARY KEY, size BIGINT NOT NULL, sha256 VARCHAR NOT NULL,
+        n_valid INTEGER NOT NULL, n_rejected INTEGER NOT NULL, ingested_at TIMESTAMPTZ NOT NULL)""",
+)
+
+
+@dataclass
+class AnnotationIngestReport:
+    """What one ingestion run did (for asset metadata and logs)."""
+
+    files_seen: int = 0
+    files_skipped_unchanged: int = 0
+    files_read: int = 0
+    single_added: int = 0
+    ranking_added: int = 0
+    rejected_added: int = 0
+    duplicates_ignored: int = 0
+    files_with_partial_line: list[str] = field(default_factory=list)
+
+
+def list_annotation_files(incoming_dir: Path) -> list[Path]:
+    """Complete annotation files in the incoming folder (a `.jsonl.tmp` is still being written)."""
+    if not incoming_dir.is_dir():
+        return []
+    return sorted(p for p in incoming_dir.glob("*.jsonl") if p.is_file())
+
+
+def ensure_annotation_tables(con: duckdb.DuckDBPyConnection) -> None:
+    for statement in _DDL:
+        con.execute(statement)
+
+
+def _table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    query = "SELECT count(*) FROM information_schema.tables WHERE table_name = ?"
+    return bool(con.execute(query, [name]).fetchall()[0][0])
+
+
+def _campaign_context(con: duckdb.DuckDBPyConnection, known_annotators: set[str]) -> AnnotationContext:
+    missing = [t for t in ("tasks_single", "tasks_ranking") if not _table_exists(con, t)]
+    if missing:
+        raise ValueError(f"cannot validate annotations: table(s) {', '.join(missing)} missing; "
+                         "design the labelling campaign first")
+    tasks_single = con.sql("SELECT task_id, annotator_id, slice_id FROM tasks_single").df()
+    tasks_ranking = con.sql("SELECT batch_id, annotator_id, slice_ids FROM tasks_ranking").df()
+    return AnnotationContext.from_tasks(tasks_single, tasks_ranking, known_annotators)
+
+
+def _timestamps(values: Iterable[datetime]) -> pd.Series:
+    return pd.Series(pd.to_datetime(list(values), utc=True))
+
+
+def _single_frame(records: list[ParsedRecord], source_file: str) -> pd.DataFrame:
+    rows = [(p.record, p.line) for p in records if isinstance(p.record, SingleAnnotation)]
+    return pd.DataFrame({
+        "submission_id": pd.Series([r.submission_id for r, _ in rows], dtype=object),
+        "annotator_id": pd.Series([r.annotator_id for r, _ in rows], dtype=object),
+        "task_id": pd.Series([r.task_id for r, _ in rows], dtype=object),
+        "slice_id": pd.Series([r.image_ids[0] for r, _ in rows], dtype=object),
+        "label": pd.Series([r.label for r, _ in rows], dtype=object),
+        "artefact": pd.Series([r.artefact for r, _ in rows], dtype=bool),
+        "started_at": _timestamps(r.started_at for r, _ in rows),
+        "submitted_at": _timestamps(r.submitted_at for r, _ in rows),
+        "source_file": pd.Series([source_file] * len(rows), dtype=object),
+        "line": pd.Series([line for _, line in rows], dtype="int64"),
+    })
+
+
+def _ranking_frame(records: list[ParsedRecord], source_file: str) -> pd.DataFrame:
+    rows = [(p.record, p.line) for p in records if isinstance(p.record, RankingAnnotation)]
+    return pd.DataFrame({
+        "submission_id": pd.Series([r.submission_id for r, _ in rows], dtype=object),
+        "annotator_id": pd.Series([r.annotator_id for r, _ in rows], dtype=object),
+        "batch_id": pd.Series([r.batch_id for r, _ in rows], dtype=object),
+        "order": pd.Series([list(r.order) for r, _ in rows], dtype=object),
+        "divider_a": pd.Series([r.dividers[0] for r, _ in rows], dtype="int64"),
+        "divider_b": pd.Series([r.dividers[1] for r, _ in rows], dtype="int64"),
+        "artefact_ids": pd.Series([list(r.artefact_ids) for r, _ in rows], dtype=object),
+        "started_at": _timestamps(r.started_at for r, _ in rows),
+        "submitted_at": _timestamps(r.submitted_at for r, _ in rows),
+        "source_file": pd.Series([source_file] * len(rows), dtype=object),
+        "line": pd.Series([line for _, line in rows], dtype="int64"),
+    })
+
+
+def _insert(con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame, columns: list[str]) -> None:
+    if frame.empty:
+        return
+    con.register("incoming_frame", frame)
+    try:
+        quoted = ", ".join(f'"{c}"' for c in columns)
+        con.execute(f"INSERT INTO {table} ({quoted}) SELECT {quoted} FROM incoming_frame")
+    finally:
+        con.unregister("incoming_frame")
+
+
+def ingest_annotation_files(incoming_dir: Path, con: duckdb.DuckDBPyConnection, known_annotators: set[str],
+                            now: datetime | None = None) -> AnnotationIngestReport:
+    """Append the new valid records of every annotation file to the raw tables, and the new bad ones
+    to `rejected_annotations`; one transaction per file so a crash never half-ingests a file."""
+    now = now or datetime.now(UTC)
+    ensure_annotation_tables(con)
+    report = AnnotationIngestReport()
+    files = list_annotation_files(incoming_dir)
+    report.files_seen = len(files)
+    known_files = {row[0]: (row[1], row[2]) for row in
+                   con.execute("SELECT source_file, size, sha256 FROM annotation_files").fetchall()}
+    context: AnnotationContext | None = None
+    seen_ids: set[str] | None = None
+    for path in files:
+        source_file = path.name
+        data = path.read_bytes()
+        fingerprint = (len(data), hashlib.sha256(data).hexdigest())
+        if known_files.get(source_file) == fingerprint:
+            report.files_skipped_unchanged += 1
+            continue
+        if context is None or seen_ids is None:
+            context = _campaign_context(con, known_annotators)
+            seen_ids = {row[0] for row in con.execute(
+                "SELECT submission_id FROM raw_annotations_single "
+                "UNION ALL SELECT submission_id FROM raw_annotations_ranking").fetchall()}
+        parsed = parse_annotation_file(path, context, now)
+        report.files_read += 1
+        if parsed.partial_last_line:
+            report.files_with_partial_line.append(source_file)
+        fresh: list[ParsedRecord] = []
+        for item in parsed.records:
+            if item.record.submission_id in seen_ids:
+                report.duplicates_ignored += 1
+            else:
+                seen_ids.add(item.record.submission_id)
+                fresh.append(item)
+        already_rejected = {row[0] for row in con.execute(
+            "SELECT line FROM rejected_annotations WHERE source_file = ?", [source_file]).fetchall()}
+        new_rejections = [r for r in parsed.rejections if r.line not in already_rejected]
+        single = _single_frame(fresh, source_file)
+        ranking = _ranking_frame(fresh, source_file)
+        rejected = pd.DataFrame({
+            "source_file": pd.Series([source_file] * len(new_rejections), dtype=object),
+            "line": pd.Series([r.line for r in new_rejections], dtype="int64"),
+            "reason": pd.Series([r.reason for r in new_rejections], dtype=object),
+            "rejected_at": pd.Series([pd.Timestamp(now)] * len(new_rejections),
+                                     dtype="datetime64[us, UTC]"),
+        })
+        con.execute("BEGIN TRANSACTION")
+        try:
+            _insert(con, "raw_annotations_single", single, SINGLE_COLUMNS)
+            _insert(con, "raw_annotations_ranking", ranking, RANKING_COLUMNS)
+            _insert(con, "rejected_annotations", rejected, ["source_file", "line", "reason", "rejected_at"])
+            con.execute("DELETE FROM annotation_files WHERE source_file = ?", [source_file])
+            con.execute("INSERT INTO annotation_files VALUES (?, ?, ?, ?, ?, ?)",
+                        [source_file, fingerprint[0], fingerprint[1], len(parsed.records),
+                         len(parsed.rejections), now])
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        report.single_added += len(single)
+        report.ranking_added += len(ranking)
+        report.rejected_added += len(new_rejections)
+    return report
+
+
+def read_raw_annotations(con: duckdb.DuckDBPyConnection) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(raw_annotations_single, raw_annotations_ranking) with Python-list columns, UTC timestamps and
+    None (not NaN) for a missing label."""
+    ensure_annotation_tables(con)
+    single = con.sql("SELECT * FROM raw_annotations_single ORDER BY source_file, line").df()
+    ranking = con.sql("SELECT * FROM raw_annotations_ranking ORDER BY source_file, line").df()
+    for frame in (single, ranking):
+        for column in ("started_at", "submitted_at"):
+            frame[column] = pd.to_datetime(frame[column], utc=True)
+    single["label"] = pd.Series([v if isinstance(v, str) else None for v in single["label"]], dtype=object)
+    for column in ("order", "artefact_ids"):
+        ranking[column] = [list(map(str, values)) for values in ranking[column]]
+    return single[SINGLE_COLUMNS], ranking[RANKING_COLUMNS]

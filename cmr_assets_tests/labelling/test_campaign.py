@@ -1,0 +1,138 @@
+"""Campaign design: coverage, repeats, batch composition, connectivity, balance and budgets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cmr_assets.labelling.campaign import (
+    _connect,
+    annotator_ids,
+    budget_check,
+    comparison_graph_components,
+    design_ranking_batches,
+    design_single_tasks,
+    expert_hours_spent,
+    ranking_design_summary,
+)
+from cmr_assets.labelling.simulator import reference_like_cohort
+
+ROSTER = annotator_ids(3)
+
+
+@pytest.fixture(scope="module")
+def cohort() -> tuple[pd.DataFrame, pd.DataFrame]:
+    return reference_like_cohort(300, seed=3)
+
+
+def test_single_tasks_cover_every_image_once_plus_repeats(cohort) -> None:
+    slices, _ = cohort
+    tasks = design_single_tasks(slices["slice_id"], ROSTER, intra_share=0.05, inter_share=0.05, seed=1)
+    n = len(slices)
+    primary = tasks[tasks["kind"] == "primary"]
+    assert sorted(primary["slice_id"]) == sorted(slices["slice_id"])
+    counts = primary["annotator_id"].value_counts()
+    assert counts.max() - counts.min() <= 1 and set(counts.index) == set(ROSTER)
+
+    owner = primary.set_index("slice_id")["annotator_id"]
+    intra = tasks[tasks["kind"] == "intra_repeat"]
+    assert len(intra) == round(0.05 * n)
+    assert (intra["annotator_id"].to_numpy() == owner.loc[intra["slice_id"]].to_numpy()).all()
+    inter = tasks[tasks["kind"] == "inter_repeat"]
+    assert len(inter) == 2 * round(0.05 * n)
+    # every inter-repeat image is seen by all three experts, exactly once each
+    seen = pd.concat([primary, inter]).query("slice_id in @inter.slice_id")
+    assert (seen.groupby("slice_id")["annotator_id"].nunique() == 3).all()
+    assert not set(intra["slice_id"]) & set(inter["slice_id"])
+    assert tasks["task_id"].is_unique
+
+
+def test_single_queue_is_shuffled_and_deterministic(cohort) -> None:
+    slices, _ = cohort
+    tasks = design_single_tasks(slices["slice_id"], ROSTER, seed=1)
+    again = design_single_tasks(slices["slice_id"], ROSTER, seed=1)
+    pd.testing.assert_frame_equal(tasks, again)
+    queue = tasks[tasks["annotator_id"] == ROSTER[0]].sort_values("task_id")["slice_id"].tolist()
+    assert queue != sorted(queue)
+
+
+def test_single_tasks_reject_bad_shares() -> None:
+    with pytest.raises(ValueError, match="shares"):
+        design_single_tasks(["a-00", "a-01"], ROSTER, intra_share=0.8, inter_share=0.5)
+
+
+def test_ranking_batches_meet_the_design_rules(cohort) -> None:
+    slices, reference = cohort
+    tasks = design_ranking_batches(slices, ROSTER, min_views=3, seed=2)
+    summary = ranking_design_summary(tasks, slices["slice_id"].tolist())
+    assert summary.min_views >= 3 and summary.max_views <= 4
+    assert summary.connected
+    assert summary.n_batches == -(-3 * len(slices) // 8)
+    loads = list(summary.batches_per_annotator.values())
+    assert max(loads) - min(loads) <= 3  # even to within one batch per round
+    assert summary.images_below_two_experts <= 0.02 * len(slices)
+    assert all(len(ids) == 8 == len(set(ids)) for ids in tasks["slice_ids"])
+
+    scan_of = dict(zip(slices["slice_id"], slices["scan_id"], strict=True))
+    same_scan_pairs = sum(8 - len({scan_of[s] for s in ids}) for ids in tasks["slice_ids"])
+    assert same_scan_pairs <= 0.01 * 8 * len(tasks)  # spread over scans
+    # batches span the axis, but are presented in random order (no position leak)
+    position = dict(zip(reference["slice_id"], reference["position01"], strict=True))
+    presented = [[position[s] for s in ids] for ids in tasks["slice_ids"]]
+    assert np.median([np.ptp(p) for p in presented]) > 0.9
+    sorted_presentations = sum(p == sorted(p) for p in presented)
+    assert sorted_presentations <= 2
+
+
+def test_small_design_is_connected_with_distinct_images() -> None:
+    slices, _ = reference_like_cohort(2, seed=0)  # about 24 images from two scans
+    tasks = design_ranking_batches(slices, ROSTER[:2], min_views=3, seed=5)
+    assert comparison_graph_components(tasks, slices["slice_id"].tolist()) == 1
+    assert all(len(set(ids)) == 8 for ids in tasks["slice_ids"])
+    assert ranking_design_summary(tasks, slices["slice_id"].tolist()).min_views >= 3
+
+
+def test_disconnected_graph_is_detected() -> None:
+    ids = [f"x-{i:02d}" for i in range(16)]
+    tasks = pd.DataFrame({"batch_id": ["r-1", "r-2"], "annotator_id": ROSTER[:2],
+                          "slice_ids": [ids[:8], ids[8:]]})
+    assert comparison_graph_components(tasks, ids) == 2
+
+
+def test_disconnected_batches_are_joined_keeping_the_views() -> None:
+    batches = np.array([list(range(8)), list(range(8, 16))] * 2)  # two islands of 8 images
+    _connect(batches, 16, np.random.default_rng(0))
+    ids = [f"x-{i:02d}" for i in range(16)]
+    tasks = pd.DataFrame({"annotator_id": ROSTER[:1] * 4,
+                          "slice_ids": [[ids[i] for i in b] for b in batches]})
+    assert comparison_graph_components(tasks, ids) == 1
+    assert (np.bincount(batches.ravel(), minlength=16) == 2).all()
+    assert all(len(set(b)) == 8 for b in batches)
+
+
+def test_single_view_designs_are_refused(cohort) -> None:
+    slices, _ = cohort
+    with pytest.raises(ValueError, match="min_views >= 2"):
+        design_ranking_batches(slices, ROSTER, min_views=1)
+
+
+def test_too_few_images_for_a_batch() -> None:
+    slices, _ = reference_like_cohort(1, seed=0)
+    with pytest.raises(ValueError, match="cannot fill a batch"):
+        design_ranking_batches(slices.head(5), ROSTER)
+
+
+def test_budget_check_and_hours_spent() -> None:
+    tasks = pd.DataFrame({"annotator_id": ["a"] * 2000 + ["b"] * 1000})
+    check = budget_check(tasks, seconds_per_task=10.0, hours_per_annotator=5.0)
+    assert check.hours_needed == pytest.approx({"a": 2000 * 10 / 3600, "b": 1000 * 10 / 3600})
+    assert check.fits is False  # a needs 5.56 h
+    assert check.tasks_within_budget == {"a": 1800, "b": 1000}
+
+    start = pd.Timestamp("2025-01-06T09:00:00+00:00")
+    raw = pd.DataFrame({"annotator_id": ["a", "a", "b"],
+                        "started_at": [start, start + pd.Timedelta(minutes=5), start],
+                        "submitted_at": [start + pd.Timedelta(minutes=30), start + pd.Timedelta(minutes=35),
+                                         start + pd.Timedelta(minutes=90)]})
+    assert expert_hours_spent(raw).to_dict() == pytest.approx({"a": 1.0, "b": 1.5})

@@ -1,0 +1,162 @@
+"""Annotation ingestion into DuckDB: valid records in, bad ones rejected, idempotent, append-only."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pytest
+
+from cmr_assets.labelling.annotation_format import RankingAnnotation, SingleAnnotation, write_annotation_file
+from cmr_assets.labels.raw_annotations import (
+    RANKING_COLUMNS,
+    SINGLE_COLUMNS,
+    ingest_annotation_files,
+    list_annotation_files,
+    read_raw_annotations,
+)
+
+ROSTER = {"sim-expert-1", "sim-expert-2"}
+BATCH = [f"scan{i}-0{i % 4}" for i in range(8)]
+T0 = datetime(2025, 3, 1, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def con() -> duckdb.DuckDBPyConnection:
+    connection = duckdb.connect()
+    tasks_single = pd.DataFrame({"task_id": ["s-000001", "s-000002", "s-000003"],
+                                 "annotator_id": ["sim-expert-1", "sim-expert-1", "sim-expert-2"],
+                                 "slice_id": ["scan0-00", "scan1-01", "scan0-00"],
+                                 "kind": ["primary", "primary", "inter_repeat"]})
+    tasks_ranking = pd.DataFrame({"batch_id": ["r-000001"], "annotator_id": ["sim-expert-2"],
+                                  "slice_ids": [BATCH]})
+    connection.register("ts", tasks_single)
+    connection.register("tr", tasks_ranking)
+    connection.execute("CREATE TABLE tasks_single AS SELECT * FROM ts")
+    connection.execute("CREATE TABLE tasks_ranking AS SELECT * FROM tr")
+    return connection
+
+
+def single(task_id: str = "s-000001", slice_id: str = "scan0-00", annotator: str = "sim-expert-1",
+           offset_s: int = 0, **changes) -> SingleAnnotation:
+    start = T0 + timedelta(seconds=offset_s)
+    fields = dict(submission_id=str(uuid.uuid4()), annotator_id=annotator, task_id=task_id,
+                  image_ids=(slice_id,), label="lv", artefact=False, started_at=start,
+                  submitted_at=start + timedelta(seconds=9))
+    return SingleAnnotation(**{**fields, **changes})
+
+
+def ranking(**changes) -> RankingAnnotation:
+    fields = dict(submission_id=str(uuid.uuid4()), annotator_id="sim-expert-2", batch_id="r-000001",
+                  image_ids=tuple(BATCH), order=tuple(sorted(BATCH)), dividers=(1, 7),
+                  artefact_ids=(BATCH[2],),
+                  started_at=T0, submitted_at=T0 + timedelta(seconds=35))
+    return RankingAnnotation(**{**fields, **changes})
+
+
+def count(con: duckdb.DuckDBPyConnection, table: str) -> int:
+    return con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
+
+
+def test_ingest_valid_files_with_the_agreed_schema(con, tmp_path: Path) -> None:
+    write_annotation_file([single(), single("s-000002", "scan1-01", label=None, artefact=True)],
+                          tmp_path, "single", "sim-expert-1")
+    write_annotation_file([ranking()], tmp_path, "ranking", "sim-expert-2")
+    report = ingest_annotation_files(tmp_path, con, ROSTER)
+    assert report.files_read == 2 and report.rejected_added == 0
+    assert (report.single_added, report.ranking_added) == (2, 1)
+    single_frame, ranking_frame = read_raw_annotations(con)
+    assert list(single_frame.columns) == SINGLE_COLUMNS and list(ranking_frame.columns) == RANKING_COLUMNS
+    assert single_frame["label"].tolist() == ["lv", None]
+    assert single_frame["started_at"].dt.tz is not None
+    row = ranking_frame.iloc[0]
+    assert row["order"] == sorted(BATCH) and row["artefact_ids"] == [BATCH[2]]
+    assert (row["divider_a"], row["divider_b"]) == (1, 7)
+    assert row["source_file"].startswith("ranking-sim-expert-2-") and row["line"] == 1
+
+
+def test_rejections_keep_file_line_and_reason_and_the_rest_goes_on(con, tmp_path: Path) -> None:
+    good = single().to_json_dict()
+    lines = [
+        json.dumps(good),
+        "{not json",
+        json.dumps({**single().to_json_dict(), "annotator_id": "dr-unknown"}),
+        json.dumps({**single().to_json_dict(), "task_id": "s-777777"}),
+        json.dumps({**ranking().to_json_dict(), "order": sorted(BATCH)[:7] + [BATCH[0]]}),
+        json.dumps({**ranking().to_json_dict(), "dividers": [5, 3]}),
+        json.dumps(single("s-000003", annotator="sim-expert-2").to_json_dict()),
+    ]
+    (tmp_path / "mixed.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    report = ingest_annotation_files(tmp_path, con, ROSTER)
+    assert (report.single_added, report.rejected_added) == (2, 5)
+    rejected = con.sql("SELECT line, reason, source_file FROM rejected_annotations ORDER BY line").df()
+    assert rejected["line"].tolist() == [2, 3, 4, 5, 6]
+    assert (rejected["source_file"] == "mixed.jsonl").all()
+    for expected, reason in zip(["invalid JSON", "unknown annotator", "unknown task_id", "not a permutation",
+                                 "not 0 <= a <= b <= 8"], rejected["reason"], strict=True):
+        assert expected in reason
+
+
+def test_idempotent_and_source_files_untouched(con, tmp_path: Path) -> None:
+    records = [single(), single("s-000002", "scan1-01")]
+    path = write_annotation_file(records, tmp_path, "single", "sim-expert-1")
+    (tmp_path / "bad.jsonl").write_text("[]\n", encoding="utf-8")
+    digests = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in tmp_path.iterdir()}
+    ingest_annotation_files(tmp_path, con, ROSTER)
+    again = ingest_annotation_files(tmp_path, con, ROSTER)
+    assert (again.files_skipped_unchanged, again.files_read) == (2, 0)
+    assert (again.single_added, again.rejected_added) == (0, 0)
+    assert count(con, "raw_annotations_single") == 2 and count(con, "rejected_annotations") == 1
+    assert {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in tmp_path.iterdir()} == digests
+    files = con.sql("SELECT source_file, n_valid, n_rejected FROM annotation_files ORDER BY 1").df()
+    assert files.values.tolist() == [["bad.jsonl", 0, 1], [path.name, 2, 0]]
+
+
+def test_duplicate_submission_ids_are_ignored(con, tmp_path: Path) -> None:
+    record = single()
+    write_annotation_file([record], tmp_path, "single", "sim-expert-1")
+    copy = tmp_path / "copy-of-session.jsonl"
+    copy.write_text(json.dumps(record.to_json_dict()) + "\n" + json.dumps(record.to_json_dict()) + "\n")
+    report = ingest_annotation_files(tmp_path, con, ROSTER)
+    assert (report.single_added, report.duplicates_ignored) == (1, 2)
+    assert count(con, "raw_annotations_single") == 1
+
+
+def test_partly_written_file_is_read_again_when_complete(con, tmp_path: Path) -> None:
+    first, second = single(), single("s-000002", "scan1-01", offset_s=20)
+    path = tmp_path / "single-sim-expert-1-live.jsonl"
+    path.write_text(json.dumps(first.to_json_dict()) + "\n" + json.dumps(second.to_json_dict())[:50])
+    report = ingest_annotation_files(tmp_path, con, ROSTER)
+    assert report.single_added == 1 and report.files_with_partial_line == [path.name]
+    assert count(con, "rejected_annotations") == 0
+
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(second.to_json_dict())[50:] + "\n{broken\n")
+    report = ingest_annotation_files(tmp_path, con, ROSTER)
+    assert (report.files_read, report.single_added) == (1, 1)
+    assert (report.duplicates_ignored, report.rejected_added) == (1, 1)
+    single_frame, _ = read_raw_annotations(con)
+    assert single_frame["line"].tolist() == [1, 2]
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(single("s-000003", annotator="sim-expert-2").to_json_dict()) + "\n")
+    report = ingest_annotation_files(tmp_path, con, ROSTER)
+    assert (report.single_added, report.rejected_added) == (1, 0)  # line 3 not rejected twice
+
+
+def test_temporary_files_are_not_read(tmp_path: Path) -> None:
+    (tmp_path / "a.jsonl.tmp").write_text("{}\n")
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "b.jsonl").write_text("")
+    assert [p.name for p in list_annotation_files(tmp_path)] == ["b.jsonl"]
+    assert list_annotation_files(tmp_path / "missing") == []
+
+
+def test_missing_campaign_tables_is_a_clear_error(tmp_path: Path) -> None:
+    write_annotation_file([single()], tmp_path, "single", "sim-expert-1")
+    with pytest.raises(ValueError, match="tasks_single, tasks_ranking missing"):
+        ingest_annotation_files(tmp_path, duckdb.connect(), ROSTER)
