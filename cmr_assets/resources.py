@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
+import mlflow
 from dagster_duckdb import DuckDBResource
 
+from cmr_assets import settings
 from cmr_assets.settings import DataPaths, data_dir
+from cmr_assets.training import mlflow_registry
 
 
 class DataPathsResource(dg.ConfigurableResource):
@@ -23,3 +27,49 @@ def duckdb_resource(paths: DataPaths | None = None) -> DuckDBResource:
     """A DuckDB resource on `$CMR_DATA_DIR/cmr.duckdb`; connections are opened per use and kept short."""
     paths = (paths or DataPaths.default()).ensure()
     return DuckDBResource(database=str(paths.duckdb))
+
+
+class MlflowResource(dg.ConfigurableResource):
+    """MLflow tracking + registry settings; the logic lives in `cmr_assets.training.mlflow_registry`.
+
+    Empty fields fall back to `cmr_assets.settings` (`MLFLOW_TRACKING_URI` / `MLFLOW_ARTIFACT_ROOT`,
+    else `mlflow/mlflow.db` and `mlflow/artifacts` in the project).
+    """
+
+    tracking_uri: str = ""
+    artifact_location: str = ""
+    experiment_name: str = settings.MLFLOW_EXPERIMENT
+
+    def resolved_tracking_uri(self) -> str:
+        return self.tracking_uri or settings.mlflow_tracking_uri()
+
+    def resolved_artifact_location(self) -> str:
+        return self.artifact_location or settings.mlflow_artifact_root()
+
+    def client(self) -> mlflow.MlflowClient:
+        """A client on this store, after checking the store is reachable (clear error naming the URI)."""
+        mlflow_registry.check_tracking_store(self.resolved_tracking_uri())
+        return mlflow.MlflowClient(tracking_uri=self.resolved_tracking_uri())
+
+    def log_trained_model(self, **kwargs: Any) -> mlflow_registry.LoggedModel:
+        """`mlflow_registry.log_trained_model` on this store (pass strategy, model, params, ... by name)."""
+        return mlflow_registry.log_trained_model(
+            tracking_uri=self.resolved_tracking_uri(), artifact_location=self.resolved_artifact_location(),
+            experiment_name=self.experiment_name, **kwargs)
+
+    def promote_if_better(self, strategy: str, new_version: str | int, new_val_macro_f1: float,
+                          split_hash: str) -> dict[str, Any]:
+        """`mlflow_registry.promote_if_better` for the strategy's registered model."""
+        return mlflow_registry.promote_if_better(self.client(), settings.REGISTERED_MODEL_NAMES[strategy],
+                                                 new_version, new_val_macro_f1, split_hash)
+
+    def log_evaluation_run(self, **kwargs: Any) -> str:
+        """`mlflow_registry.log_evaluation_run` on this store (pass report, report_files, pictures)."""
+        return mlflow_registry.log_evaluation_run(
+            tracking_uri=self.resolved_tracking_uri(), artifact_location=self.resolved_artifact_location(),
+            experiment_name=self.experiment_name, **kwargs)
+
+    def load_champion(self, strategy: str) -> Any:
+        """The `champion` torch module of a strategy's registered model."""
+        return mlflow_registry.load_champion(settings.REGISTERED_MODEL_NAMES[strategy],
+                                             tracking_uri=self.resolved_tracking_uri())

@@ -1,0 +1,149 @@
+"""Pictures for the evaluation report, MLflow and the Dagster UI (matplotlib, headless Agg backend).
+
+Every function returns the PNG bytes and, when `path` is given, also writes them there (parent
+folders created), so the same picture can go to `reports/`, to MLflow and into asset metadata.
+
+Public API:
+- `confusion_matrix_png(matrix, class_names=CLASS_NAMES, title="", path=None) -> bytes`
+- `roc_curves_png(y_true, probas: dict[model name, (n, 3) array], class_names=CLASS_NAMES,
+  path=None) -> bytes`: one panel per class (one-vs-rest), every model's curve in each panel.
+- `rank_score_distribution_png(frame, score_column="score", label_column="label",
+  class_names=CLASS_NAMES, path=None) -> bytes`: histograms of the ranking's latent score per
+  class (labels as names or indices).
+- `montage(images: list of 2-D uint8 arrays, titles, ncols=8, path=None) -> bytes`.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from sklearn.metrics import auc, roc_curve  # noqa: E402
+
+from cmr_assets.classes import CLASS_NAMES  # noqa: E402
+
+_DPI = 110
+
+
+def _finish(fig: Figure, path: str | Path | None) -> bytes:
+    """Render to PNG bytes, optionally write them, and always free the figure."""
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=_DPI, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    data = buffer.getvalue()
+    if path is not None:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    return data
+
+
+def confusion_matrix_png(matrix: Any, class_names: Sequence[str] = CLASS_NAMES, title: str = "",
+                         path: str | Path | None = None) -> bytes:
+    """Counts with row-normalised shading (rows = truth), so recall per class reads off the colour."""
+    counts = np.asarray(matrix, dtype=np.int64)
+    k = len(class_names)
+    if counts.shape != (k, k):
+        raise ValueError(f"matrix: expected shape ({k}, {k}), got {counts.shape}")
+    row_totals = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, row_totals, out=np.zeros(counts.shape), where=row_totals > 0)
+    fig, ax = plt.subplots(figsize=(4.2, 3.8))
+    ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, f"{counts[i, j]}\n{shares[i, j]:.0%}", ha="center", va="center",
+                    color="white" if shares[i, j] > 0.6 else "black", fontsize=9)
+    ax.set_xticks(range(k), class_names)
+    ax.set_yticks(range(k), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("truth")
+    ax.set_title(title or "Confusion matrix")
+    return _finish(fig, path)
+
+
+def roc_curves_png(y_true: Any, probas: Mapping[str, Any], class_names: Sequence[str] = CLASS_NAMES,
+                   path: str | Path | None = None) -> bytes:
+    """One-vs-rest ROC per class with every model overlaid, to compare the strategies class by class."""
+    truth = np.asarray(y_true)
+    k = len(class_names)
+    fig, axes = plt.subplots(1, k, figsize=(4.0 * k, 4.0), squeeze=False)
+    for cls, (ax, name) in enumerate(zip(axes[0], class_names, strict=True)):
+        positives = truth == cls
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+        if positives.all() or not positives.any():
+            ax.text(0.5, 0.5, "undefined:\nno positives or\nno negatives", ha="center", va="center")
+        else:
+            for model_name, proba in probas.items():
+                scores = np.asarray(proba, dtype=np.float64)
+                if scores.shape != (truth.size, k):
+                    raise ValueError(f"probas[{model_name!r}]: expected shape ({truth.size}, {k}), "
+                                     f"got {scores.shape}")
+                fpr, tpr, _ = roc_curve(positives, scores[:, cls])
+                ax.plot(fpr, tpr, label=f"{model_name} (AUC {auc(fpr, tpr):.3f})")
+            ax.legend(loc="lower right", fontsize=8)
+        ax.set_title(f"{name} vs rest")
+        ax.set_xlabel("false positive rate")
+        ax.set_ylabel("true positive rate")
+        ax.set_aspect("equal")
+    return _finish(fig, path)
+
+
+def rank_score_distribution_png(frame: pd.DataFrame, score_column: str = "score",
+                                label_column: str = "label", class_names: Sequence[str] = CLASS_NAMES,
+                                path: str | Path | None = None) -> bytes:
+    """Histogram of the ranking's latent (base -> apex) score per class: where the class cuts fall."""
+    missing = [c for c in (score_column, label_column) if c not in frame.columns]
+    if missing:
+        raise ValueError(f"frame: missing column(s) {missing}; has {list(frame.columns)}")
+    scores = pd.to_numeric(frame[score_column], errors="coerce").to_numpy(dtype=np.float64)
+    labels = frame[label_column].map(lambda v: class_names[v] if isinstance(v, int | np.integer) else v)
+    finite = np.isfinite(scores)
+    if not finite.any():
+        raise ValueError(f"frame[{score_column!r}]: no finite scores to plot")
+    bins = np.histogram_bin_edges(scores[finite], bins=40)
+    fig, ax = plt.subplots(figsize=(6.5, 3.6))
+    for name in class_names:
+        selected = finite & (labels == name).to_numpy()
+        ax.hist(scores[selected], bins=bins, alpha=0.55, label=f"{name} (n={int(selected.sum())})")
+    ax.set_xlabel(f"latent rank score ({score_column}), base -> apex")
+    ax.set_ylabel("images")
+    ax.legend(fontsize=8)
+    ax.set_title("Ranking score by class")
+    return _finish(fig, path)
+
+
+def montage(images: Sequence[Any], titles: Sequence[str] | None = None, ncols: int = 8,
+            path: str | Path | None = None) -> bytes:
+    """Grid of grey-scale slices (e.g. one scan base -> apex with predicted classes as titles)."""
+    if not images:
+        raise ValueError("images: nothing to draw")
+    if titles is not None and len(titles) != len(images):
+        raise ValueError(f"titles: expected {len(images)} titles, got {len(titles)}")
+    if ncols < 1:
+        raise ValueError(f"ncols: must be at least 1, got {ncols}")
+    ncols = min(ncols, len(images))
+    nrows = -(-len(images) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(1.6 * ncols, 1.75 * nrows), squeeze=False)
+    for index, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if index >= len(images):
+            continue
+        image = np.asarray(images[index])
+        if image.ndim != 2:
+            raise ValueError(f"images[{index}]: expected a 2-D grey-scale array, got shape {image.shape}")
+        ax.imshow(image, cmap="gray", vmin=0, vmax=255)
+        if titles is not None:
+            ax.set_title(titles[index], fontsize=7)
+    return _finish(fig, path)

@@ -1,0 +1,288 @@
+"""The evaluation report: ranking-trained vs single-trained model, with the labelling cost beside it.
+
+`evaluation.json` carries the contract keys of PRODUCT.md ("Contract" section) plus richer fields;
+`evaluation.md` lays the numbers out like the paper's result, our two models beside the paper's.
+
+Public API:
+- `StrategyEvaluation`: one strategy's inputs to the report (test metrics from
+  `metrics.classification_metrics`, labelling cost, label quality, registry ids).
+- `PAPER_RESULTS`: the numbers of Zaman et al. 2023 (abstract) used as the reference columns.
+- `build_evaluation_report(per_strategy, comparison, agreement, n_test_images, pictures=None,
+  reference_source=None) -> dict`: `per_strategy` maps "ranking"/"single" to `StrategyEvaluation`;
+  `comparison` is `metrics.paired_comparison(y_true, pred_ranking, pred_single, groups=scan_ids)`
+  (model a = ranking, b = single); `agreement` has `kappa_intra` and `kappa_inter` (single-image
+  labelling; None when not measured) and any extra agreement figures; `pictures` maps a caption
+  to a path relative to the reports folder.
+- `validate_report(report) -> None`: raises `ReportContractError` listing every missing contract key.
+- `write_report(report, reports_dir) -> (json_path, md_path)`: validates, then writes
+  `evaluation.json` and `evaluation.md` atomically.
+- `render_markdown(report) -> str`: the Markdown text (also handy for Dagster asset metadata).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+STRATEGIES = ("ranking", "single")
+STRATEGY_CONTRACT_KEYS = ("test_accuracy", "test_macro_f1", "test_roc_auc", "label_accuracy_vs_reference",
+                          "expert_hours", "images_labelled", "min_views_per_image")
+PAPER_RESULTS: dict[str, Any] = {
+    "source": "Zaman et al., J Med Artif Intell 2023;6:4, doi 10.21037/jmai-22-55 (abstract)",
+    "strategies": {
+        "ranking": {"test_accuracy": 0.86, "test_macro_f1": 0.86, "test_roc_auc": 0.95,
+                    "expert_hours": 5.0, "min_views_per_image": 3},
+        "single": {"test_accuracy": 0.72, "test_macro_f1": 0.75, "test_roc_auc": 0.86,
+                   "expert_hours": 5.0, "min_views_per_image": 1},
+    },
+    "mcnemar_p": 0.02,
+    "kappa_intra": 0.90,
+    "kappa_inter": 0.77,
+    "n_images": 3323,
+}
+
+
+class ReportContractError(ValueError):
+    """The report lacks keys that outside checks rely on (PRODUCT.md contract)."""
+
+
+@dataclass(frozen=True)
+class StrategyEvaluation:
+    """One strategy's model on the common test set plus what its labels cost and how good they are.
+
+    `metrics` is the dict from `classification_metrics`; `model` holds registry ids (e.g.
+    `registered_model`, `version`, `run_id`, `model_uri`, `promotion_decision`).
+    """
+
+    metrics: Mapping[str, Any]
+    expert_hours: float
+    images_labelled: int
+    min_views_per_image: int
+    mean_views_per_image: float | None = None
+    label_accuracy_vs_reference: float | None = None
+    label_kappa_vs_reference: float | None = None
+    model: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON types all the way down; NaN/inf become None (JSON has no NaN)."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | np.ndarray):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, bool | np.bool_):
+        return bool(value)
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
+def _strategy_block(evaluation: StrategyEvaluation) -> dict[str, Any]:
+    metrics = evaluation.metrics
+    return {
+        "test_accuracy": metrics["accuracy"],
+        "test_macro_f1": metrics["macro_f1"],
+        "test_roc_auc": metrics["roc_auc"],
+        "test_weighted_f1": metrics["weighted_f1"],
+        "test_roc_auc_note": metrics.get("roc_auc_note"),
+        "label_accuracy_vs_reference": evaluation.label_accuracy_vs_reference,
+        "label_kappa_vs_reference": evaluation.label_kappa_vs_reference,
+        "expert_hours": evaluation.expert_hours,
+        "images_labelled": evaluation.images_labelled,
+        "min_views_per_image": evaluation.min_views_per_image,
+        "mean_views_per_image": evaluation.mean_views_per_image,
+        "per_class": metrics["per_class"],
+        "confusion_matrix": metrics["confusion_matrix"],
+        "model": dict(evaluation.model),
+    }
+
+
+def build_evaluation_report(per_strategy: Mapping[str, StrategyEvaluation], comparison: Mapping[str, Any],
+                            agreement: Mapping[str, Any], n_test_images: int,
+                            pictures: Mapping[str, str] | None = None,
+                            reference_source: str | None = None) -> dict[str, Any]:
+    """Assemble the report dict (contract keys + detail); checks both models saw the same test set."""
+    missing = [s for s in STRATEGIES if s not in per_strategy]
+    if missing:
+        raise ValueError(f"per_strategy: missing strategy/strategies {missing}; got {sorted(per_strategy)}")
+    for strategy in STRATEGIES:
+        n_scored = per_strategy[strategy].metrics.get("n")
+        if n_scored != n_test_images:
+            raise ValueError(f"per_strategy[{strategy!r}]: metrics cover {n_scored} images but "
+                             f"n_test_images is {n_test_images}; both models must use the same test set")
+    if "mcnemar_p" not in comparison:
+        raise ValueError("comparison: missing 'mcnemar_p' (build it with metrics.paired_comparison)")
+    absent = [k for k in ("kappa_intra", "kappa_inter") if k not in agreement]
+    if absent:
+        raise ValueError(f"agreement: missing {absent} (use None when not measured)")
+    report = {
+        "format_version": 1,
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "n_test_images": int(n_test_images),
+        "reference_source": reference_source,
+        "strategies": {s: _strategy_block(per_strategy[s]) for s in STRATEGIES},
+        "comparison": {"model_a": "ranking", "model_b": "single", **comparison},
+        "agreement": dict(agreement),
+        "paper": PAPER_RESULTS,
+        "pictures": dict(pictures or {}),
+    }
+    return _jsonable(report)
+
+
+def validate_report(report: Mapping[str, Any]) -> None:
+    """Raise `ReportContractError` naming every contract key the report lacks."""
+    missing: list[str] = []
+    if not isinstance(report.get("n_test_images"), int):
+        missing.append("n_test_images (int)")
+    strategies = report.get("strategies")
+    for strategy in STRATEGIES:
+        block = strategies.get(strategy) if isinstance(strategies, Mapping) else None
+        if not isinstance(block, Mapping):
+            missing.append(f"strategies.{strategy}")
+            continue
+        missing += [f"strategies.{strategy}.{k}" for k in STRATEGY_CONTRACT_KEYS if k not in block]
+    comparison = report.get("comparison")
+    if not isinstance(comparison, Mapping) or "mcnemar_p" not in comparison:
+        missing.append("comparison.mcnemar_p")
+    agreement = report.get("agreement")
+    missing += [f"agreement.{k}" for k in ("kappa_intra", "kappa_inter")
+                if not isinstance(agreement, Mapping) or k not in agreement]
+    if missing:
+        raise ReportContractError(f"evaluation report lacks contract key(s): {', '.join(missing)}")
+
+
+def _fmt(value: Any, kind: str = "num") -> str:
+    if value is None:
+        return "n/r"
+    if kind == "pct":
+        return f"{100 * value:.1f}%"
+    if kind == "hours":
+        return f"{value:.1f}"
+    if kind == "int":
+        return f"{int(value):,}"
+    if kind == "p":
+        return f"{value:.3g}"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _fmt_paper(value: Any, kind: str) -> str:
+    """The paper's numbers with the precision it published (86%, 0.86, 5 h)."""
+    if value is None:
+        return "n/r"
+    return f"{100 * value:.0f}%" if kind == "pct" else f"{value:g}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def render_markdown(report: Mapping[str, Any]) -> str:
+    """The human report: the paper-style table first, then the paired test, agreement and detail."""
+    ours = report["strategies"]
+    paper = report["paper"]["strategies"]
+    rows_spec = [
+        ("Test accuracy", "test_accuracy", "pct"),
+        ("Test F1 (macro)", "test_macro_f1", "num"),
+        ("Test ROC AUC (macro one-vs-rest)", "test_roc_auc", "num"),
+        ("Test F1 (weighted)", "test_weighted_f1", "num"),
+        ("Expert hours", "expert_hours", "hours"),
+        ("Images labelled", "images_labelled", "int"),
+        ("Views per image (min)", "min_views_per_image", "int"),
+        ("Label accuracy vs reference", "label_accuracy_vs_reference", "pct"),
+    ]
+    rows = [[label] + [_fmt(ours[s].get(key), kind) for s in STRATEGIES]
+            + [_fmt_paper(paper[s].get(key), kind) for s in STRATEGIES] for label, key, kind in rows_spec]
+    comparison = report["comparison"]
+    agreement = report["agreement"]
+    lines = [
+        "# Evaluation: ranking-trained vs single-image-trained slice classifier",
+        "",
+        f"Common test set: {report['n_test_images']:,} images, reference labels: "
+        f"{report.get('reference_source') or 'not stated'}. Generated {report.get('generated_at', '')}.",
+        "",
+        *_table(["", "Ours: ranking", "Ours: single", "Paper: ranking", "Paper: single"], rows),
+        "",
+        f"n/r = not reported. Paper: {report['paper']['source']}; its cohort had "
+        f"{report['paper']['n_images']:,} images after artefact exclusion.",
+        "",
+        "## Paired comparison (same test images)",
+        "",
+        f"- Exact McNemar test: p = {_fmt(comparison['mcnemar_p'], 'p')} "
+        f"(ranking right / single wrong: {comparison.get('mcnemar_b', 'n/r')}, "
+        f"single right / ranking wrong: {comparison.get('mcnemar_c', 'n/r')}); "
+        f"paper: P = {report['paper']['mcnemar_p']}.",
+    ]
+    if "accuracy_difference" in comparison:
+        boot = comparison.get("bootstrap", {})
+        lines.append(
+            "- Accuracy difference (ranking - single): "
+            f"{100 * comparison['accuracy_difference']:+.1f} points, "
+            f"{100 * boot.get('confidence', 0.95):.0f}% bootstrap interval "
+            f"[{100 * comparison['accuracy_difference_ci_low']:+.1f}, "
+            f"{100 * comparison['accuracy_difference_ci_high']:+.1f}] "
+            f"({boot.get('n_boot', '?')} resamples of {boot.get('n_units', '?')} "
+            f"{boot.get('resampling_unit', 'unit')}s).")
+    lines += [
+        "",
+        "## Observer agreement (single-image labelling, Cohen's kappa)",
+        "",
+        *_table(["", "Ours", "Paper"], [
+            *[[label, _fmt(agreement.get(key)), _fmt_paper(report["paper"][key], "")]
+              for label, key in (("Intra-observer", "kappa_intra"), ("Inter-observer", "kappa_inter"))],
+            *[[f"Label kappa vs reference ({s})", _fmt(ours[s].get("label_kappa_vs_reference")), "n/r"]
+              for s in STRATEGIES],
+        ]),
+    ]
+    for strategy in STRATEGIES:
+        block = ours[strategy]
+        per_class = block["per_class"]
+        confusion = block["confusion_matrix"]
+        lines += ["", f"## {strategy}-trained model", ""]
+        if block.get("test_roc_auc_note"):
+            lines += [f"Note: {block['test_roc_auc_note']}.", ""]
+        model = block.get("model") or {}
+        if model:
+            lines += ["Registry: " + ", ".join(f"{k} `{v}`" for k, v in model.items()), ""]
+        lines += _table(["class", "precision", "recall", "F1", "ROC AUC", "support"], [
+            [name, _fmt(v["precision"]), _fmt(v["recall"]), _fmt(v["f1"]), _fmt(v["roc_auc"]),
+             _fmt(v["support"], "int")] for name, v in per_class.items()])
+        lines += ["", "Confusion matrix (rows = truth, columns = prediction):", ""]
+        lines += _table(["truth \\ predicted", *confusion["labels"]],
+                        [[name, *map(str, row)] for name, row in zip(confusion["labels"], confusion["matrix"],
+                                                                     strict=True)])
+    pictures = report.get("pictures") or {}
+    if pictures:
+        lines += ["", "## Pictures", ""]
+        lines += [f"![{caption}]({path})" for caption, path in pictures.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    with temporary.open("w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    temporary.replace(path)
+
+
+def write_report(report: Mapping[str, Any], reports_dir: str | Path) -> tuple[Path, Path]:
+    """Validate, then write `evaluation.json` and `evaluation.md` (atomic: no half-written report)."""
+    validate_report(report)
+    folder = Path(reports_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = folder / "evaluation.json", folder / "evaluation.md"
+    _write_atomically(json_path, json.dumps(_jsonable(report), indent=2, allow_nan=False) + "\n")
+    _write_atomically(md_path, render_markdown(report))
+    return json_path, md_path
