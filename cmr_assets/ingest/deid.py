@@ -1,0 +1,58 @@
+"""De-identification: keyed identifiers instead of patient data.
+
+Why: outputs (DuckDB, images, logs) must not carry PatientName/ID, dates, institution, accession
+number or free text. Ingestion therefore copies only a whitelist of technical header fields
+(geometry, timing, matrix size, scanner model) and replaces the SeriesInstanceUID by a keyed hash:
+without the key nobody can link a `scan_id` back to the source series, and with the same key the
+same series always gets the same id (what makes re-ingestion idempotent).
+
+Public API:
+- `load_or_create_key(secret_dir: Path) -> bytes`: the 32-byte key in `secret_dir/scan_id.key`,
+  created once with mode 0600 (never logged).
+- `scan_id_for(series_uid: str, key: bytes) -> str`: first 16 hex chars of HMAC-SHA256.
+- `source_root_hash(source_dir: Path, key: bytes) -> str`: keyed hash of a source folder path, so
+  `rejected_files` can tell source folders apart without storing their absolute path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+KEY_FILE_NAME = "scan_id.key"
+KEY_BYTES = 32
+ID_HEX_CHARS = 16
+
+
+def load_or_create_key(secret_dir: Path) -> bytes:
+    """Read the scan-id key, creating it (random, mode 0600) on first use; safe if two runs race."""
+    secret_dir.mkdir(parents=True, exist_ok=True)
+    key_path = secret_dir / KEY_FILE_NAME
+    try:
+        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        key = key_path.read_bytes()
+        if len(key) != KEY_BYTES:
+            raise ValueError(f"{key_path}: expected a {KEY_BYTES}-byte key, found {len(key)} bytes") from None
+        return key
+    key = secrets.token_bytes(KEY_BYTES)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(key)
+    return key
+
+
+def _keyed_hex(value: str, key: bytes) -> str:
+    return hmac.new(key, value.encode("utf-8"), hashlib.sha256).hexdigest()[:ID_HEX_CHARS]
+
+
+def scan_id_for(series_uid: str, key: bytes) -> str:
+    """Stable, non-reversible scan id for a SeriesInstanceUID (16 hex chars)."""
+    return _keyed_hex(series_uid, key)
+
+
+def source_root_hash(source_dir: Path, key: bytes) -> str:
+    """Keyed hash of the resolved source folder path (folder names may hold patient names)."""
+    return _keyed_hex("source-root:" + str(Path(source_dir).resolve()), key)

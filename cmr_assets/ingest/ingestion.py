@@ -1,0 +1,208 @@
+"""Ingest any folder of DICOM into the slice store: the one function the CLI and Dagster call.
+
+Why: one orchestration path (discover -> headers in a process pool -> group/validate/order ->
+skip scans already stored -> decode the chosen phase, normalise, write images -> insert rows) so
+the command line, the Dagster assets and the tests all get the same behaviour.
+
+Behaviour:
+- Incremental and idempotent: a series whose keyed `scan_id` is already in `scans` is skipped
+  before any pixel is decoded; rows are only inserted, never updated; `rejected_files` is unique on
+  (source_root_hash, path, reason), so re-running a folder adds nothing.
+- Bad input never stops the run: every unusable file gets a `rejected_files` row (path relative to
+  the source folder, reason); a series rejected as a whole gives each of its files a
+  "series rejected: ..." reason.
+- An empty source folder is not an error: it records one row (path ".", reason "empty folder: no
+  files found") and returns a zero-count report. A missing source folder raises
+  FileNotFoundError / NotADirectoryError naming it.
+- Parallelism: up to `workers` spawned processes, one per `MIN_FILES_PER_WORKER` files (a
+  small folder is read in this process: worker start-up would cost more than it saves).
+- Logs carry counts, rates, relative paths and reasons only (never tag values).
+
+Public API:
+- `IngestReport` (dataclass; `as_dict()` for metadata)
+- `ingest_folder(source_dir, paths, database, workers=2, log=None) -> IngestReport`, where
+  `database` is a DuckDB file path or a zero-argument callable returning a connection or a context
+  manager yielding one (e.g. Dagster's `DuckDBResource.get_connection`). Connections are opened
+  per write and closed at once, so transactions stay short.
+- `connect(database)`: that short-lived connection, as a context manager.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from cmr_assets.ingest.deid import load_or_create_key, scan_id_for, source_root_hash
+from cmr_assets.ingest.dicom_series import (
+    REJECT_EMPTY_FOLDER,
+    REJECT_SERIES_DECODE,
+    Rejection,
+    SeriesDecodeError,
+    SeriesPlan,
+    discover_files,
+    parallel_map,
+    plan_all_series,
+    read_headers,
+    render_series,
+    worker_pool,
+)
+from cmr_assets.ingest.slice_store import (
+    ensure_schema,
+    existing_scan_ids,
+    insert_rejections,
+    insert_scans,
+    scan_rows,
+    write_scan_files,
+)
+from cmr_assets.settings import DataPaths
+
+logger = logging.getLogger(__name__)
+
+Database = Path | str | Callable[[], Any]
+SCANS_PER_WRITE = 25
+MIN_FILES_PER_WORKER = 1000  # below this, starting spawned workers costs more than it saves
+
+
+@dataclass
+class IngestReport:
+    """Counts and rates of one ingestion run."""
+
+    files_seen: int = 0
+    dicom_files: int = 0
+    series_found: int = 0
+    scans_new: int = 0
+    scans_skipped_existing: int = 0
+    slices_new: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+    rejected_rows_new: int = 0
+    seconds: float = 0.0
+    files_per_s: float = 0.0
+    slices_per_s: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@contextlib.contextmanager
+def connect(database: Database) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A short-lived connection from a DuckDB file path or a connection factory."""
+    if isinstance(database, str | Path):
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.closing(duckdb.connect(str(database))) as con:
+            yield con
+        return
+    opened = database()
+    if isinstance(opened, duckdb.DuckDBPyConnection):
+        with contextlib.closing(opened) as con:
+            yield con
+        return
+    with opened as con:
+        yield con
+
+
+def _render_and_write(source_dir: Path, plan: SeriesPlan, scan_id: str, paths_root: Path,
+                      ingested_at: datetime) -> tuple[dict, list[dict]] | list[Rejection]:
+    """Worker: decode one planned scan, write its images, return its rows (or why it failed)."""
+    try:
+        rendered = render_series(source_dir, plan)
+    except SeriesDecodeError as exc:
+        bad = exc.rejection
+        others = [Rejection(h.path, REJECT_SERIES_DECODE, f"{bad.path} ({bad.detail})")
+                  for position in plan.positions for h in position.files if h.path != bad.path]
+        return [bad, *others]
+    files = write_scan_files(DataPaths(paths_root), scan_id, rendered)
+    return scan_rows(scan_id, rendered, files, ingested_at)
+
+
+def _store_new_scans(tasks: list[tuple], pool: Executor | None, database: Database, report: IngestReport,
+                     log: Callable[[str], None]) -> list[Rejection]:
+    """Render and write each new scan (in the pool), insert rows in batches; returns decode rejections."""
+    rejections: list[Rejection] = []
+    pending_scans: list[dict] = []
+    pending_slices: list[dict] = []
+    started = time.perf_counter()
+    for done, outcome in enumerate(parallel_map(_render_and_write, tasks, pool), start=1):
+        if isinstance(outcome, list):
+            rejections.extend(outcome)
+            log(f"scan rejected: {outcome[0].path}: {outcome[0].reason}")
+        else:
+            pending_scans.append(outcome[0])
+            pending_slices.extend(outcome[1])
+            report.scans_new += 1
+            report.slices_new += len(outcome[1])
+        if len(pending_scans) >= SCANS_PER_WRITE or done == len(tasks):
+            with connect(database) as con:
+                insert_scans(con, pending_scans, pending_slices)
+            pending_scans, pending_slices = [], []
+            rate = report.slices_new / max(time.perf_counter() - started, 1e-9)
+            log(f"slices: {done}/{len(tasks)} new scans processed, {report.slices_new} slices stored "
+                f"({rate:.0f} slices/s)")
+    return rejections
+
+
+def ingest_folder(
+    source_dir: Path,
+    paths: DataPaths,
+    database: Database,
+    workers: int = 2,
+    log: Callable[[str], None] | None = None,
+) -> IngestReport:
+    """Ingest every short-axis cine MR stack under `source_dir` that is not stored yet."""
+    log = log or logger.info
+    source_dir = Path(source_dir).resolve()
+    if not source_dir.exists():
+        raise FileNotFoundError(f"source folder does not exist: {source_dir}")
+    if not source_dir.is_dir():
+        raise NotADirectoryError(f"source is not a folder: {source_dir}")
+    started = time.perf_counter()
+    now = datetime.now(UTC).replace(tzinfo=None)
+    paths.ensure()
+    key = load_or_create_key(paths.secret)
+    report = IngestReport()
+
+    files = discover_files(source_dir)
+    report.files_seen = len(files)
+    log(f"discovery: {len(files)} files under the source folder")
+    with worker_pool(min(workers, len(files) // MIN_FILES_PER_WORKER)) as pool:
+        if files:
+            headers, rejections = read_headers(source_dir, files, pool, log)
+        else:
+            headers, rejections = [], [Rejection(".", REJECT_EMPTY_FOLDER, "no files found")]
+        report.dicom_files = len(headers)
+        report.series_found = len({h.series_uid for h in headers})
+        plans, plan_rejections = plan_all_series(headers)
+        rejections.extend(plan_rejections)
+        log(f"grouping: {report.series_found} series, {len(plans)} short-axis stacks, "
+            f"{len(rejections)} files rejected so far")
+
+        with connect(database) as con:
+            ensure_schema(con)
+            stored = existing_scan_ids(con)
+        scan_ids = {plan.series_uid: scan_id_for(plan.series_uid, key) for plan in plans}
+        tasks = [(source_dir, plan, scan_ids[plan.series_uid], paths.root, now)
+                 for plan in plans if scan_ids[plan.series_uid] not in stored]
+        report.scans_skipped_existing = len(plans) - len(tasks)
+        if report.scans_skipped_existing:
+            log(f"incremental: {report.scans_skipped_existing} scans already stored, skipped")
+        rejections.extend(_store_new_scans(tasks, pool, database, report, log))
+    with connect(database) as con:
+        report.rejected_rows_new = insert_rejections(con, source_root_hash(source_dir, key), rejections, now)
+    report.rejected = dict(sorted(Counter(r.kind for r in rejections).items()))
+    report.seconds = time.perf_counter() - started
+    report.files_per_s = report.files_seen / max(report.seconds, 1e-9)
+    report.slices_per_s = report.slices_new / max(report.seconds, 1e-9)
+    log(f"done: {report.scans_new} new scans, {report.slices_new} slices, {report.scans_skipped_existing} "
+        f"skipped, {len(rejections)} rejected files in {report.seconds:.1f} s "
+        f"({report.files_per_s:.0f} files/s, {report.slices_per_s:.0f} slices/s); "
+        f"by reason: {report.rejected}")
+    return report

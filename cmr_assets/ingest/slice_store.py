@@ -1,0 +1,214 @@
+"""The slice store: de-identified images on disk and the `slices`, `scans`, `rejected_files` tables.
+
+Why: the labelling UI needs an 8-bit PNG per slice, training needs one uint8 array per scan, and
+everything downstream joins on `slice_id`. Files are written atomically (temporary file + rename)
+before the scan's rows are inserted in one short transaction, so a row always has its images and
+an interrupted run is simply redone. Rows are only ever inserted (`INSERT OR IGNORE`), never
+updated: re-ingesting changes nothing.
+
+Layout (paths stored in DuckDB are relative to the data root, `DataPaths.root`):
+- `slices/png/<scan_id>/<slice_from_base:02d>.png`: native matrix size, 8-bit greyscale, written by
+  Pillow without any text/time chunks.
+- `slices/arrays/<scan_id>.npy`: uint8 `(n_slices, 128, 128)`, base first; `array_index` =
+  `slice_from_base`.
+- `slices.pixel_spacing_mm` is PixelSpacing[0] (row spacing); `spacing_mm` the median distance
+  between adjacent positions; `ingested_at` is UTC.
+
+Public API:
+- `slice_id_for(scan_id, slice_from_base) -> str`
+- `ensure_schema(con)`
+- `existing_scan_ids(con) -> set[str]`
+- `write_scan_files(paths, scan_id, rendered) -> ScanFiles`; `png_bytes(image)`, `npy_bytes(array)`
+- `scan_rows(scan_id, rendered, files, ingested_at) -> (scan_row: dict, slice_rows: list[dict])`
+- `insert_scans(con, scan_rows, slice_rows)`: one transaction, duplicates ignored
+- `insert_rejections(con, source_root_hash, rejections, rejected_at) -> int` (rows added)
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from cmr_assets.ingest.dicom_series import Rejection, RenderedSeries
+from cmr_assets.settings import DataPaths
+
+SCANS_COLUMNS = ("scan_id", "n_slices", "n_files", "rows", "cols", "manufacturer_model", "ingested_at")
+SLICES_COLUMNS = (
+    "slice_id", "scan_id", "slice_from_base", "n_slices", "position_mm", "spacing_mm", "rows", "cols",
+    "pixel_spacing_mm", "slice_thickness_mm", "trigger_time_ms", "n_phases", "phase_rule", "png_path",
+    "array_path", "array_index", "ingested_at",
+)
+REJECTED_COLUMNS = ("source_root_hash", "path", "reason", "rejected_at")
+
+SCHEMA_SQL = """
+CREATE TABLE IF NOT EXISTS scans (
+    scan_id VARCHAR PRIMARY KEY,
+    n_slices INTEGER NOT NULL,
+    n_files INTEGER NOT NULL,
+    rows INTEGER NOT NULL,
+    cols INTEGER NOT NULL,
+    manufacturer_model VARCHAR,
+    ingested_at TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS slices (
+    slice_id VARCHAR PRIMARY KEY,
+    scan_id VARCHAR NOT NULL,
+    slice_from_base INTEGER NOT NULL,
+    n_slices INTEGER NOT NULL,
+    position_mm DOUBLE NOT NULL,
+    spacing_mm DOUBLE NOT NULL,
+    rows INTEGER NOT NULL,
+    cols INTEGER NOT NULL,
+    pixel_spacing_mm DOUBLE NOT NULL,
+    slice_thickness_mm DOUBLE,
+    trigger_time_ms DOUBLE,
+    n_phases INTEGER NOT NULL,
+    phase_rule VARCHAR NOT NULL,
+    png_path VARCHAR NOT NULL,
+    array_path VARCHAR NOT NULL,
+    array_index INTEGER NOT NULL,
+    ingested_at TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS rejected_files (
+    source_root_hash VARCHAR NOT NULL,
+    path VARCHAR NOT NULL,
+    reason VARCHAR NOT NULL,
+    rejected_at TIMESTAMP NOT NULL,
+    PRIMARY KEY (source_root_hash, path, reason)
+);
+"""
+
+
+@dataclass(frozen=True)
+class ScanFiles:
+    """Where a scan's images were written, relative to the data root."""
+
+    png_paths: tuple[str, ...]
+    array_path: str
+
+
+def slice_id_for(scan_id: str, slice_from_base: int) -> str:
+    """The stable slice id: `<scan_id>-<slice_from_base:02d>`."""
+    return f"{scan_id}-{slice_from_base:02d}"
+
+
+def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    """Create the ingestion tables if they do not exist (idempotent)."""
+    con.execute(SCHEMA_SQL)
+
+
+def existing_scan_ids(con: duckdb.DuckDBPyConnection) -> set[str]:
+    """Scan ids already stored; ingestion skips these without decoding pixels."""
+    return {row[0] for row in con.execute("SELECT scan_id FROM scans").fetchall()}
+
+
+def _write_atomically(target: Path, payload: bytes) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    temporary.write_bytes(payload)
+    os.replace(temporary, target)
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """8-bit greyscale PNG with no metadata chunks (Pillow adds none unless asked)."""
+    buffer = io.BytesIO()
+    Image.fromarray(image, mode="L").save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    """The uint8 array as .npy bytes (no pickle)."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array, dtype=np.uint8), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def write_scan_files(paths: DataPaths, scan_id: str, rendered: RenderedSeries) -> ScanFiles:
+    """Write one PNG per slice and the scan's (n, 128, 128) array, each atomically."""
+    png_paths = []
+    for index, image in enumerate(rendered.images):
+        target = paths.slice_png / scan_id / f"{index:02d}.png"
+        _write_atomically(target, png_bytes(image))
+        png_paths.append(target.relative_to(paths.root).as_posix())
+    array_target = paths.slice_arrays / f"{scan_id}.npy"
+    _write_atomically(array_target, npy_bytes(rendered.array))
+    return ScanFiles(png_paths=tuple(png_paths), array_path=array_target.relative_to(paths.root).as_posix())
+
+
+def scan_rows(scan_id: str, rendered: RenderedSeries, files: ScanFiles,
+              ingested_at: datetime) -> tuple[dict, list[dict]]:
+    """The `scans` row and the `slices` rows of one rendered scan (no identifiers)."""
+    plan = rendered.plan
+    n_slices = len(plan.positions)
+    scan_row = {
+        "scan_id": scan_id, "n_slices": n_slices, "n_files": plan.n_files, "rows": plan.rows,
+        "cols": plan.cols, "manufacturer_model": plan.manufacturer_model, "ingested_at": ingested_at,
+    }
+    slice_rows = [
+        {
+            "slice_id": slice_id_for(scan_id, index), "scan_id": scan_id, "slice_from_base": index,
+            "n_slices": n_slices, "position_mm": position.position_mm, "spacing_mm": plan.spacing_mm,
+            "rows": plan.rows, "cols": plan.cols, "pixel_spacing_mm": plan.pixel_spacing[0],
+            "slice_thickness_mm": plan.slice_thickness, "trigger_time_ms": position.chosen.trigger_time,
+            "n_phases": len(position.files), "phase_rule": plan.phase_rule,
+            "png_path": files.png_paths[index], "array_path": files.array_path, "array_index": index,
+            "ingested_at": ingested_at,
+        }
+        for index, position in enumerate(plan.positions)
+    ]
+    return scan_row, slice_rows
+
+
+def _insert_frame(con: duckdb.DuckDBPyConnection, table: str, columns: Sequence[str],
+                  rows: list[dict]) -> None:
+    frame = pd.DataFrame.from_records(rows, columns=list(columns))
+    column_list = ", ".join(columns)
+    con.register("incoming_rows", frame)
+    try:
+        con.execute(f"INSERT OR IGNORE INTO {table} ({column_list}) SELECT {column_list} FROM incoming_rows")
+    finally:
+        with suppress(duckdb.Error):  # an aborted transaction refuses this; the original error matters
+            con.unregister("incoming_rows")
+
+
+@contextmanager
+def _transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+
+
+def insert_scans(con: duckdb.DuckDBPyConnection, scans: list[dict], slices: list[dict]) -> None:
+    """Insert scans and their slices in one short transaction; rows already present are kept as they are."""
+    if not scans:
+        return
+    with _transaction(con):
+        _insert_frame(con, "scans", SCANS_COLUMNS, scans)
+        _insert_frame(con, "slices", SLICES_COLUMNS, slices)
+
+
+def insert_rejections(con: duckdb.DuckDBPyConnection, source_root_hash: str,
+                      rejections: Sequence[Rejection], rejected_at: datetime) -> int:
+    """Record rejected files once per (source, path, reason); returns how many rows were new."""
+    if not rejections:
+        return 0
+    rows = [{"source_root_hash": source_root_hash, "path": r.path, "reason": r.reason,
+             "rejected_at": rejected_at} for r in rejections]
+    before = con.execute("SELECT count(*) FROM rejected_files").fetchone()[0]
+    with _transaction(con):
+        _insert_frame(con, "rejected_files", REJECTED_COLUMNS, rows)
+    return con.execute("SELECT count(*) FROM rejected_files").fetchone()[0] - before
