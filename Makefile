@@ -20,7 +20,7 @@ demo: install
 	$(BIN)/cmr-assets demo
 
 test: install
-	bash scripts/ensure_test_tools.sh
+	bash scripts/ensure_chromium.sh
 	$(BIN)/ruff check cmr_assets cmr_assets_tests benchmarks scripts
 	$(BIN)/pytest -q -p no:cacheprovider
 
