@@ -237,3 +237,12 @@ def read_raw_annotations(con: duckdb.DuckDBPyConnection) -> tuple[pd.DataFrame, 
     for column in ("order", "artefact_ids"):
         ranking[column] = [list(map(str, values)) for values in ranking[column]]
     return single[SINGLE_COLUMNS], ranking[RANKING_COLUMNS]
+
+
+def latest_answer_per_task(raw_single: pd.DataFrame) -> pd.DataFrame:
+    """One answer per (annotator, task): the latest submitted. Undo in the web app re-answers a task
+    with a new record (files are never edited), so the newest answer supersedes the earlier one."""
+    if raw_single.empty:
+        return raw_single
+    ordered = raw_single.sort_values(["submitted_at", "source_file", "line"], kind="stable")
+    return ordered.drop_duplicates(["annotator_id", "task_id"], keep="last").sort_index()

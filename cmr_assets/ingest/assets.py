@@ -1,0 +1,167 @@
+"""Ingestion as assets: the synthetic cohort, the raw DICOM inventory and the de-identified slices."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+from dagster_duckdb import DuckDBResource
+
+from cmr_assets.duckdb_io import read_table
+from cmr_assets.evaluation.plots import montage
+from cmr_assets.ingest.dicom_series import discover_files
+from cmr_assets.ingest.ingestion import ingest_folder
+from cmr_assets.ingest.synthetic import generate_cohort
+from cmr_assets.metadata import picture, table
+from cmr_assets.resources import DataPathsResource
+from cmr_assets.settings import DataPaths
+
+GROUP = "ingest"
+
+
+class SyntheticCohortConfig(dg.Config):
+    """The embedded default cohort: seeded synthetic short-axis cine DICOM (see ingest/synthetic.py)."""
+
+    enabled: bool = True
+    n_scans: int = 300
+    seed: int = 0
+    n_phases: int = 3
+    workers: int = 2
+
+
+class ScanSourceConfig(dg.Config):
+    """Which folder to ingest; empty means the project's scans folder (`$CMR_DATA_DIR/scans`)."""
+
+    source_dir: str = ""
+    workers: int = 2
+
+
+def _source_dir(config: ScanSourceConfig, paths: DataPaths) -> Path:
+    return Path(config.source_dir).expanduser().resolve() if config.source_dir else paths.scans
+
+
+def _cohort_manifest(paths: DataPaths) -> Path:
+    return paths.reference / "synthetic_cohort.json"
+
+
+@dg.asset(group_name=GROUP, kinds={"dicom"})
+def synthetic_cohort(context: dg.AssetExecutionContext, config: SyntheticCohortConfig,
+                     data_paths: DataPathsResource) -> dg.MaterializeResult:
+    """Writes the seeded synthetic cohort as real DICOM plus its truth table (kept apart from the images).
+
+    Skipped when the same cohort (size, seed, phases) is already on disk.
+    """
+    paths = data_paths.paths()
+    wanted = {"n_scans": config.n_scans, "seed": config.seed, "n_phases": config.n_phases}
+    manifest = _cohort_manifest(paths)
+    if not config.enabled:
+        return dg.MaterializeResult(metadata={"generated": False, "reason": "disabled"})
+    if manifest.exists() and paths.synthetic_truth.exists():
+        previous = json.loads(manifest.read_text())
+        if {k: previous.get(k) for k in wanted} == wanted:
+            context.log.info(f"synthetic cohort {wanted} already on disk; nothing to do")
+            return dg.MaterializeResult(metadata={"generated": False, **previous})
+    started = time.perf_counter()
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done % max(1, total // 10) == 0:
+            rate = done / max(time.perf_counter() - started, 1e-9)
+            context.log.info(f"synthetic cohort: {done}/{total} scans written ({rate:.1f} scans/s)")
+
+    summary = generate_cohort(paths.synthetic_scans, paths.synthetic_truth, config.n_scans, config.seed,
+                              config.n_phases, config.workers, progress)
+    record = {**wanted, "n_files": summary.n_files, "n_slices": summary.n_slices,
+              "megabytes": round(summary.total_bytes / 1e6, 1), "seconds": round(summary.seconds, 1)}
+    manifest.write_text(json.dumps(record, indent=2))
+    return dg.MaterializeResult(metadata={"generated": True, **record,
+                                          "folder": dg.MetadataValue.path(str(paths.synthetic_scans))})
+
+
+@dg.asset(group_name=GROUP, deps=[synthetic_cohort], kinds={"dicom"})
+def raw_scans(context: dg.AssetExecutionContext, config: ScanSourceConfig,
+              data_paths: DataPathsResource) -> dg.MaterializeResult:
+    """The inventory of the DICOM source folder (files and bytes by top-level folder); no pixels read."""
+    paths = data_paths.paths()
+    source = _source_dir(config, paths)
+    if not source.is_dir():
+        raise dg.Failure(f"scan source folder {source} does not exist")
+    files = discover_files(source)
+    sizes = np.array([f.stat().st_size for f in files], dtype=np.int64)
+    top = [f.relative_to(source).parts[0] if len(f.relative_to(source).parts) > 1 else "." for f in files]
+    context.log.info(f"{len(files)} files ({sizes.sum() / 1e6:.1f} MB) under {source}")
+    return dg.MaterializeResult(
+        metadata={"files": len(files), "megabytes": round(float(sizes.sum()) / 1e6, 1),
+                  "top_level_folders": len(set(top)), "source": dg.MetadataValue.path(str(source))},
+        data_version=dg.DataVersion(f"{len(files)}-{int(sizes.sum())}"),
+    )
+
+
+def _slice_montage(paths: DataPaths, slices, n_scans: int = 2) -> bytes | None:
+    """Base -> apex montage of the first scans, from the de-identified arrays."""
+    if slices.empty:
+        return None
+    images, titles = [], []
+    for scan_id in sorted(slices["scan_id"].unique())[:n_scans]:
+        rows = slices[slices["scan_id"] == scan_id].sort_values("slice_from_base")
+        stack = np.load(paths.root / rows["array_path"].iloc[0])
+        images += list(stack)
+        titles += [f"{scan_id[:6]} #{i}" for i in rows["slice_from_base"]]
+    return montage(images, titles, ncols=8)
+
+
+@dg.asset(group_name=GROUP, deps=[raw_scans], pool="duckdb", kinds={"duckdb"})
+def slices(context: dg.AssetExecutionContext, config: ScanSourceConfig, data_paths: DataPathsResource,
+           duckdb: DuckDBResource) -> dg.MaterializeResult:
+    """De-identified slices, base -> apex, end-diastolic phase: PNGs, arrays and the `slices` table.
+
+    Incremental: scans already stored are skipped; every rejected file is recorded with its reason.
+    """
+    paths = data_paths.paths()
+    report = ingest_folder(_source_dir(config, paths), paths, duckdb.get_connection, workers=config.workers,
+                           log=context.log.info)
+    with duckdb.get_connection() as con:
+        stored = read_table(con, "slices")
+        by_reason = con.execute("SELECT reason, count(*) AS files FROM rejected_files GROUP BY reason "
+                                "ORDER BY files DESC").df()
+    metadata = {key: value for key, value in report.as_dict().items() if isinstance(value, int | float)}
+    metadata.update({"slices_total": len(stored), "scans_total": int(stored["scan_id"].nunique()) if len(stored) else 0,
+                     "rejections_by_reason": table(by_reason)})
+    png = _slice_montage(paths, stored)
+    if png is not None:
+        metadata["montage"] = picture(png, "slices base to apex")
+    return dg.MaterializeResult(metadata=metadata)
+
+
+@dg.asset_check(asset=slices, description="Every slice row has its PNG and its row in the scan's array.")
+def every_slice_has_its_image(data_paths: DataPathsResource, duckdb: DuckDBResource) -> dg.AssetCheckResult:
+    paths = data_paths.paths()
+    with duckdb.get_connection() as con:
+        rows = read_table(con, "slices", "slice_id, png_path, array_path, array_index")
+    missing_png = [s for s, p in zip(rows["slice_id"], rows["png_path"], strict=True) if not (paths.root / p).exists()]
+    bad_array = []
+    for array_path, group in rows.groupby("array_path"):
+        file = paths.root / array_path
+        n = np.load(file, mmap_mode="r").shape[0] if file.exists() else -1
+        bad_array += [s for s, i in zip(group["slice_id"], group["array_index"], strict=True) if not 0 <= i < n]
+    return dg.AssetCheckResult(passed=not missing_png and not bad_array,
+                               metadata={"slices": len(rows), "missing_png": len(missing_png),
+                                         "missing_array_rows": len(bad_array),
+                                         "examples": ", ".join((missing_png + bad_array)[:5])})
+
+
+@dg.asset_check(asset=slices, description="Positions strictly increase base -> apex within every scan.")
+def positions_monotone_within_scan(duckdb: DuckDBResource) -> dg.AssetCheckResult:
+    with duckdb.get_connection() as con:
+        offenders = con.execute("""
+            SELECT scan_id FROM (
+                SELECT scan_id, position_mm - lag(position_mm) OVER (PARTITION BY scan_id ORDER BY slice_from_base)
+                    AS step FROM slices)
+            WHERE step <= 0 GROUP BY scan_id""").fetchall()
+    return dg.AssetCheckResult(passed=not offenders, metadata={"scans_not_monotone": len(offenders)})
+
+
+ingest_assets = [synthetic_cohort, raw_scans, slices]
+ingest_checks = [every_slice_has_its_image, positions_monotone_within_scan]

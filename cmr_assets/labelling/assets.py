@@ -1,0 +1,149 @@
+"""Labelling campaigns as assets: tasks of both strategies and the simulated experts' annotation files."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pandas as pd
+from dagster_duckdb import DuckDBResource
+
+from cmr_assets.duckdb_io import append_rows, read_table
+from cmr_assets.labelling.campaign import (
+    annotator_ids,
+    budget_check,
+    design_ranking_batches,
+    design_single_tasks,
+    ranking_design_summary,
+)
+from cmr_assets.labelling.simulator import (
+    SimulatorParams,
+    simulate_ranking_campaign,
+    simulate_single_campaign,
+)
+from cmr_assets.metadata import table
+from cmr_assets.resources import DataPathsResource
+
+GROUP = "labelling"
+SLICE_COLUMNS = "slice_id, scan_id, slice_from_base, n_slices, position_mm"
+
+
+class CampaignConfig(dg.Config):
+    """Campaign design; the defaults follow the paper (3 experts, batches of 8, >= 3 views per image)."""
+
+    n_experts: int = 3
+    intra_share: float = 0.05
+    inter_share: float = 0.05
+    min_views: int = 3
+    batch_size: int = 8
+    hours_per_expert: float = 5.0
+    seed: int = 0
+
+
+class SimulationConfig(dg.Config):
+    """Simulated experts (the embedded default). Turn off when real experts label in the web app."""
+
+    enabled: bool = True
+    seed: int = 0
+
+
+def _next_wave(existing: pd.DataFrame, id_column: str) -> int:
+    return 1 if existing.empty else existing[id_column].str.extract(r"^[a-z](\d*)-")[0].replace("", "1") \
+        .astype(int).max() + 1
+
+
+def _prefix_wave(ids: pd.Series, wave: int) -> pd.Series:
+    """Wave 1 keeps the designer's ids (`s-000001`); later waves get `s2-000001`, so ids never collide."""
+    return ids if wave == 1 else ids.str.replace(r"^([a-z])-", rf"\g<1>{wave}-", regex=True)
+
+
+@dg.asset(group_name=GROUP, deps=["slices"], pool="duckdb", kinds={"duckdb"})
+def labelling_tasks_single(context: dg.AssetExecutionContext, config: CampaignConfig,
+                           duckdb: DuckDBResource) -> dg.MaterializeResult:
+    """One image at a time: every image once over the experts, plus intra/inter-observer repeats.
+
+    Existing tasks never change (annotations refer to them); new slices get a new wave of tasks.
+    """
+    with duckdb.get_connection() as con:
+        slices = read_table(con, "slices", SLICE_COLUMNS)
+        existing = read_table(con, "tasks_single")
+        done = set(existing["slice_id"]) if not existing.empty else set()
+        todo = slices[~slices["slice_id"].isin(done)]
+        if todo.empty:
+            return dg.MaterializeResult(metadata={"new_tasks": 0, "tasks": len(existing)})
+        tasks = design_single_tasks(todo["slice_id"].tolist(), annotator_ids(config.n_experts),
+                                    config.intra_share, config.inter_share, config.seed)
+        wave = _next_wave(existing, "task_id")
+        tasks["task_id"] = _prefix_wave(tasks["task_id"], wave)
+        append_rows(con, "tasks_single", tasks)
+        total = con.execute("SELECT count(*) FROM tasks_single").fetchone()[0]
+    context.log.info(f"designed {len(tasks)} single-image tasks (wave {wave}) for {len(todo)} new images")
+    budget = budget_check(tasks, SimulatorParams().seconds_per_single, config.hours_per_expert)
+    return dg.MaterializeResult(metadata={
+        "new_tasks": len(tasks), "tasks": int(total), "wave": int(wave),
+        "by_kind": table(tasks.groupby("kind").size().rename("tasks").reset_index()),
+        "by_annotator": table(tasks.groupby("annotator_id").size().rename("tasks").reset_index()),
+        "fits_budget": bool(budget.fits), "hours_needed": float(budget.total_hours_needed),
+    })
+
+
+@dg.asset(group_name=GROUP, deps=["slices"], pool="duckdb", kinds={"duckdb"})
+def labelling_tasks_ranking(context: dg.AssetExecutionContext, config: CampaignConfig,
+                            duckdb: DuckDBResource) -> dg.MaterializeResult:
+    """Batches of 8 images across scans and positions: each image in >= 3 batches, one connected graph."""
+    with duckdb.get_connection() as con:
+        slices = read_table(con, "slices", SLICE_COLUMNS)
+        existing = read_table(con, "tasks_ranking")
+        done = set(existing["slice_ids"].explode()) if not existing.empty else set()
+        todo = slices[~slices["slice_id"].isin(done)]
+        if todo.empty:
+            return dg.MaterializeResult(metadata={"new_batches": 0, "batches": len(existing)})
+        batches = design_ranking_batches(todo, annotator_ids(config.n_experts), config.min_views,
+                                         config.batch_size, config.seed)
+        wave = _next_wave(existing, "batch_id")
+        batches["batch_id"] = _prefix_wave(batches["batch_id"], wave)
+        append_rows(con, "tasks_ranking", batches)
+        total = con.execute("SELECT count(*) FROM tasks_ranking").fetchone()[0]
+    summary = ranking_design_summary(batches, todo["slice_id"].tolist())
+    budget = budget_check(batches, SimulatorParams().seconds_per_batch, config.hours_per_expert)
+    context.log.info(f"designed {len(batches)} ranking batches (wave {wave}) for {len(todo)} new images")
+    return dg.MaterializeResult(metadata={
+        "new_batches": len(batches), "batches": int(total), "wave": int(wave),
+        "min_views_per_image": int(summary.min_views), "connected": bool(summary.connected),
+        "by_annotator": table(batches.groupby("annotator_id").size().rename("batches").reset_index()),
+        "fits_budget": bool(budget.fits), "hours_needed": float(budget.total_hours_needed),
+    })
+
+
+def _simulate(context, config: SimulationConfig, duckdb: DuckDBResource, data_paths: DataPathsResource,
+              tasks_table: str, simulate) -> dg.MaterializeResult:
+    if not config.enabled:
+        return dg.MaterializeResult(metadata={"simulated": False, "files_written": 0})
+    with duckdb.get_connection() as con:
+        tasks = read_table(con, tasks_table)
+        reference = read_table(con, "reference_labels", "slice_id, label, position01, artefact")
+    if reference.empty:
+        raise dg.Failure(
+            "simulated experts need the synthetic truth (table reference_labels is empty): "
+            "simulate only the synthetic cohort, or set enabled: false and label in the web app")
+    incoming = data_paths.paths().annotations_incoming
+    files = simulate(tasks, reference, SimulatorParams(), incoming, config.seed)
+    context.log.info(f"simulated experts wrote {len(files)} annotation files into {incoming}")
+    return dg.MaterializeResult(metadata={"simulated": True, "files_written": len(files),
+                                          "incoming_dir": dg.MetadataValue.path(str(incoming))})
+
+
+@dg.asset(group_name=GROUP, deps=["labelling_tasks_single", "reference_labels"], kinds={"python"})
+def simulated_annotations_single(context: dg.AssetExecutionContext, config: SimulationConfig,
+                                 duckdb: DuckDBResource, data_paths: DataPathsResource) -> dg.MaterializeResult:
+    """Simulated experts label images one at a time within their time budget (annotation files)."""
+    return _simulate(context, config, duckdb, data_paths, "tasks_single", simulate_single_campaign)
+
+
+@dg.asset(group_name=GROUP, deps=["labelling_tasks_ranking", "reference_labels"], kinds={"python"})
+def simulated_annotations_ranking(context: dg.AssetExecutionContext, config: SimulationConfig,
+                                  duckdb: DuckDBResource, data_paths: DataPathsResource) -> dg.MaterializeResult:
+    """Simulated experts rank batches of 8 base -> apex and place the two dividers (annotation files)."""
+    return _simulate(context, config, duckdb, data_paths, "tasks_ranking", simulate_ranking_campaign)
+
+
+labelling_assets = [labelling_tasks_single, labelling_tasks_ranking,
+                    simulated_annotations_single, simulated_annotations_ranking]

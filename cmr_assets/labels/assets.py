@@ -1,0 +1,241 @@
+"""Annotations to labels as assets: validated raw annotations, aggregated labels, observer agreement.
+
+The synthetic truth (or a reference you provide) enters only through `reference_labels`, which
+only the simulated experts and evaluation read.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+from dagster_duckdb import DuckDBResource
+
+from cmr_assets.app.accounts import known_annotator_ids
+from cmr_assets.classes import CLASS_NAMES
+from cmr_assets.duckdb_io import read_table, replace_table
+from cmr_assets.evaluation.plots import rank_score_distribution_png
+from cmr_assets.ingest.deid import load_or_create_key, scan_id_for
+from cmr_assets.ingest.slice_store import slice_id_for
+from cmr_assets.labelling.campaign import expert_hours_spent
+from cmr_assets.labels.aggregation import aggregate_ranking, aggregate_single
+from cmr_assets.labels.agreement import agreement_table
+from cmr_assets.labels.monotone import apply_monotone
+from cmr_assets.labels.raw_annotations import ingest_annotation_files, latest_answer_per_task, read_raw_annotations
+from cmr_assets.metadata import picture, table
+from cmr_assets.resources import DataPathsResource
+
+GROUP = "labels"
+REFERENCE_COLUMNS = ["slice_id", "label", "position01", "artefact", "source"]
+
+
+class ReferenceConfig(dg.Config):
+    """Reference labels for evaluation: the synthetic truth by default, or your own CSV
+    (`slice_id,label` with label in too_basal/lv/too_apical, e.g. an expert consensus)."""
+
+    reference_csv: str = ""
+
+
+def synthetic_reference(truth: pd.DataFrame, key: bytes) -> pd.DataFrame:
+    """Map the generator's truth rows (series UID, position) onto de-identified slice ids."""
+    scan_ids = {uid: scan_id_for(uid, key) for uid in truth["series_uid"].unique()}
+    return pd.DataFrame({
+        "slice_id": [slice_id_for(scan_ids[u], int(i)) for u, i in zip(truth["series_uid"], truth["slice_from_base"],
+                                                                         strict=True)],
+        "label": truth["true_class"].astype(str),
+        "position01": truth["position01"].astype(float),
+        "artefact": truth["artefact"].astype(bool),
+        "source": "synthetic_truth",
+    })
+
+
+def user_reference(frame: pd.DataFrame, source: str) -> pd.DataFrame:
+    """A user's reference table, checked: known classes only (bad rows are a clear failure)."""
+    bad = ~frame["label"].isin(CLASS_NAMES)
+    if bad.any():
+        raise ValueError(f"{source}: {int(bad.sum())} rows with a label outside {CLASS_NAMES}, "
+                         f"e.g. row {int(bad.idxmax()) + 2}: {frame.loc[bad.idxmax(), 'label']!r}")
+    return pd.DataFrame({"slice_id": frame["slice_id"].astype(str), "label": frame["label"].astype(str),
+                         "position01": float("nan"), "artefact": False, "source": source})
+
+
+@dg.asset(group_name=GROUP, deps=["slices", "synthetic_cohort"], pool="duckdb", kinds={"duckdb"})
+def reference_labels(context: dg.AssetExecutionContext, config: ReferenceConfig, data_paths: DataPathsResource,
+                     duckdb: DuckDBResource) -> dg.MaterializeResult:
+    """Reference class per slice (synthetic truth or your CSV), for the simulator and evaluation only."""
+    paths = data_paths.paths()
+    if config.reference_csv:
+        reference = user_reference(pd.read_csv(config.reference_csv), Path(config.reference_csv).name)
+    elif paths.synthetic_truth.exists():
+        reference = synthetic_reference(pd.read_csv(paths.synthetic_truth), load_or_create_key(paths.secret))
+    else:
+        reference = pd.DataFrame(columns=REFERENCE_COLUMNS)
+    with duckdb.get_connection() as con:
+        known = set(read_table(con, "slices", "slice_id")["slice_id"])
+        reference = reference[reference["slice_id"].isin(known)].reset_index(drop=True)
+        replace_table(con, "reference_labels", reference)
+    context.log.info(f"{len(reference)} reference labels for {len(known)} slices")
+    return dg.MaterializeResult(metadata={
+        "rows": len(reference), "slices": len(known),
+        "class_mix": table(reference.groupby("label").size().rename("slices").reset_index()) if len(reference)
+        else "no reference",
+    })
+
+
+@dg.multi_asset(
+    group_name=GROUP, pool="duckdb",
+    specs=[dg.AssetSpec("raw_annotations_single", deps=["labelling_tasks_single", "simulated_annotations_single"],
+                        kinds={"duckdb"}, description="Validated single-image annotation records."),
+           dg.AssetSpec("raw_annotations_ranking", deps=["labelling_tasks_ranking", "simulated_annotations_ranking"],
+                        kinds={"duckdb"}, description="Validated ranking annotation records.")],
+)
+def raw_annotations(context: dg.AssetExecutionContext, data_paths: DataPathsResource, duckdb: DuckDBResource):
+    """Every annotation file in the incoming folder, validated; bad records go to `rejected_annotations`."""
+    paths = data_paths.paths()
+    with duckdb.get_connection() as con:
+        tasks_single = read_table(con, "tasks_single", "annotator_id")
+        tasks_ranking = read_table(con, "tasks_ranking", "annotator_id")
+        known = set(tasks_single.get("annotator_id", [])) | set(tasks_ranking.get("annotator_id", []))
+        report = ingest_annotation_files(paths.annotations_incoming, con, known | known_annotator_ids(paths))
+        single, ranking = read_raw_annotations(con)
+        rejected = con.execute("SELECT reason, count(*) AS records FROM rejected_annotations GROUP BY reason "
+                               "ORDER BY records DESC").df()
+    context.log.info(f"annotation files: {report.files_seen} seen, {report.files_read} read, "
+                     f"+{report.single_added} single, +{report.ranking_added} ranking, +{report.rejected_added} rejected")
+    common = {"files_seen": report.files_seen, "files_read": report.files_read,
+              "rejected_total": int(rejected["records"].sum()) if len(rejected) else 0,
+              "rejections_by_reason": table(rejected)}
+    yield dg.MaterializeResult(asset_key="raw_annotations_single", metadata={
+        **common, "records": len(single), "added": report.single_added,
+        "expert_hours": float(expert_hours_spent(single).sum())})
+    yield dg.MaterializeResult(asset_key="raw_annotations_ranking", metadata={
+        **common, "records": len(ranking), "added": report.ranking_added,
+        "expert_hours": float(expert_hours_spent(ranking).sum())})
+
+
+def _class_mix(labels: pd.DataFrame, column: str = "label") -> dict[str, float]:
+    counts = labels[column].dropna().value_counts()
+    return {name: float(counts.get(name, 0) / max(counts.sum(), 1)) for name in CLASS_NAMES}
+
+
+def _labels_metadata(labels: pd.DataFrame) -> dict:
+    labelled = labels["label"].notna()
+    changed = (labels["label"] != labels["label_monotone"]) & labelled
+    return {"slices": len(labels), "labelled": int(labelled.sum()),
+            "artefact_excluded": int(labels["artefact_excluded"].sum()),
+            "changed_by_monotone_step": int(changed.sum()),
+            "class_mix": dg.MetadataValue.json(_class_mix(labels))}
+
+
+@dg.asset(group_name=GROUP, deps=["raw_annotations_single"], pool="duckdb", kinds={"duckdb"})
+def labels_single(context: dg.AssetExecutionContext, duckdb: DuckDBResource) -> dg.MaterializeResult:
+    """One label per slice from one-image-at-a-time votes (majority; ties by the median class)."""
+    with duckdb.get_connection() as con:
+        raw_single, _ = read_raw_annotations(con)
+        tasks = read_table(con, "tasks_single")
+        slices = read_table(con, "slices", "slice_id, scan_id, slice_from_base")
+        labels = apply_monotone(aggregate_single(latest_answer_per_task(raw_single), tasks), slices)
+        replace_table(con, "labels_single", labels)
+    context.log.info(f"labels_single: {int(labels['label'].notna().sum())} labelled slices")
+    return dg.MaterializeResult(metadata=_labels_metadata(labels))
+
+
+@dg.asset(group_name=GROUP, deps=["raw_annotations_ranking"], pool="duckdb", kinds={"duckdb"})
+def labels_ranking(context: dg.AssetExecutionContext, duckdb: DuckDBResource) -> dg.MaterializeResult:
+    """One label per slice from ranked batches: Plackett-Luce latent axis cut by an ordered logit."""
+    with duckdb.get_connection() as con:
+        _, raw_ranking = read_raw_annotations(con)
+        slices = read_table(con, "slices", "slice_id, scan_id, slice_from_base, n_slices, position_mm")
+        result = aggregate_ranking(raw_ranking, slices)
+        labels = apply_monotone(result.labels, slices)
+        replace_table(con, "labels_ranking", labels)
+    fit = result.fit
+    context.log.info(f"labels_ranking: Plackett-Luce on {len(raw_ranking)} rankings in {fit.seconds:.2f} s "
+                     f"({fit.n_iter} iterations), cut points {result.cut_points}")
+    png = rank_score_distribution_png(labels.dropna(subset=["label"]), score_column="latent_score")
+    return dg.MaterializeResult(metadata={
+        **_labels_metadata(labels), "cut_points": dg.MetadataValue.json(list(result.cut_points)),
+        "slope": float(result.slope), "fit_seconds": float(fit.seconds), "fit_iterations": int(fit.n_iter),
+        "rank_score_distribution": picture(png, "latent score by label")})
+
+
+@dg.asset(group_name=GROUP, deps=["labels_single", "labels_ranking", "reference_labels"], pool="duckdb",
+          kinds={"duckdb"})
+def observer_agreement(context: dg.AssetExecutionContext, duckdb: DuckDBResource) -> dg.MaterializeResult:
+    """Cohen's kappa intra/inter (single), Kendall's tau (ranking), label accuracy against the reference."""
+    with duckdb.get_connection() as con:
+        raw_single, raw_ranking = read_raw_annotations(con)
+        tasks = read_table(con, "tasks_single")
+        labels = {s: read_table(con, f"labels_{s}") for s in ("single", "ranking")}
+        reference = read_table(con, "reference_labels")
+        rows = agreement_table(latest_answer_per_task(raw_single), tasks, raw_ranking, labels,
+                               reference if len(reference) else None)
+        replace_table(con, "agreement", rows)
+    context.log.info("agreement: " + ", ".join(f"{m}={v:.3f}" for m, v in zip(rows["metric"], rows["value"],
+                                                                             strict=True)))
+    return dg.MaterializeResult(metadata={
+        **{m: float(v) for m, v in zip(rows["metric"], rows["value"], strict=True)},
+        "table": table(rows[["metric", "value", "n"]])})
+
+
+def _check_views(duckdb: DuckDBResource, min_views: int = 3) -> dg.AssetCheckResult:
+    with duckdb.get_connection() as con:
+        views = con.execute("""
+            SELECT s.slice_id, count(r.slice_id) AS views FROM slices s LEFT JOIN (
+                SELECT unnest("order") AS slice_id FROM raw_annotations_ranking) r USING (slice_id)
+            GROUP BY s.slice_id""").df()
+    below = views[views["views"] < min_views]
+    return dg.AssetCheckResult(passed=below.empty, metadata={
+        "images": len(views), "below_min_views": len(below), "min_views": int(views["views"].min())})
+
+
+@dg.asset_check(asset="raw_annotations_ranking", description="Every eligible image was ranked at least 3 times.")
+def every_image_ranked_three_times(duckdb: DuckDBResource) -> dg.AssetCheckResult:
+    return _check_views(duckdb)
+
+
+def _unknown_label_check(duckdb: DuckDBResource, table_name: str) -> dg.AssetCheckResult:
+    with duckdb.get_connection() as con:
+        unknown = con.execute(f"SELECT count(*) FROM {table_name} WHERE slice_id NOT IN "
+                              "(SELECT slice_id FROM slices)").fetchone()[0]
+        mix = _class_mix(read_table(con, table_name, "label"))
+    sane = 0.02 <= mix["too_basal"] <= 0.4 and 0.3 <= mix["lv"] <= 0.95 and 0.02 <= mix["too_apical"] <= 0.4
+    return dg.AssetCheckResult(passed=unknown == 0 and sane, metadata={
+        "labels_for_unknown_images": int(unknown), "class_mix": dg.MetadataValue.json(mix),
+        "class_mix_bounds": "too_basal 2-40%, lv 30-95%, too_apical 2-40%"})
+
+
+@dg.asset_check(asset=labels_single, description="No label for an unknown image; class mix within sane bounds.")
+def labels_single_sane(duckdb: DuckDBResource) -> dg.AssetCheckResult:
+    return _unknown_label_check(duckdb, "labels_single")
+
+
+@dg.asset_check(asset=labels_ranking, description="No label for an unknown image; class mix within sane bounds.")
+def labels_ranking_sane(duckdb: DuckDBResource) -> dg.AssetCheckResult:
+    return _unknown_label_check(duckdb, "labels_ranking")
+
+
+def _budget_check(duckdb: DuckDBResource, table_name: str, hours: float) -> dg.AssetCheckResult:
+    with duckdb.get_connection() as con:
+        raw = read_table(con, table_name, "annotator_id, started_at, submitted_at")
+    spent = expert_hours_spent(raw) if len(raw) else pd.Series(dtype=float)
+    return dg.AssetCheckResult(passed=bool((spent <= hours + 1e-9).all()), metadata={
+        "budget_hours_per_expert": hours, "hours_by_expert": dg.MetadataValue.json(
+            json.loads(spent.round(3).to_json()))})
+
+
+@dg.asset_check(asset="raw_annotations_single", description="No expert exceeded the time budget (single).")
+def single_within_budget(duckdb: DuckDBResource) -> dg.AssetCheckResult:
+    return _budget_check(duckdb, "raw_annotations_single", 5.0)
+
+
+@dg.asset_check(asset="raw_annotations_ranking", description="No expert exceeded the time budget (ranking).")
+def ranking_within_budget(duckdb: DuckDBResource) -> dg.AssetCheckResult:
+    return _budget_check(duckdb, "raw_annotations_ranking", 5.0)
+
+
+labels_assets = [reference_labels, raw_annotations, labels_single, labels_ranking, observer_agreement]
+labels_checks = [every_image_ranked_three_times, labels_single_sane, labels_ranking_sane, single_within_budget,
+                 ranking_within_budget]
