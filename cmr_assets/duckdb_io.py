@@ -8,7 +8,7 @@ import pandas as pd
 
 def table_exists(con: duckdb.DuckDBPyConnection, table: str) -> bool:
     return bool(con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]).fetchone()[0])
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]).fetchall()[0][0])
 
 
 def read_table(con: duckdb.DuckDBPyConnection, table: str, columns: str = "*") -> pd.DataFrame:

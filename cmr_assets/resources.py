@@ -73,3 +73,7 @@ class MlflowResource(dg.ConfigurableResource):
         """The `champion` torch module of a strategy's registered model."""
         return mlflow_registry.load_champion(settings.REGISTERED_MODEL_NAMES[strategy],
                                              tracking_uri=self.resolved_tracking_uri())
+
+    def load_model(self, model_uri: str) -> Any:
+        """The torch module behind any `models:/` or `runs:/` URI on this store."""
+        return mlflow_registry.load_champion(model_uri, tracking_uri=self.resolved_tracking_uri())

@@ -5,11 +5,16 @@ Dagster daemon runs (`make ui` starts it); switch any of them in the UI (Automat
 `dagster sensor stop NAME` / `dagster schedule stop NAME`.
 """
 
-from __future__ import annotations
 
 import dagster as dg
 
-from cmr_assets.automation.file_cursor import files_after, format_cursor, parse_cursor, run_key_for, scan_folder
+from cmr_assets.automation.file_cursor import (
+    files_after,
+    format_cursor,
+    parse_cursor,
+    run_key_for,
+    scan_folder,
+)
 from cmr_assets.resources import DataPathsResource
 
 ANNOTATION_PATTERNS = ("*.jsonl",)

@@ -1,6 +1,5 @@
 """Ingestion as assets: the synthetic cohort, the raw DICOM inventory and the de-identified slices."""
 
-from __future__ import annotations
 
 import json
 import time

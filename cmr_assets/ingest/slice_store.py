@@ -208,7 +208,7 @@ def insert_rejections(con: duckdb.DuckDBPyConnection, source_root_hash: str,
         return 0
     rows = [{"source_root_hash": source_root_hash, "path": r.path, "reason": r.reason,
              "rejected_at": rejected_at} for r in rejections]
-    before = con.execute("SELECT count(*) FROM rejected_files").fetchone()[0]
+    before = con.execute("SELECT count(*) FROM rejected_files").fetchall()[0][0]
     with _transaction(con):
         _insert_frame(con, "rejected_files", REJECTED_COLUMNS, rows)
-    return con.execute("SELECT count(*) FROM rejected_files").fetchone()[0] - before
+    return con.execute("SELECT count(*) FROM rejected_files").fetchall()[0][0] - before

@@ -1,6 +1,5 @@
 """Labelling campaigns as assets: tasks of both strategies and the simulated experts' annotation files."""
 
-from __future__ import annotations
 
 import dagster as dg
 import pandas as pd
@@ -74,7 +73,7 @@ def labelling_tasks_single(context: dg.AssetExecutionContext, config: CampaignCo
         wave = _next_wave(existing, "task_id")
         tasks["task_id"] = _prefix_wave(tasks["task_id"], wave)
         append_rows(con, "tasks_single", tasks)
-        total = con.execute("SELECT count(*) FROM tasks_single").fetchone()[0]
+        total = con.execute("SELECT count(*) FROM tasks_single").fetchall()[0][0]
     context.log.info(f"designed {len(tasks)} single-image tasks (wave {wave}) for {len(todo)} new images")
     budget = budget_check(tasks, SimulatorParams().seconds_per_single, config.hours_per_expert)
     return dg.MaterializeResult(metadata={
@@ -101,7 +100,7 @@ def labelling_tasks_ranking(context: dg.AssetExecutionContext, config: CampaignC
         wave = _next_wave(existing, "batch_id")
         batches["batch_id"] = _prefix_wave(batches["batch_id"], wave)
         append_rows(con, "tasks_ranking", batches)
-        total = con.execute("SELECT count(*) FROM tasks_ranking").fetchone()[0]
+        total = con.execute("SELECT count(*) FROM tasks_ranking").fetchall()[0][0]
     summary = ranking_design_summary(batches, todo["slice_id"].tolist())
     budget = budget_check(batches, SimulatorParams().seconds_per_batch, config.hours_per_expert)
     context.log.info(f"designed {len(batches)} ranking batches (wave {wave}) for {len(todo)} new images")

@@ -4,7 +4,6 @@ The synthetic truth (or a reference you provide) enters only through `reference_
 only the simulated experts and evaluation read.
 """
 
-from __future__ import annotations
 
 import json
 from pathlib import Path
@@ -103,7 +102,8 @@ def raw_annotations(context: dg.AssetExecutionContext, data_paths: DataPathsReso
         rejected = con.execute("SELECT reason, count(*) AS records FROM rejected_annotations GROUP BY reason "
                                "ORDER BY records DESC").df()
     context.log.info(f"annotation files: {report.files_seen} seen, {report.files_read} read, "
-                     f"+{report.single_added} single, +{report.ranking_added} ranking, +{report.rejected_added} rejected")
+                     f"+{report.single_added} single, +{report.ranking_added} ranking, "
+                     f"+{report.rejected_added} rejected")
     common = {"files_seen": report.files_seen, "files_read": report.files_read,
               "rejected_total": int(rejected["records"].sum()) if len(rejected) else 0,
               "rejections_by_reason": table(rejected)}
@@ -199,7 +199,7 @@ def every_image_ranked_three_times(duckdb: DuckDBResource) -> dg.AssetCheckResul
 def _unknown_label_check(duckdb: DuckDBResource, table_name: str) -> dg.AssetCheckResult:
     with duckdb.get_connection() as con:
         unknown = con.execute(f"SELECT count(*) FROM {table_name} WHERE slice_id NOT IN "
-                              "(SELECT slice_id FROM slices)").fetchone()[0]
+                              "(SELECT slice_id FROM slices)").fetchall()[0][0]
         mix = _class_mix(read_table(con, table_name, "label"))
     sane = 0.02 <= mix["too_basal"] <= 0.4 and 0.3 <= mix["lv"] <= 0.95 and 0.02 <= mix["too_apical"] <= 0.4
     return dg.AssetCheckResult(passed=unknown == 0 and sane, metadata={

@@ -1,0 +1,103 @@
+"""Console script `cmr-assets`: the pipeline's entry points for people and scripts."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from cmr_assets.settings import PROJECT_ROOT
+
+
+def _default_dagster_home() -> None:
+    """Runs launched from the CLI land in the project's Dagster instance unless DAGSTER_HOME says otherwise."""
+    if not os.environ.get("DAGSTER_HOME"):
+        home = PROJECT_ROOT / ".dagster_home"
+        home.mkdir(exist_ok=True)
+        os.environ["DAGSTER_HOME"] = str(home)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    _default_dagster_home()
+    from cmr_assets.pipeline_runs import run_demo
+
+    return run_demo(n_scans=args.n_scans, seed=args.seed)
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    _default_dagster_home()
+    from cmr_assets.pipeline_runs import run_ingest
+
+    return run_ingest(Path(args.source_dir), workers=args.workers)
+
+
+def _cmd_filter(args: argparse.Namespace) -> int:
+    from cmr_assets.training.slice_filter import run_filter_cli
+
+    return run_filter_cli(Path(args.series_dir), model=args.model, as_json=args.json, out_dir=args.out)
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    _default_dagster_home()
+    from cmr_assets.pipeline_runs import run_simulated_experts
+
+    return run_simulated_experts(seed=args.seed)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from benchmarks.run import run_benchmarks
+
+    return run_benchmarks(quick=args.quick)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cmr-assets",
+        description="CMR short-axis slice labelling and classification pipeline (Dagster + MLflow + DuckDB).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="generate the synthetic cohort (if needed) and materialise the whole graph")
+    demo.add_argument("--n-scans", type=int, default=None, help="synthetic cohort size (default 300)")
+    demo.add_argument("--seed", type=int, default=None, help="synthetic cohort seed (default 0)")
+    demo.set_defaults(func=_cmd_demo)
+
+    ingest = sub.add_parser("ingest", help="ingest any folder of DICOM into the current data dir")
+    ingest.add_argument("source_dir", help="folder to search for DICOM files (nested folders, any names)")
+    ingest.add_argument("--workers", type=int, default=2, help="header-reading processes (default 2)")
+    ingest.set_defaults(func=_cmd_ingest)
+
+    filt = sub.add_parser("filter", help="classify the slices of one series with the registered model")
+    filt.add_argument("series_dir", help="folder holding one short-axis cine series")
+    filt.add_argument("--model", default="ranking",
+                      help="'ranking' or 'single' (the registry's champion) or an MLflow model URI")
+    filt.add_argument("--json", action="store_true", help="print JSON, one object per slice position")
+    filt.add_argument("--out", default=None, help="copy the kept DICOM files, unchanged, into this folder")
+    filt.set_defaults(func=_cmd_filter)
+
+    sim = sub.add_parser("simulate-experts", help="write simulated expert annotation files for current tasks")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.set_defaults(func=_cmd_simulate)
+
+    bench = sub.add_parser("bench", help="benchmarks against plain baselines; writes reports/benchmarks.json")
+    bench.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
+    bench.set_defaults(func=_cmd_bench)
+
+    try:
+        from cmr_assets.app.cli import register_cli
+    except ImportError:  # the web app is optional at import time only while it is being built
+        register_cli = None
+    if register_cli is not None:
+        register_cli(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

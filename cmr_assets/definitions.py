@@ -1,0 +1,46 @@
+"""Dagster definitions: every asset, check, job, sensor, schedule and resource of cmr_assets.
+
+Served by `dg dev` (pyproject `[tool.dg]`) and `dagster dev -w workspace.yaml`; `cmr-assets demo`
+runs the `cmr_pipeline` job in process against the same instance.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from cmr_assets.automation.schedules import nightly_retrain_schedule
+from cmr_assets.automation.sensors import (
+    annotation_files_sensor,
+    ingest_new_scans_job,
+    new_scans_sensor,
+    relabel_job,
+    retrain_job,
+)
+from cmr_assets.evaluation.assets import evaluation_assets
+from cmr_assets.ingest.assets import ingest_assets, ingest_checks
+from cmr_assets.labelling.assets import labelling_assets
+from cmr_assets.labels.assets import labels_assets, labels_checks
+from cmr_assets.resources import DataPathsResource, MlflowResource, duckdb_resource
+from cmr_assets.training.assets import training_assets
+
+PIPELINE_JOB = "cmr_pipeline"
+
+cmr_pipeline = dg.define_asset_job(
+    PIPELINE_JOB, selection=dg.AssetSelection.all(),
+    description="Raw scans -> slices -> labelling -> labels -> two models -> evaluation report.",
+)
+
+
+def build_definitions() -> dg.Definitions:
+    """Definitions bound to the current `CMR_DATA_DIR` / MLflow settings (read at load time)."""
+    return dg.Definitions(
+        assets=[*ingest_assets, *labelling_assets, *labels_assets, *training_assets, *evaluation_assets],
+        asset_checks=[*ingest_checks, *labels_checks],
+        jobs=[cmr_pipeline, relabel_job, ingest_new_scans_job, retrain_job],
+        sensors=[annotation_files_sensor, new_scans_sensor],
+        schedules=[nightly_retrain_schedule],
+        resources={"data_paths": DataPathsResource(), "duckdb": duckdb_resource(), "mlflow": MlflowResource()},
+    )
+
+
+defs = build_definitions()

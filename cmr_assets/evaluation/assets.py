@@ -1,0 +1,103 @@
+"""The evaluation report: both models on one common test set, beside what their labels cost."""
+
+
+import dagster as dg
+import pandas as pd
+from dagster_duckdb import DuckDBResource
+
+from cmr_assets.duckdb_io import read_table
+from cmr_assets.evaluation.metrics import classification_metrics, paired_comparison
+from cmr_assets.evaluation.plots import confusion_matrix_png, rank_score_distribution_png, roc_curves_png
+from cmr_assets.evaluation.report import StrategyEvaluation, build_evaluation_report, render_markdown, write_report
+from cmr_assets.labelling.campaign import expert_hours_spent
+from cmr_assets.labels.raw_annotations import latest_answer_per_task, read_raw_annotations
+from cmr_assets.metadata import picture
+from cmr_assets.resources import DataPathsResource, MlflowResource
+from cmr_assets.settings import REGISTERED_MODEL_NAMES
+from cmr_assets.training.dataset import evaluation_rows, load_slice_images
+from cmr_assets.training.packaging import predict_slices
+
+GROUP = "evaluation"
+STRATEGIES = ("ranking", "single")
+
+
+def labelling_cost(raw: pd.DataFrame, labels: pd.DataFrame) -> dict:
+    """Expert-hours spent, images that got a label, and views per labelled image."""
+    labelled = labels[labels["label"].notna()]
+    views = labelled["n_views"] if len(labelled) else pd.Series([0])
+    return {"expert_hours": float(expert_hours_spent(raw).sum()), "images_labelled": len(labelled),
+            "min_views_per_image": int(views.min()), "mean_views_per_image": float(views.mean())}
+
+
+def agreement_summary(rows: pd.DataFrame) -> dict:
+    """The agreement table as the report's `agreement` block (None for what was not measured)."""
+    values = {m: (None if pd.isna(v) else float(v)) for m, v in zip(rows.get("metric", []), rows.get("value", []),
+                                                                     strict=True)}
+    return {"kappa_intra": values.get("kappa_intra"), "kappa_inter": values.get("kappa_inter"),
+            "kendall_tau_ranking": values.get("kendall_tau_ranking"),
+            **{m: v for m, v in values.items() if m.startswith("label_accuracy_")}}
+
+
+@dg.asset(group_name=GROUP, deps=["model_single", "model_ranking", "observer_agreement", "reference_labels"],
+          kinds={"mlflow"})
+def evaluation_report(context: dg.AssetExecutionContext, data_paths: DataPathsResource, duckdb: DuckDBResource,
+                      mlflow: MlflowResource) -> dg.MaterializeResult:
+    """Accuracy, F1, ROC AUC, McNemar and a scan-level bootstrap for ranking vs single, plus labelling cost.
+
+    Both newest models (alias `challenger`) are scored on the same test scans against the reference.
+    """
+    paths = data_paths.paths()
+    with duckdb.get_connection() as con:
+        slices = read_table(con, "slices", "slice_id, scan_id, array_path, array_index")
+        split = read_table(con, "dataset_split")
+        reference = read_table(con, "reference_labels")
+        raw_single, raw_ranking = read_raw_annotations(con)
+        labels = {s: read_table(con, f"labels_{s}") for s in STRATEGIES}
+        agreement_rows = read_table(con, "agreement")
+    if reference.empty:
+        raise dg.Failure("evaluation needs reference labels for the test scans: the synthetic truth, or "
+                         "your own CSV via the reference_labels asset's `reference_csv` config")
+    test = evaluation_rows(slices, split, reference)
+    if test.empty:
+        raise dg.Failure("no test image has a reference label: check dataset_split and reference_labels")
+    images = load_slice_images(paths.root, test)
+    y_true = test["target"].to_numpy()
+    agreement = agreement_summary(agreement_rows)
+    raw = {"single": latest_answer_per_task(raw_single), "ranking": raw_ranking}
+    probas, per_strategy, figures = {}, {}, {}
+    for strategy in STRATEGIES:
+        name = REGISTERED_MODEL_NAMES[strategy]
+        client = mlflow.client()
+        version = client.get_model_version_by_alias(name, "challenger")
+        model = mlflow.load_model(f"models:/{name}/{version.version}")
+        probas[strategy] = predict_slices(model, images)
+        metrics = classification_metrics(y_true, probas[strategy])
+        figures[f"confusion_{strategy}.png"] = confusion_matrix_png(
+            metrics["confusion_matrix"]["matrix"], title=f"{strategy}-trained model, test set")
+        per_strategy[strategy] = StrategyEvaluation(
+            metrics=metrics, **labelling_cost(raw[strategy], labels[strategy]),
+            label_accuracy_vs_reference=agreement.get(f"label_accuracy_{strategy}"),
+            model={"registered_model": name, "version": version.version, "run_id": version.run_id})
+        context.log.info(f"{strategy}: test accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}")
+    predictions = {s: probas[s].argmax(axis=1) for s in STRATEGIES}
+    comparison = paired_comparison(y_true, predictions["ranking"], predictions["single"], groups=test["scan_id"])
+    figures["roc_curves.png"] = roc_curves_png(y_true, probas)
+    ranked = labels["ranking"].dropna(subset=["label"])
+    figures["rank_score_distribution.png"] = rank_score_distribution_png(ranked, score_column="latent_score")
+    for file_name, png in figures.items():
+        (paths.reports / file_name).write_bytes(png)
+    report = build_evaluation_report(per_strategy, comparison, agreement, len(test),
+                                     pictures={f: f for f in figures},
+                                     reference_source=str(reference["source"].iloc[0]))
+    json_path, md_path = write_report(report, paths.reports)
+    run_id = mlflow.log_evaluation_run(report=report, report_files=[json_path, md_path], pictures=figures)
+    return dg.MaterializeResult(metadata={
+        "n_test_images": len(test), "mcnemar_p": float(comparison["mcnemar_p"]),
+        **{f"{s}_test_accuracy": float(per_strategy[s].metrics["accuracy"]) for s in STRATEGIES},
+        "report": dg.MetadataValue.md(render_markdown(report)),
+        "report_json": dg.MetadataValue.path(str(json_path)), "mlflow_run_id": run_id,
+        **{name.removesuffix(".png"): picture(png, name) for name, png in figures.items()},
+    })
+
+
+evaluation_assets = [evaluation_report]
