@@ -34,7 +34,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _cmd_filter(args: argparse.Namespace) -> int:
-    from cmr_assets.training.slice_filter import run_filter_cli
+    from cmr_assets.inference.slice_filter import run_filter_cli
 
     return run_filter_cli(Path(args.series_dir), model=args.model, as_json=args.json, out_dir=args.out)
 

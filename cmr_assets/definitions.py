@@ -25,6 +25,11 @@ from cmr_assets.training.assets import training_assets
 
 PIPELINE_JOB = "cmr_pipeline"
 
+simulate_experts = dg.define_asset_job(
+    "simulate_experts", selection=["simulated_annotations_single", "simulated_annotations_ranking"],
+    description="Simulated experts write annotation files for the current tasks (the sensor picks them up).",
+)
+
 cmr_pipeline = dg.define_asset_job(
     PIPELINE_JOB, selection=dg.AssetSelection.all(),
     description="Raw scans -> slices -> labelling -> labels -> two models -> evaluation report.",
@@ -36,7 +41,7 @@ def build_definitions() -> dg.Definitions:
     return dg.Definitions(
         assets=[*ingest_assets, *labelling_assets, *labels_assets, *training_assets, *evaluation_assets],
         asset_checks=[*ingest_checks, *labels_checks],
-        jobs=[cmr_pipeline, relabel_job, ingest_new_scans_job, retrain_job],
+        jobs=[cmr_pipeline, simulate_experts, relabel_job, ingest_new_scans_job, retrain_job],
         sensors=[annotation_files_sensor, new_scans_sensor],
         schedules=[nightly_retrain_schedule],
         resources={"data_paths": DataPathsResource(), "duckdb": duckdb_resource(), "mlflow": MlflowResource()},

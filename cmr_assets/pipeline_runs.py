@@ -78,9 +78,10 @@ def demo_run_config(n_scans: int | None = None, seed: int | None = None) -> dict
 
 
 def run_job(job_name: str, run_config: dict[str, Any] | None = None) -> dg.ExecuteInProcessResult:
-    from cmr_assets.definitions import defs
+    """Execute one job in process against the current instance, with resources bound to the current settings."""
+    from cmr_assets.definitions import build_definitions
 
-    job = defs.resolve_job_def(job_name)
+    job = build_definitions().resolve_job_def(job_name)
     return job.execute_in_process(run_config=run_config or {}, instance=dg.DagsterInstance.get(),
                                   raise_on_error=False)
 
@@ -122,11 +123,6 @@ def run_ingest(source_dir: Path, workers: int = 2) -> int:
 
 def run_simulated_experts(seed: int = 0) -> int:
     """Simulated experts write annotation files for the current tasks (the sensor picks them up)."""
-    from cmr_assets.definitions import defs
-
     selection = ["simulated_annotations_single", "simulated_annotations_ranking"]
-    config = {"ops": {name: {"config": {"seed": seed}} for name in selection}}
-    assets = [a for a in defs.assets if isinstance(a, dg.AssetsDefinition)]
-    result = dg.materialize(assets, selection=selection, run_config=config, instance=dg.DagsterInstance.get(),
-                            resources=dict(defs.resources), raise_on_error=False)
+    result = run_job("simulate_experts", {"ops": {name: {"config": {"seed": seed}} for name in selection}})
     return 0 if result.success else 1

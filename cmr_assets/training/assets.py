@@ -102,8 +102,8 @@ def _git_commit() -> str:
 
 def _targets(rows: pd.DataFrame, soft: bool) -> torch.Tensor:
     if soft:
-        return torch.from_numpy(rows[PROBABILITY_COLUMNS].to_numpy(dtype=np.float32))
-    return torch.from_numpy(rows["target"].to_numpy())
+        return torch.from_numpy(rows[PROBABILITY_COLUMNS].to_numpy(dtype=np.float32).copy())
+    return torch.from_numpy(rows["target"].to_numpy().copy())
 
 
 def train_strategy_model(context: dg.AssetExecutionContext, strategy: str, config: ModelConfig,

@@ -1,0 +1,116 @@
+"""A tiny run of the whole graph, raw DICOM to evaluation report, then the slice filter on its models."""
+
+import json
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from cmr_assets.evaluation.report import validate_report
+from cmr_assets.ingest.synthetic import IDENTIFIER_MARKER
+from cmr_assets.inference.slice_filter import run_filter_cli
+from cmr_assets.settings import REGISTERED_MODEL_NAMES
+
+SUNNYBROOK = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "sunnybrook"
+TINY_RUN = {"ops": {
+    "synthetic_cohort": {"config": {"n_scans": 6, "workers": 1}},
+    "model_single": {"config": {"epochs": 1, "max_minutes": 0.5}},
+    "model_ranking": {"config": {"epochs": 1, "max_minutes": 0.5, "soft_labels": True}},
+}}
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CMR_DATA_DIR", str(root / "data"))
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        mp.setenv("MLFLOW_ARTIFACT_ROOT", (root / "artifacts").as_uri())
+        mp.setenv("DAGSTER_HOME", str(root / "dagster_home"))
+        (root / "dagster_home").mkdir()
+        from cmr_assets.pipeline_runs import run_job
+
+        result = run_job("cmr_pipeline", TINY_RUN)
+        failures = [e.step_key for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        assert result.success, f"failed steps: {failures}"
+        yield root, run_job
+
+
+def _count(root: Path, table: str) -> int:
+    with duckdb.connect(str(root / "data" / "cmr.duckdb"), read_only=True) as con:
+        return con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
+
+
+def test_report_has_the_contract_keys_and_both_models_are_champions(pipeline):
+    root, _ = pipeline
+    report = json.loads((root / "data" / "reports" / "evaluation.json").read_text())
+    validate_report(report)
+    assert report["n_test_images"] > 0
+    assert (root / "data" / "reports" / "evaluation.md").read_text().count("Paper") >= 1
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    for name in REGISTERED_MODEL_NAMES.values():
+        assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+
+
+def test_tables_are_filled(pipeline):
+    root, _ = pipeline
+    n_slices = _count(root, "slices")
+    assert 6 * 10 <= n_slices <= 6 * 14
+    for table in ("labels_single", "labels_ranking", "agreement", "dataset_split", "reference_labels"):
+        assert _count(root, table) > 0, table
+
+
+def test_no_identifier_leaves_ingestion(pipeline):
+    root, _ = pipeline
+    marker = IDENTIFIER_MARKER.encode()
+    inputs = {root / "data" / "scans", root / "data" / "reference"}
+    leaks = [p for p in root.rglob("*") if p.is_file() and not any(d in p.parents for d in inputs)
+             and marker in p.read_bytes()]
+    assert leaks == []
+
+
+def test_rerun_ingests_nothing_new(pipeline):
+    root, run_job = pipeline
+    before = _count(root, "slices"), _count(root, "rejected_files")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CMR_DATA_DIR", str(root / "data"))
+        mp.setenv("DAGSTER_HOME", str(root / "dagster_home"))
+        assert run_job("ingest_new_scans").success
+    assert (_count(root, "slices"), _count(root, "rejected_files")) == before
+
+
+def _filter_json(root: Path, series: Path, capsys, model: str = "ranking") -> list[dict]:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        assert run_filter_cli(series, model=model, as_json=True) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_filter_on_a_synthetic_series(pipeline, capsys, tmp_path):
+    root, _ = pipeline
+    series = root / "data" / "scans" / "synthetic" / "scan_0000"
+    decisions = _filter_json(root, series, capsys)
+    assert [d["slice_from_base"] for d in decisions] == list(range(len(decisions)))
+    assert {"slice_from_base", "predicted_class", "probabilities", "keep", "files"} <= set(decisions[0])
+    assert sorted(f for d in decisions for f in d["files"]) == sorted(p.name for p in series.iterdir())
+    for d in decisions:
+        assert d["predicted_class"] in ("too_basal", "lv", "too_apical")
+        assert abs(sum(d["probabilities"].values()) - 1) < 1e-3
+
+
+def test_filter_on_real_sunnybrook_series(pipeline, capsys, tmp_path):
+    if not SUNNYBROOK.exists():
+        pytest.skip(f"Sunnybrook data not found at {SUNNYBROOK}")
+    root, _ = pipeline
+    decisions = _filter_json(root, SUNNYBROOK / "SCD0000101", capsys, model="single")
+    assert len(decisions) == 12
+    for k, d in enumerate(decisions):  # base first: slice k holds instances 20k+1 .. 20k+20
+        assert sorted(int(f.removesuffix(".dcm")) for f in d["files"]) == list(range(20 * k + 1, 20 * k + 21))
+
+
+def test_filter_without_a_registered_model_says_how_to_train_one(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'empty.db'}")
+    assert run_filter_cli(tmp_path, model="ranking") == 1
+    assert "cmr-assets demo" in capsys.readouterr().err

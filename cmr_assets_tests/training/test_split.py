@@ -1,0 +1,78 @@
+"""Scan-level split: deterministic, no scan in two splits, sizes and class mix as asked."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cmr_assets.training.split import SPLITS, class_mix_from_labels, split_by_scan
+
+
+def _cohort(n_scans: int, seed: int = 1) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    n_slices = rng.integers(8, 16, n_scans)
+    basal = rng.integers(1, 4, n_scans)
+    apical = rng.integers(0, 3, n_scans)
+    return pd.DataFrame({
+        "scan_id": [f"{i:016x}" for i in rng.permutation(10_000)[:n_scans]],
+        "too_basal": basal,
+        "lv": n_slices - basal - apical,
+        "too_apical": apical,
+    })
+
+
+def test_same_seed_same_split_whatever_the_row_order() -> None:
+    cohort = _cohort(60)
+    first = split_by_scan(cohort, seed=3)
+    shuffled = split_by_scan(cohort.sample(frac=1, random_state=0), seed=3)
+    pd.testing.assert_frame_equal(first, shuffled)
+    assert not first.equals(split_by_scan(cohort, seed=4))
+
+
+def test_every_scan_in_exactly_one_split_with_the_asked_sizes() -> None:
+    cohort = _cohort(101)
+    split = split_by_scan(cohort, fractions=(0.6, 0.2, 0.2), seed=0)
+    assert sorted(split["scan_id"]) == sorted(cohort["scan_id"])
+    assert split["scan_id"].is_unique
+    assert split["split"].value_counts().to_dict() == {"train": 61, "val": 20, "test": 20}
+
+
+def test_each_lv_fraction_stratum_is_spread_over_the_splits() -> None:
+    cohort = _cohort(200, seed=7)
+    split = split_by_scan(cohort, seed=0).merge(cohort, on="scan_id")
+    lv_fraction = split["lv"] / split[["too_basal", "lv", "too_apical"]].sum(axis=1)
+    quartile = pd.qcut(lv_fraction.rank(method="first"), 4, labels=False)
+    shares = pd.crosstab(quartile, split["split"], normalize="index")
+    assert (shares["train"] - 0.6).abs().max() < 0.05
+    assert (shares[["val", "test"]] - 0.2).abs().to_numpy().max() < 0.05
+    per_split_mean = lv_fraction.groupby(split["split"]).mean()
+    assert per_split_mean.max() - per_split_mean.min() < 0.02
+
+
+def test_tiny_cohort_still_fills_every_split() -> None:
+    split = split_by_scan(_cohort(3), seed=0)
+    assert sorted(split["split"]) == sorted(SPLITS)
+
+
+@pytest.mark.parametrize(
+    ("table", "fractions", "message"),
+    [
+        (_cohort(5).drop(columns="lv"), (0.6, 0.2, 0.2), "lacks column"),
+        (pd.concat([_cohort(4), _cohort(4).head(1)]), (0.6, 0.2, 0.2), "duplicate scan_id"),
+        (_cohort(4).assign(lv=0, too_basal=0, too_apical=0), (0.6, 0.2, 0.2), "all-zero"),
+        (_cohort(4), (0.5, 0.5), "three non-negative"),
+    ],
+)
+def test_bad_input_is_named(table: pd.DataFrame, fractions: tuple[float, ...], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        split_by_scan(table, fractions=fractions)
+
+
+def test_class_mix_from_slice_labels() -> None:
+    labels = pd.DataFrame({"scan_id": ["a", "a", "a", "b", "b"], "label": [0, 1, 1, 1, 2]})
+    mix = class_mix_from_labels(labels)
+    assert mix.to_dict("records") == [
+        {"scan_id": "a", "too_basal": 1, "lv": 2, "too_apical": 0},
+        {"scan_id": "b", "too_basal": 0, "lv": 1, "too_apical": 1},
+    ]
+    with pytest.raises(ValueError, match="outside 0..2"):
+        class_mix_from_labels(labels.assign(label=[0, 1, 5, 1, 2]))
