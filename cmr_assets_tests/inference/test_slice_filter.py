@@ -1,0 +1,45 @@
+from pathlib import Path
+
+import numpy as np
+
+from cmr_assets.ingest.dicom_series import OrderedSeries, OrderedSlice
+from cmr_assets.inference.slice_filter import copy_kept, decide, format_table, model_uri_for
+
+
+def _series(n: int) -> OrderedSeries:
+    blank = np.zeros((4, 4), dtype=np.uint8)
+    slices = tuple(OrderedSlice(k, 10.0 * k, 0.0, blank, blank, (f"p{k}/a.dcm", f"p{k}/b.dcm")) for k in range(n))
+    return OrderedSeries(Path("."), "min_trigger_time", 10.0, slices, ())
+
+
+def test_decide_keeps_lv_after_the_monotone_step():
+    probabilities = np.array([
+        [0.9, 0.05, 0.05],   # too basal
+        [0.1, 0.8, 0.1],     # lv
+        [0.1, 0.3, 0.6],     # an apical-looking slice between LV slices: the anatomy says lv
+        [0.1, 0.8, 0.1],     # lv
+        [0.05, 0.05, 0.9],   # too apical
+    ])
+    decisions = decide(_series(5), probabilities)
+    assert [d.predicted_class for d in decisions] == ["too_basal", "lv", "lv", "lv", "too_apical"]
+    assert [d.keep for d in decisions] == [False, True, True, True, False]
+    assert decisions[2].model_class == "too_apical"
+    assert "model said too_apical" in format_table(decisions)
+
+
+def test_copy_kept_copies_only_kept_files_unchanged(tmp_path):
+    source = tmp_path / "series"
+    for k in range(3):
+        (source / f"p{k}").mkdir(parents=True)
+        for name in ("a.dcm", "b.dcm"):
+            (source / f"p{k}" / name).write_bytes(bytes([k]) * 10)
+    decisions = decide(_series(3), np.array([[0.9, 0.05, 0.05], [0.1, 0.8, 0.1], [0.05, 0.05, 0.9]]))
+    assert copy_kept(source, decisions, tmp_path / "out") == 2
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.dcm")) == \
+        ["p1/a.dcm", "p1/b.dcm"]
+    assert (tmp_path / "out" / "p1" / "a.dcm").read_bytes() == bytes([1]) * 10
+
+
+def test_model_choice():
+    assert model_uri_for("ranking") == "cmr-slice-classifier-ranking"
+    assert model_uri_for("models:/x/3") == "models:/x/3"
