@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from cmr_assets.app.cli import register_cli
 from cmr_assets.settings import PROJECT_ROOT
 
 
@@ -85,12 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
     bench.set_defaults(func=_cmd_bench)
 
-    try:
-        from cmr_assets.app.cli import register_cli
-    except ImportError:  # the web app is optional at import time only while it is being built
-        register_cli = None
-    if register_cli is not None:
-        register_cli(sub)
+    register_cli(sub)
     return parser
 
 

@@ -1,0 +1,24 @@
+import pytest
+
+from cmr_assets.cli import build_parser, main
+
+SUBCOMMANDS = ["demo", "ingest", "filter", "simulate-experts", "bench", "serve-labelling", "annotators"]
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: cmr-assets" in capsys.readouterr().out
+
+
+def test_ingest_of_a_missing_folder_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path))
+    assert main(["ingest", str(tmp_path / "nope")]) == 2
+    assert "is not a folder" in capsys.readouterr().out
+
+
+def test_filter_defaults_to_the_ranking_champion():
+    args = build_parser().parse_args(["filter", "series"])
+    assert args.model == "ranking" and not args.json

@@ -1,0 +1,58 @@
+#!/usr/bin/env python
+"""Export the pipeline's training data (after `make demo`) to one .npz for a bare GPU machine.
+
+The GPU machine has torch but neither DuckDB nor the pipeline's other dependencies, so this script
+gathers, with the pipeline's own dataset functions, exactly what the model assets train and test
+on: train/val images with each strategy's labels (hard and soft) and the common test set with its
+reference labels. No identifiers: images and class indices only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import duckdb
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cmr_assets.duckdb_io import read_table  # noqa: E402
+from cmr_assets.settings import DataPaths  # noqa: E402
+from cmr_assets.training.dataset import (  # noqa: E402
+    PROBABILITY_COLUMNS,
+    evaluation_rows,
+    labelled_rows,
+    load_slice_images,
+)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", help="the .npz to write")
+    args = parser.parse_args()
+    paths = DataPaths.default()
+    with duckdb.connect(str(paths.duckdb), read_only=True) as con:
+        slices = read_table(con, "slices", "slice_id, scan_id, array_path, array_index")
+        split = read_table(con, "dataset_split")
+        reference = read_table(con, "reference_labels")
+        labels = {s: read_table(con, f"labels_{s}") for s in ("single", "ranking")}
+    arrays: dict[str, np.ndarray] = {}
+    for strategy, table in labels.items():
+        for which in ("train", "val"):
+            rows = labelled_rows(slices, split, table, which)
+            arrays[f"{strategy}_{which}_images"] = load_slice_images(paths.root, rows)
+            arrays[f"{strategy}_{which}_targets"] = rows["target"].to_numpy()
+            arrays[f"{strategy}_{which}_soft"] = rows[PROBABILITY_COLUMNS].to_numpy(dtype=np.float32)
+    test = evaluation_rows(slices, split, reference)
+    arrays["test_images"] = load_slice_images(paths.root, test)
+    arrays["test_targets"] = test["target"].to_numpy()
+    arrays["test_groups"] = test["scan_id"].factorize()[0]
+    np.savez_compressed(args.out, **arrays)
+    print(f"wrote {args.out}: " + ", ".join(f"{k} {v.shape}" for k, v in arrays.items() if k.endswith("images")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

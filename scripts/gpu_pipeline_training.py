@@ -1,0 +1,78 @@
+#!/usr/bin/env python
+"""Train both strategies' models on CUDA on the pipeline's own data and print the figures.
+
+Input: the .npz written by `scripts/export_training_set.py` after `make demo`. Needs only torch,
+numpy, scipy, scikit-learn and `cmr_assets.training` (no Dagster, MLflow or DuckDB), so it runs on
+a bare GPU machine. Uses the GPU default configuration (ResNet-18, 128 px, batch 256, bf16
+autocast, channels_last), scores each model on the common test set against the reference labels
+and compares them with an exact McNemar test, as the evaluation asset does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import binomtest
+from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cmr_assets.training.core import gpu_config, predict_proba, select_device, train_classifier  # noqa: E402
+
+RUNS = (("ranking", False), ("ranking", True), ("single", False))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dataset", help=".npz from scripts/export_training_set.py")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    data = np.load(args.dataset)
+    config = gpu_config(device=args.device)
+    device = select_device(config)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"device {device} ({name}), torch {torch.__version__}, config {config}")
+    test_images = torch.from_numpy(data["test_images"])
+    y_test = data["test_targets"]
+    results, predictions = {}, {}
+    for strategy, soft in RUNS:
+        key = f"{strategy}{'_soft' if soft else ''}"
+        targets = data[f"{strategy}_train_soft"] if soft else data[f"{strategy}_train_targets"]
+        run_config = gpu_config(device=args.device, soft_labels=soft)
+        started = time.perf_counter()
+        result = train_classifier(torch.from_numpy(data[f"{strategy}_train_images"]), torch.from_numpy(targets),
+                                  torch.from_numpy(data[f"{strategy}_val_images"]),
+                                  torch.from_numpy(data[f"{strategy}_val_targets"]), run_config)
+        wall = time.perf_counter() - started
+        proba = predict_proba(result.model, test_images, run_config.input_size, device=device)
+        predictions[key] = proba.argmax(axis=1)
+        results[key] = {
+            "n_train": int(len(targets)), "epochs": len(result.history), "best_epoch": result.best_epoch,
+            "stop_reason": result.stop_reason, "train_seconds": round(wall, 2),
+            "images_per_s": round(result.images_per_s, 1), "best_val_macro_f1": round(result.best_val_macro_f1, 4),
+            "test_accuracy": round(float(accuracy_score(y_test, predictions[key])), 4),
+            "test_macro_f1": round(float(f1_score(y_test, predictions[key], average="macro")), 4),
+            "test_roc_auc": round(float(roc_auc_score(y_test, proba, multi_class="ovr", average="macro")), 4),
+        }
+        print(f"{key:<13} {results[key]}")
+    right_a = predictions["ranking"] == y_test
+    right_b = predictions["single"] == y_test
+    b, c = int((right_a & ~right_b).sum()), int((~right_a & right_b).sum())
+    mcnemar_p = binomtest(b, b + c, 0.5).pvalue if b + c else 1.0
+    summary = {"device": name, "n_test_images": int(len(y_test)), "runs": results,
+               "mcnemar_ranking_vs_single": {"b": b, "c": c, "p_value": mcnemar_p}}
+    print(json.dumps(summary["mcnemar_ranking_vs_single"]))
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], "gpu_pipeline.json").write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
