@@ -38,19 +38,23 @@ def main() -> int:
         split = read_table(con, "dataset_split")
         reference = read_table(con, "reference_labels")
         labels = {s: read_table(con, f"labels_{s}") for s in ("single", "ranking")}
-    arrays: dict[str, np.ndarray] = {}
-    for strategy, table in labels.items():
-        for which in ("train", "val"):
-            rows = labelled_rows(slices, split, table, which)
-            arrays[f"{strategy}_{which}_images"] = load_slice_images(paths.root, rows)
-            arrays[f"{strategy}_{which}_targets"] = rows["target"].to_numpy()
-            arrays[f"{strategy}_{which}_soft"] = rows[PROBABILITY_COLUMNS].to_numpy(dtype=np.float32)
-    test = evaluation_rows(slices, split, reference)
-    arrays["test_images"] = load_slice_images(paths.root, test)
-    arrays["test_targets"] = test["target"].to_numpy()
-    arrays["test_groups"] = test["scan_id"].factorize()[0]
+    parts = {f"{strategy}_{which}": labelled_rows(slices, split, table, which)
+             for strategy, table in labels.items() for which in ("train", "val")}
+    parts["test"] = evaluation_rows(slices, split, reference)
+    # Each image is stored once; every part refers to it by index (the strategies share most images).
+    used = sorted(set().union(*(set(rows["slice_id"]) for rows in parts.values())))
+    index = {slice_id: i for i, slice_id in enumerate(used)}
+    arrays: dict[str, np.ndarray] = {
+        "images": load_slice_images(paths.root, slices.set_index("slice_id").loc[used].reset_index())}
+    for name, rows in parts.items():
+        arrays[f"{name}_index"] = rows["slice_id"].map(index).to_numpy()
+        arrays[f"{name}_targets"] = rows["target"].to_numpy()
+        if name != "test":
+            arrays[f"{name}_soft"] = rows[PROBABILITY_COLUMNS].to_numpy(dtype=np.float32)
+    arrays["test_groups"] = parts["test"]["scan_id"].factorize()[0]
     np.savez_compressed(args.out, **arrays)
-    print(f"wrote {args.out}: " + ", ".join(f"{k} {v.shape}" for k, v in arrays.items() if k.endswith("images")))
+    print(f"wrote {args.out}: {len(used)} images; " + ", ".join(f"{k} {len(v)}" for k, v in arrays.items()
+                                                              if k.endswith("_index")))
     return 0
 
 

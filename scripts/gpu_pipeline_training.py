@@ -39,7 +39,12 @@ def main() -> int:
     device = select_device(config)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device {device} ({name}), torch {torch.__version__}, config {config}")
-    test_images = torch.from_numpy(data["test_images"])
+    images = data["images"]
+
+    def part(name: str) -> torch.Tensor:
+        return torch.from_numpy(images[data[f"{name}_index"]])
+
+    test_images = part("test")
     y_test = data["test_targets"]
     results, predictions = {}, {}
     for strategy, soft in RUNS:
@@ -47,8 +52,7 @@ def main() -> int:
         targets = data[f"{strategy}_train_soft"] if soft else data[f"{strategy}_train_targets"]
         run_config = gpu_config(device=args.device, soft_labels=soft)
         started = time.perf_counter()
-        result = train_classifier(torch.from_numpy(data[f"{strategy}_train_images"]), torch.from_numpy(targets),
-                                  torch.from_numpy(data[f"{strategy}_val_images"]),
+        result = train_classifier(part(f"{strategy}_train"), torch.from_numpy(targets), part(f"{strategy}_val"),
                                   torch.from_numpy(data[f"{strategy}_val_targets"]), run_config)
         wall = time.perf_counter() - started
         proba = predict_proba(result.model, test_images, run_config.input_size, device=device)
