@@ -5,11 +5,13 @@ import dagster as dg
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 
+from cmr_assets.classes import CLASS_INDEX
 from cmr_assets.duckdb_io import read_table
 from cmr_assets.evaluation.metrics import classification_metrics, paired_comparison
 from cmr_assets.evaluation.plots import confusion_matrix_png, rank_score_distribution_png, roc_curves_png
 from cmr_assets.evaluation.report import StrategyEvaluation, build_evaluation_report, render_markdown, write_report
 from cmr_assets.labelling.campaign import expert_hours_spent
+from cmr_assets.labels.agreement import cohen_kappa
 from cmr_assets.labels.raw_annotations import latest_answer_per_task, read_raw_annotations
 from cmr_assets.metadata import picture
 from cmr_assets.resources import DataPathsResource, MlflowResource
@@ -27,6 +29,16 @@ def labelling_cost(raw: pd.DataFrame, labels: pd.DataFrame) -> dict:
     views = labelled["n_views"] if len(labelled) else pd.Series([0])
     return {"expert_hours": float(expert_hours_spent(raw).sum()), "images_labelled": len(labelled),
             "min_views_per_image": int(views.min()), "mean_views_per_image": float(views.mean())}
+
+
+def label_kappa_vs_reference(labels: pd.DataFrame, reference: pd.DataFrame) -> float | None:
+    """Cohen's kappa between a strategy's labels and the reference, over slices both label."""
+    both = labels[labels["label"].notna() & ~labels["artefact_excluded"].astype(bool)].merge(
+        reference[["slice_id", "label"]], on="slice_id", suffixes=("", "_reference"))
+    if both.empty:
+        return None
+    return float(cohen_kappa(both["label"].map(CLASS_INDEX).to_numpy(),
+                             both["label_reference"].map(CLASS_INDEX).to_numpy()))
 
 
 def agreement_summary(rows: pd.DataFrame) -> dict:
@@ -77,6 +89,7 @@ def evaluation_report(context: dg.AssetExecutionContext, data_paths: DataPathsRe
         per_strategy[strategy] = StrategyEvaluation(
             metrics=metrics, **labelling_cost(raw[strategy], labels[strategy]),
             label_accuracy_vs_reference=agreement.get(f"label_accuracy_{strategy}"),
+            label_kappa_vs_reference=label_kappa_vs_reference(labels[strategy], reference),
             model={"registered_model": name, "version": version.version, "run_id": version.run_id})
         context.log.info(f"{strategy}: test accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}")
     predictions = {s: probas[s].argmax(axis=1) for s in STRATEGIES}
