@@ -29,6 +29,10 @@ class CampaignConfig(dg.Config):
     """Campaign design; the defaults follow the paper (3 experts, batches of 8, >= 3 views per image)."""
 
     n_experts: int = 3
+    annotators: list[str] = []  # people's roster names; empty means simulated experts sim-expert-1..n
+
+    def roster(self) -> list[str]:
+        return list(self.annotators) or annotator_ids(self.n_experts)
     intra_share: float = 0.05
     inter_share: float = 0.05
     min_views: int = 3
@@ -68,7 +72,7 @@ def labelling_tasks_single(context: dg.AssetExecutionContext, config: CampaignCo
         todo = slices[~slices["slice_id"].isin(done)]
         if todo.empty:
             return dg.MaterializeResult(metadata={"new_tasks": 0, "tasks": len(existing)})
-        tasks = design_single_tasks(todo["slice_id"].tolist(), annotator_ids(config.n_experts),
+        tasks = design_single_tasks(todo["slice_id"].tolist(), config.roster(),
                                     config.intra_share, config.inter_share, config.seed)
         wave = _next_wave(existing, "task_id")
         tasks["task_id"] = _prefix_wave(tasks["task_id"], wave)
@@ -95,7 +99,7 @@ def labelling_tasks_ranking(context: dg.AssetExecutionContext, config: CampaignC
         todo = slices[~slices["slice_id"].isin(done)]
         if todo.empty:
             return dg.MaterializeResult(metadata={"new_batches": 0, "batches": len(existing)})
-        batches = design_ranking_batches(todo, annotator_ids(config.n_experts), config.min_views,
+        batches = design_ranking_batches(todo, config.roster(), config.min_views,
                                          config.batch_size, config.seed)
         wave = _next_wave(existing, "batch_id")
         batches["batch_id"] = _prefix_wave(batches["batch_id"], wave)
