@@ -1,12 +1,15 @@
 """Cursor arithmetic for folder-watching sensors, kept pure so it can be tested without Dagster.
 
-A cursor is the newest `(mtime_ns, relative path)` already handed to a run. Files are compared
-on that pair, so a restart resumes exactly where it stopped, a file is never requested twice, and
-files that share one mtime are still told apart by name.
+The cursor is a digest of the folder listing (path, size, mtime of every matching file) plus the
+file count. Any change, including a file copied in with an old mtime (`cp -p`, `rsync -a`, unzip)
+or one whose name sorts before files already seen, changes the digest, so nothing is missed; the
+same listing never gives a second run (the digest is also the run key). The runs it starts are
+idempotent (ingestion skips what is stored), so a whole-folder pass per change is safe.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -15,40 +18,47 @@ from pathlib import Path
 
 @dataclass(frozen=True, order=True)
 class FileStamp:
-    mtime_ns: int
     path: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class FolderState:
+    digest: str
+    n_files: int
 
 
 def scan_folder(folder: Path, patterns: Iterable[str]) -> list[FileStamp]:
-    """Every file under `folder` matching one of the glob patterns, oldest first."""
+    """Every file under `folder` matching one of the glob patterns, sorted by path."""
     if not folder.exists():
         return []
     seen: dict[str, FileStamp] = {}
     for pattern in patterns:
         for path in folder.rglob(pattern):
             if path.is_file():
+                stat = path.stat()
                 rel = path.relative_to(folder).as_posix()
-                seen[rel] = FileStamp(path.stat().st_mtime_ns, rel)
+                seen[rel] = FileStamp(rel, stat.st_size, stat.st_mtime_ns)
     return sorted(seen.values())
 
 
-def parse_cursor(cursor: str | None) -> FileStamp | None:
+def folder_state(stamps: list[FileStamp]) -> FolderState:
+    digest = hashlib.sha256("\n".join(f"{s.path}\t{s.size}\t{s.mtime_ns}" for s in stamps).encode())
+    return FolderState(digest.hexdigest()[:32], len(stamps))
+
+
+def parse_cursor(cursor: str | None) -> FolderState | None:
     if not cursor:
         return None
     raw = json.loads(cursor)
-    return FileStamp(int(raw["mtime_ns"]), str(raw["path"]))
+    return FolderState(str(raw["digest"]), int(raw["n_files"]))
 
 
-def format_cursor(stamp: FileStamp) -> str:
-    return json.dumps({"mtime_ns": stamp.mtime_ns, "path": stamp.path})
+def format_cursor(state: FolderState) -> str:
+    return json.dumps({"digest": state.digest, "n_files": state.n_files})
 
 
-def files_after(stamps: list[FileStamp], cursor: FileStamp | None) -> list[FileStamp]:
-    """The files newer than the cursor, oldest first."""
-    return [s for s in stamps if cursor is None or s > cursor]
-
-
-def run_key_for(new_files: list[FileStamp]) -> str:
-    """A run key unique to this exact set of new files (Dagster drops a repeated key)."""
-    last = new_files[-1]
-    return f"{len(new_files)}:{last.mtime_ns}:{last.path}"
+def new_file_count(now: FolderState, before: FolderState | None) -> int:
+    """How many more files than at the cursor (a changed file with no new one counts as one)."""
+    return max(now.n_files - (before.n_files if before else 0), 1)

@@ -44,8 +44,9 @@ def nightly_retrain_schedule(context: dg.ScheduleEvaluationContext, data_paths: 
         with duckdb.connect(str(data_paths.paths().duckdb), read_only=True) as con:
             slices = read_table(con, "slices", "slice_id, scan_id, array_path, array_index")
             split = read_table(con, "dataset_split")
-            current = {s: training_label_hash(slices, split, read_table(con, f"labels_{s}")) if len(split) else None
-                       for s in STRATEGIES}
+            tables = {s: read_table(con, f"labels_{s}") for s in STRATEGIES}
+        current = {s: training_label_hash(slices, split, labels) if min(len(slices), len(split), len(labels)) else None
+                   for s, labels in tables.items()}
     except duckdb.Error as error:
         return dg.SkipReason(f"database not readable now ({error}); next night")
     changed = strategies_to_retrain(current, {s: _champion_label_hash(mlflow, s) for s in STRATEGIES})

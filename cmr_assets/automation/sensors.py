@@ -5,16 +5,9 @@ Dagster daemon runs (`make ui` starts it); switch any of them in the UI (Automat
 `dagster sensor stop NAME` / `dagster schedule stop NAME`.
 """
 
-
 import dagster as dg
 
-from cmr_assets.automation.file_cursor import (
-    files_after,
-    format_cursor,
-    parse_cursor,
-    run_key_for,
-    scan_folder,
-)
+from cmr_assets.automation.file_cursor import folder_state, format_cursor, new_file_count, parse_cursor, scan_folder
 from cmr_assets.resources import DataPathsResource
 
 ANNOTATION_PATTERNS = ("*.jsonl",)
@@ -42,12 +35,16 @@ retrain_job = dg.define_asset_job(
 
 def _folder_sensor_tick(context: dg.SensorEvaluationContext, folder, patterns, what: str):
     stamps = scan_folder(folder, patterns)
-    new = files_after(stamps, parse_cursor(context.cursor))
-    if not new:
+    before = parse_cursor(context.cursor)
+    if not stamps and before is None:
+        return dg.SkipReason(f"no {what} in {folder}")
+    now = folder_state(stamps)
+    if before is not None and now.digest == before.digest:
         return dg.SkipReason(f"no new {what} in {folder}")
-    context.update_cursor(format_cursor(new[-1]))
-    context.log.info(f"{len(new)} new {what} (newest {new[-1].path})")
-    return dg.RunRequest(run_key=run_key_for(new), tags={"cmr/new_files": str(len(new))})
+    new = new_file_count(now, before)
+    context.update_cursor(format_cursor(now))
+    context.log.info(f"{what}: {now.n_files} files, {new} new or changed")
+    return dg.RunRequest(run_key=now.digest, tags={"cmr/new_files": str(new)})
 
 
 @dg.sensor(job=relabel_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)

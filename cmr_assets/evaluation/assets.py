@@ -51,7 +51,7 @@ def agreement_summary(rows: pd.DataFrame) -> dict:
 
 
 @dg.asset(group_name=GROUP, deps=["model_single", "model_ranking", "observer_agreement", "reference_labels"],
-          kinds={"mlflow"})
+          pool="duckdb", kinds={"mlflow"})
 def evaluation_report(context: dg.AssetExecutionContext, data_paths: DataPathsResource, duckdb: DuckDBResource,
                       mlflow: MlflowResource) -> dg.MaterializeResult:
     """Accuracy, F1, ROC AUC, McNemar and a scan-level bootstrap for ranking vs single, plus labelling cost.

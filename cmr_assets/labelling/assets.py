@@ -134,14 +134,15 @@ def _simulate(context, config: SimulationConfig, duckdb: DuckDBResource, data_pa
                                           "incoming_dir": dg.MetadataValue.path(str(incoming))})
 
 
-@dg.asset(group_name=GROUP, deps=["labelling_tasks_single", "reference_labels"], kinds={"python"})
+@dg.asset(group_name=GROUP, deps=["labelling_tasks_single", "reference_labels"], pool="duckdb", kinds={"python"})
 def simulated_annotations_single(context: dg.AssetExecutionContext, config: SimulationConfig,
                                  duckdb: DuckDBResource, data_paths: DataPathsResource) -> dg.MaterializeResult:
     """Simulated experts label images one at a time within their time budget (annotation files)."""
     return _simulate(context, config, duckdb, data_paths, "tasks_single", simulate_single_campaign)
 
 
-@dg.asset(group_name=GROUP, deps=["labelling_tasks_ranking", "reference_labels"], kinds={"python"})
+@dg.asset(group_name=GROUP, deps=["labelling_tasks_ranking", "reference_labels"], pool="duckdb",
+          kinds={"python"})
 def simulated_annotations_ranking(context: dg.AssetExecutionContext, config: SimulationConfig,
                                   duckdb: DuckDBResource, data_paths: DataPathsResource) -> dg.MaterializeResult:
     """Simulated experts rank batches of 8 base -> apex and place the two dividers (annotation files)."""

@@ -1,34 +1,35 @@
 import os
+import shutil
 
-from cmr_assets.automation.file_cursor import (
-    files_after,
-    format_cursor,
-    parse_cursor,
-    run_key_for,
-    scan_folder,
-)
+from cmr_assets.automation.file_cursor import folder_state, format_cursor, new_file_count, parse_cursor, scan_folder
 
 
-def _touch(path, mtime_ns):
+def _touch(path, mtime_ns, text="{}\n"):
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("{}\n")
+    path.write_text(text)
     os.utime(path, ns=(mtime_ns, mtime_ns))
+    return path
 
 
-def test_cursor_resumes_after_restart_and_never_repeats(tmp_path):
+def test_same_listing_same_state_and_round_trip(tmp_path):
     _touch(tmp_path / "a.jsonl", 1_000)
-    _touch(tmp_path / "b.jsonl", 1_000)
-    _touch(tmp_path / "c.jsonl.tmp", 1_500)
-    first = files_after(scan_folder(tmp_path, ["*.jsonl"]), None)
-    assert [s.path for s in first] == ["a.jsonl", "b.jsonl"]
-    cursor = format_cursor(first[-1])
+    _touch(tmp_path / "b.jsonl.tmp", 1_500)
+    state = folder_state(scan_folder(tmp_path, ["*.jsonl"]))
+    assert state.n_files == 1
+    assert parse_cursor(format_cursor(state)) == state
+    assert folder_state(scan_folder(tmp_path, ["*.jsonl"])) == state
 
-    # A restarted sensor only has the serialised cursor.
-    assert files_after(scan_folder(tmp_path, ["*.jsonl"]), parse_cursor(cursor)) == []
-    _touch(tmp_path / "sub" / "d.jsonl", 2_000)
-    again = files_after(scan_folder(tmp_path, ["*.jsonl"]), parse_cursor(cursor))
-    assert [s.path for s in again] == ["sub/d.jsonl"]
-    assert run_key_for(again) != run_key_for(first)
+
+def test_files_with_old_mtimes_or_early_names_are_not_missed(tmp_path):
+    _touch(tmp_path / "m.jsonl", 2_000)
+    before = folder_state(scan_folder(tmp_path, ["*.jsonl"]))
+    old = _touch(tmp_path / "elsewhere" / "a.jsonl", 1_000)  # copied in with its old mtime, sorts first
+    shutil.move(old, tmp_path / "a.jsonl")
+    shutil.rmtree(tmp_path / "elsewhere")
+    after = folder_state(scan_folder(tmp_path, ["*.jsonl"]))
+    assert after.digest != before.digest and new_file_count(after, before) == 1
+    _touch(tmp_path / "sub" / "z.jsonl", 2_000)  # nested, same mtime as the newest seen
+    assert folder_state(scan_folder(tmp_path, ["*.jsonl"])).digest != after.digest
 
 
 def test_missing_folder_is_empty(tmp_path):

@@ -1,0 +1,119 @@
+"""The folder sensors, evaluated as the daemon evaluates them: one run per new batch, cursor-driven, restartable."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pandas as pd
+import pytest
+
+from cmr_assets.automation.sensors import annotation_files_sensor, new_scans_sensor
+from cmr_assets.definitions import defs
+from cmr_assets.labelling.annotation_format import write_annotation_file
+from cmr_assets.labels.raw_annotations import ingest_annotation_files, read_raw_annotations
+from cmr_assets.resources import DataPathsResource
+from cmr_assets.settings import DataPaths
+from cmr_assets_tests.labels.test_raw_annotations import ROSTER, single
+
+
+@pytest.fixture
+def instance() -> dg.DagsterInstance:
+    with dg.DagsterInstance.ephemeral() as ephemeral:
+        yield ephemeral
+
+
+def tick(sensor: dg.SensorDefinition, data_paths: DataPaths, instance: dg.DagsterInstance,
+         cursor: str | None) -> tuple[dg.RunRequest | dg.SkipReason, str | None]:
+    """One evaluation with a fresh context (as after a daemon restart): the result and the saved cursor."""
+    context = dg.build_sensor_context(cursor=cursor, instance=instance,
+                                      resources={"data_paths": DataPathsResource(root=str(data_paths.root))})
+    return sensor(context), context.cursor
+
+
+def touch(path: Path, mtime_s: int) -> Path:
+    os.utime(path, ns=(mtime_s * 10**9, mtime_s * 10**9))
+    return path
+
+
+def selected_keys(job_name: str) -> set[str]:
+    job = defs.resolve_job_def(job_name)
+    return {key.to_user_string() for key in job.asset_layer.executable_asset_keys}
+
+
+def test_annotation_sensor_targets_ingestion_labels_models_and_evaluation() -> None:
+    assert annotation_files_sensor.job_name == "relabel_and_retrain"
+    keys = selected_keys("relabel_and_retrain")
+    assert {"raw_annotations_single", "raw_annotations_ranking", "labels_single", "labels_ranking",
+            "observer_agreement", "model_single", "model_ranking", "evaluation_report"} <= keys
+    assert not keys & {"synthetic_cohort", "raw_scans", "slices", "labelling_tasks_single",
+                       "labelling_tasks_ranking", "simulated_annotations_single"}
+
+
+def test_new_annotation_file_triggers_exactly_one_run_then_skips(data_paths, instance) -> None:
+    result, cursor = tick(annotation_files_sensor, data_paths, instance, None)
+    assert isinstance(result, dg.SkipReason) and cursor is None
+    touch(write_annotation_file([single()], data_paths.annotations_incoming, "single", "sim-expert-1"), 1_000)
+    result, cursor = tick(annotation_files_sensor, data_paths, instance, None)
+    assert isinstance(result, dg.RunRequest) and result.run_key and cursor
+    assert result.job_name in (None, "relabel_and_retrain") and result.tags["cmr/new_files"] == "1"
+    again, same_cursor = tick(annotation_files_sensor, data_paths, instance, cursor)
+    assert isinstance(again, dg.SkipReason) and same_cursor == cursor
+
+
+def test_restarted_sensor_resumes_from_its_cursor(data_paths, instance) -> None:
+    incoming = data_paths.annotations_incoming
+    touch(write_annotation_file([single()], incoming, "single", "sim-expert-1"), 1_000)
+    first, cursor = tick(annotation_files_sensor, data_paths, instance, None)
+    # the daemon stops; two more files arrive; it restarts
+    touch(write_annotation_file([single("s-000002", "scan1-01")], incoming, "single", "sim-expert-1"), 1_500)
+    touch(write_annotation_file([single("s-000003", annotator="sim-expert-2")], incoming, "single",
+                                "sim-expert-2"), 2_000)
+    (incoming / "notes.txt").write_text("not an annotation file")  # ignored: not *.jsonl
+    resumed, new_cursor = tick(annotation_files_sensor, data_paths, instance, cursor)
+    assert isinstance(first, dg.RunRequest) and isinstance(resumed, dg.RunRequest)
+    assert resumed.tags["cmr/new_files"] == "2" and resumed.run_key != first.run_key
+    assert new_cursor != cursor
+    assert isinstance(tick(annotation_files_sensor, data_paths, instance, new_cursor)[0], dg.SkipReason)
+
+
+def test_malformed_file_still_triggers_one_run_and_ingestion_rejects_it_not_the_valid_one(
+        data_paths, instance, tmp_path) -> None:
+    incoming = data_paths.annotations_incoming
+    valid = touch(write_annotation_file([single(), single("s-000002", "scan1-01")], incoming, "single",
+                                        "sim-expert-1"), 1_000)
+    (incoming / "broken.jsonl").write_text('{"not": "a record"\n[]\n', encoding="utf-8")
+    touch(incoming / "broken.jsonl", 1_000)
+    result, _ = tick(annotation_files_sensor, data_paths, instance, None)
+    assert isinstance(result, dg.RunRequest) and result.tags["cmr/new_files"] == "2"
+
+    with duckdb.connect(str(tmp_path / "cmr.duckdb")) as con:
+        tasks = pd.DataFrame({"task_id": ["s-000001", "s-000002"], "annotator_id": ["sim-expert-1"] * 2,
+                              "slice_id": ["scan0-00", "scan1-01"], "kind": ["primary"] * 2})
+        con.register("tasks_frame", tasks)
+        con.execute("CREATE TABLE tasks_single AS SELECT * FROM tasks_frame")
+        con.execute("CREATE TABLE tasks_ranking (batch_id VARCHAR, annotator_id VARCHAR, slice_ids VARCHAR[])")
+        report = ingest_annotation_files(incoming, con, ROSTER)
+        rejected = con.sql("SELECT source_file, line, reason FROM rejected_annotations ORDER BY line").df()
+        single_rows, _ = read_raw_annotations(con)
+    assert (report.files_read, report.single_added, report.rejected_added) == (2, 2, 2)
+    assert set(single_rows["source_file"]) == {valid.name}
+    assert (rejected["source_file"] == "broken.jsonl").all() and rejected["line"].tolist() == [1, 2]
+    assert rejected["reason"].str.len().gt(0).all()
+
+
+def test_new_scans_sensor_picks_up_only_new_dicom(data_paths, instance, series_writer) -> None:
+    assert new_scans_sensor.job_name == "ingest_new_scans"
+    assert selected_keys("ingest_new_scans") == {"raw_scans", "slices"}
+    for path in series_writer(data_paths.scans / "export1"):
+        touch(path, 1_000)
+    first, cursor = tick(new_scans_sensor, data_paths, instance, None)
+    assert isinstance(first, dg.RunRequest) and first.tags["cmr/new_files"] == "12"
+    assert isinstance(tick(new_scans_sensor, data_paths, instance, cursor)[0], dg.SkipReason)
+    for path in series_writer(data_paths.scans / "export2"):
+        touch(path, 2_000)
+    second, _ = tick(new_scans_sensor, data_paths, instance, cursor)
+    assert isinstance(second, dg.RunRequest) and second.tags["cmr/new_files"] == "12"
+    assert second.run_key != first.run_key
