@@ -16,7 +16,8 @@ def test_label_kappa_counts_only_labelled_usable_slices():
 
 def test_labelling_cost_and_agreement_summary():
     t = pd.Timestamp("2026-01-01T10:00:00Z")
-    raw = pd.DataFrame({"annotator_id": ["x", "y"], "started_at": [t, t], "submitted_at": [t + pd.Timedelta(hours=1)] * 2})
+    raw = pd.DataFrame({"annotator_id": ["x", "y"], "started_at": [t, t],
+                        "submitted_at": [t + pd.Timedelta(hours=1)] * 2})
     labels = pd.DataFrame({"label": ["lv", None, "too_apical"], "n_views": [3, 3, 4]})
     cost = labelling_cost(raw, labels)
     assert cost == {"expert_hours": 2.0, "images_labelled": 2, "min_views_per_image": 3, "mean_views_per_image": 3.5}

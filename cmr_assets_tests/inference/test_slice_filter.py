@@ -2,8 +2,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cmr_assets.ingest.dicom_series import OrderedSeries, OrderedSlice
 from cmr_assets.inference.slice_filter import copy_kept, decide, format_table, model_uri_for
+from cmr_assets.ingest.dicom_series import OrderedSeries, OrderedSlice
 
 
 def _series(n: int) -> OrderedSeries:

@@ -1,0 +1,136 @@
+"""Ingestion throughput: `ingest_folder` against a bare pydicom `dcmread(f).pixel_array` loop.
+
+Why two bases: ingestion reads every file's header (no pixels) but decodes only the chosen
+(end-diastolic) phase, so it stores one slice per position while the folder holds one file per
+position per phase. The plain way of ingesting a folder decodes every file ("per file seen": the
+same files, ours ends with the same information); a stricter comparison gives the bare loop only
+the chosen-phase files ("per decoded slice"), which it could not know without our header pass.
+Ours also normalises, resizes, writes PNG + .npy and inserts DuckDB rows; the bare loop does not.
+
+The cohort is the demo's synthetic cohort (its first `n_scans` folders hard-linked, or copied
+when linking fails) when `make demo` has written it, else a fresh seeded synthetic cohort. Every
+file is read once before timing so all loops start with a warm page cache.
+
+Public API:
+- `prepare_cohort(work_dir, n_scans, demo_scans=None) -> (Path, source description)`
+- `bare_decode_seconds(files) -> float`, `bare_header_seconds(files) -> float`
+- `bench_ingestion(work_dir, n_scans, worker_counts=(1, 2), demo_scans=None) -> dict`
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pydicom
+
+from benchmarks.common import comparison
+from cmr_assets.ingest.dicom_series import discover_files, plan_all_series, read_headers
+from cmr_assets.ingest.ingestion import MIN_FILES_PER_WORKER, ingest_folder
+from cmr_assets.ingest.synthetic import generate_cohort
+from cmr_assets.settings import DataPaths
+
+INGEST_AIM_ONE_WORKER = 0.7
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def prepare_cohort(work_dir: Path, n_scans: int, demo_scans: Path | None = None) -> tuple[Path, str]:
+    """A folder of `n_scans` synthetic scans, and where they came from: the demo's (linked) when
+    present, else generated."""
+    target = work_dir / "cohort"
+    if target.exists():
+        shutil.rmtree(target)
+    demo_folders = [demo_scans / f"scan_{k:04d}" for k in range(n_scans)] if demo_scans else []
+    if demo_folders and all(folder.is_dir() for folder in demo_folders):
+        for folder in demo_folders:
+            shutil.copytree(folder, target / folder.name, copy_function=_link_or_copy)
+        return target, "demo cohort (first scans, linked)"
+    generate_cohort(target, work_dir / "truth.csv", n_scans=n_scans, seed=0, workers=2)
+    return target, "generated (seed 0)"
+
+
+def _warm(files: Sequence[Path]) -> int:
+    return sum(len(path.read_bytes()) for path in files)
+
+
+def bare_decode_seconds(files: Sequence[Path]) -> float:
+    """The plain way: one process, `dcmread` + `pixel_array` per file."""
+    started = time.perf_counter()
+    for path in files:
+        pydicom.dcmread(path).pixel_array  # noqa: B018 - decoding is the work being timed
+    return time.perf_counter() - started
+
+
+def bare_header_seconds(files: Sequence[Path]) -> float:
+    """The plain header-only read: `dcmread(stop_before_pixels=True)` per file, one process."""
+    started = time.perf_counter()
+    for path in files:
+        pydicom.dcmread(path, stop_before_pixels=True)
+    return time.perf_counter() - started
+
+
+def bench_ingestion(work_dir: Path, n_scans: int, worker_counts: Sequence[int] = (1, 2),
+                    demo_scans: Path | None = None) -> dict[str, Any]:
+    """Time `ingest_folder` per worker count (fresh data dir each) and the bare loops on the same files."""
+    source, cohort_source = prepare_cohort(work_dir, n_scans, demo_scans)
+    files = discover_files(source)
+    total_bytes = _warm(files)
+
+    started = time.perf_counter()
+    headers, _ = read_headers(source, files, None, log=lambda _message: None)
+    our_header_seconds = time.perf_counter() - started
+    plans, _ = plan_all_series(headers)
+    chosen = [source / position.chosen.path for plan in plans for position in plan.positions]
+
+    bare_all = bare_decode_seconds(files)
+    bare_chosen = bare_decode_seconds(chosen)
+    bare_headers = bare_header_seconds(files)
+    bare_files_per_s = len(files) / bare_all
+    bare_slices_per_s = len(chosen) / bare_chosen
+
+    runs: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
+    for workers in worker_counts:
+        paths = DataPaths(work_dir / f"data_workers_{workers}")
+        if paths.root.exists():
+            shutil.rmtree(paths.root)
+        report = ingest_folder(source, paths, paths.duckdb, workers=workers, log=lambda _message: None)
+        pool_processes = min(workers, len(files) // MIN_FILES_PER_WORKER)
+        runs.append({"workers": workers, "pool_processes": max(pool_processes, 0), **report.as_dict()})
+        aim_ratio = INGEST_AIM_ONE_WORKER if workers == 1 else 1.0
+        aim = f">= {aim_ratio}x bare loop" if workers == 1 else "> 1x bare loop (both cores)"
+        pool_note = "" if pool_processes > 1 else (
+            f" (in-process: ingestion starts a pool only with >= {MIN_FILES_PER_WORKER} files per worker)")
+        rows.append(comparison(
+            f"ingestion, per file seen, workers={workers}", "files/s", report.files_per_s, bare_files_per_s,
+            True, aim, aim_ratio, f"bare loop decodes all {len(files)} files{pool_note}"))
+        rows.append(comparison(
+            f"ingestion, per decoded slice, workers={workers}", "slices/s", report.slices_per_s, bare_slices_per_s,
+            True, aim, aim_ratio, f"bare loop decodes only the {len(chosen)} chosen-phase files{pool_note}"))
+    return {
+        "n_scans": n_scans,
+        "n_files": len(files),
+        "n_chosen_slices": len(chosen),
+        "total_mb": round(total_bytes / 2**20, 1),
+        "cohort_source": cohort_source,
+        "bare_loop": {
+            "decode_all_seconds": bare_all,
+            "decode_all_files_per_s": bare_files_per_s,
+            "decode_chosen_seconds": bare_chosen,
+            "decode_chosen_slices_per_s": bare_slices_per_s,
+            "headers_only_files_per_s": len(files) / bare_headers,
+        },
+        "our_header_pass_files_per_s": len(files) / our_header_seconds,
+        "ours": runs,
+        "comparisons": rows,
+    }
