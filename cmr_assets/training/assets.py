@@ -132,7 +132,7 @@ def train_strategy_model(context: dg.AssetExecutionContext, strategy: str, confi
                      f"{train_config.architecture} at {train_config.input_size} px")
     try:
         result = train_classifier(torch.from_numpy(train_images), _targets(train, config.soft_labels),
-                                  torch.from_numpy(val_images), torch.from_numpy(val["target"].to_numpy()),
+                                  torch.from_numpy(val_images), torch.from_numpy(val["target"].to_numpy().copy()),
                                   train_config, on_epoch)
     except (TrainingDataError, TrainingResourceError) as error:
         raise dg.Failure(f"model_{strategy}: {error}") from error
