@@ -23,7 +23,7 @@ import json
 import os
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
@@ -63,19 +63,7 @@ class SingleAnnotation:
     tool_version: str = TOOL_VERSION_SIMULATOR
 
     def to_json_dict(self) -> dict[str, Any]:
-        return {
-            "format_version": FORMAT_VERSION,
-            "submission_id": self.submission_id,
-            "strategy": self.strategy,
-            "annotator_id": self.annotator_id,
-            "task_id": self.task_id,
-            "image_ids": list(self.image_ids),
-            "label": self.label,
-            "artefact": self.artefact,
-            "started_at": _format_time(self.started_at),
-            "submitted_at": _format_time(self.submitted_at),
-            "tool_version": self.tool_version,
-        }
+        return record_json(self)
 
 
 @dataclass(frozen=True)
@@ -95,23 +83,21 @@ class RankingAnnotation:
     tool_version: str = TOOL_VERSION_SIMULATOR
 
     def to_json_dict(self) -> dict[str, Any]:
-        return {
-            "format_version": FORMAT_VERSION,
-            "submission_id": self.submission_id,
-            "strategy": self.strategy,
-            "annotator_id": self.annotator_id,
-            "batch_id": self.batch_id,
-            "image_ids": list(self.image_ids),
-            "order": list(self.order),
-            "dividers": list(self.dividers),
-            "artefact_ids": list(self.artefact_ids),
-            "started_at": _format_time(self.started_at),
-            "submitted_at": _format_time(self.submitted_at),
-            "tool_version": self.tool_version,
-        }
+        return record_json(self)
 
 
 AnnotationRecord = SingleAnnotation | RankingAnnotation
+
+
+def record_json(record: AnnotationRecord) -> dict[str, Any]:
+    """The record as the JSON object of the file format: tuples as lists, times as ISO 8601 strings."""
+    def value(v: Any) -> Any:
+        if isinstance(v, datetime):
+            return _format_time(v)
+        return list(v) if isinstance(v, tuple) else v
+
+    return {"format_version": FORMAT_VERSION, "strategy": record.strategy,
+            **{f.name: value(getattr(record, f.name)) for f in fields(record)}}
 
 
 @dataclass(frozen=True)
