@@ -58,6 +58,7 @@ import logging
 import os
 import struct
 import time
+import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
@@ -70,8 +71,10 @@ from typing import BinaryIO
 import numpy as np
 import pydicom
 from PIL import Image
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import _at_pixel_data, _read_file_meta_info, read_dataset
 from pydicom.pixels import apply_rescale, get_decoder
-from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 logger = logging.getLogger(__name__)
 
@@ -339,6 +342,31 @@ def _header_from_dataset(relative: str, ds: pydicom.Dataset, transfer_syntax: UI
     )
 
 
+DEFLATED_HEADER_BYTES = 16 * 1024
+_PIXEL_DATA_TAG_LE = struct.pack("<HH", 0x7FE0, 0x0010)
+
+
+def _read_deflated_header(handle: BinaryIO) -> pydicom.Dataset | None:
+    """Header of a deflated file by inflating only its first bytes (pydicom inflates the whole file).
+
+    Returns None (the caller reads the whole file) when the header does not end within
+    `DEFLATED_HEADER_BYTES` of inflated data, i.e. the pixel data tag is not in sight.
+    """
+    handle.seek(128 + 4)
+    meta = _read_file_meta_info(handle)
+    if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
+        return None
+    head = zlib.decompressobj(-zlib.MAX_WBITS).decompress(handle.read(), DEFLATED_HEADER_BYTES)
+    end = head.find(_PIXEL_DATA_TAG_LE)
+    if end < 0:
+        return None
+    ds = read_dataset(DicomBytesIO(head[:end + 12]), is_implicit_VR=False, is_little_endian=True,
+                      stop_when=_at_pixel_data)
+    ds.file_meta = meta
+    return pydicom.FileDataset("", ds, preamble=b"\0" * 128, file_meta=meta, is_implicit_VR=False,
+                               is_little_endian=True)
+
+
 def read_header(source_dir: Path, path: Path) -> DicomHeader | Rejection:
     """Read one file's header (no pixels) into a `DicomHeader`, or say why it is unusable."""
     relative = path.relative_to(source_dir).as_posix()
@@ -352,7 +380,10 @@ def read_header(source_dir: Path, path: Path) -> DicomHeader | Rejection:
             handle.seek(0)
             try:
                 with _quiet_pydicom():
-                    ds = pydicom.dcmread(handle, stop_before_pixels=True, force=not has_preamble)
+                    ds = _read_deflated_header(handle) if has_preamble else None
+                    if ds is None:
+                        handle.seek(0)
+                        ds = pydicom.dcmread(handle, stop_before_pixels=True, force=not has_preamble)
                     transfer_syntax = _transfer_syntax(ds)
                     problem = _pixel_data_problem(handle, transfer_syntax, file_size)
                     header = _header_from_dataset(relative, ds, transfer_syntax)
