@@ -13,8 +13,7 @@ import ipaddress
 import sys
 
 from cmr_assets.app.accounts import RosterError, add_annotator, disable_annotator, load_roster, roster_path
-from cmr_assets.labelling.campaign import DEFAULT_HOURS_PER_ANNOTATOR
-from cmr_assets.settings import DataPaths
+from cmr_assets.settings import DEFAULT_HOURS_PER_ANNOTATOR, DataPaths
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost")
 

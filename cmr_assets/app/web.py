@@ -49,8 +49,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from cmr_assets.app.accounts import authenticate, load_roster, roster_path
 from cmr_assets.app.service import STRATEGIES, LabellingService, Presentation, SubmissionRejected
 from cmr_assets.app.tasks import TaskSource
-from cmr_assets.labelling.campaign import DEFAULT_HOURS_PER_ANNOTATOR
-from cmr_assets.settings import DataPaths
+from cmr_assets.settings import DEFAULT_HOURS_PER_ANNOTATOR, DataPaths
 
 log = logging.getLogger(__name__)
 

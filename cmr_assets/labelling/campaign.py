@@ -27,8 +27,9 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from cmr_assets.settings import DEFAULT_HOURS_PER_ANNOTATOR
+
 SINGLE_TASK_KINDS = ("primary", "intra_repeat", "inter_repeat")
-DEFAULT_HOURS_PER_ANNOTATOR = 5.0
 
 
 def annotator_ids(n: int) -> list[str]:
