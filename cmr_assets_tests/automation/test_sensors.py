@@ -117,3 +117,20 @@ def test_new_scans_sensor_picks_up_only_new_dicom(data_paths, instance, series_w
     second, _ = tick(new_scans_sensor, data_paths, instance, cursor)
     assert isinstance(second, dg.RunRequest) and second.tags["cmr/new_files"] == "12"
     assert second.run_key != first.run_key
+
+
+def test_files_already_ingested_start_no_run_but_a_new_one_does(data_paths, instance) -> None:
+    incoming = data_paths.annotations_incoming
+    touch(write_annotation_file([single()], incoming, "single", "sim-expert-1"), 1_000)
+    with duckdb.connect(str(data_paths.duckdb)) as con:  # e.g. `make demo` ingested it before the daemon ran
+        tasks = pd.DataFrame({"task_id": ["s-000001", "s-000002"], "annotator_id": ["sim-expert-1"] * 2,
+                              "slice_id": ["scan0-00", "scan1-01"], "kind": ["primary"] * 2})
+        con.register("tasks_frame", tasks)
+        con.execute("CREATE TABLE tasks_single AS SELECT * FROM tasks_frame")
+        con.execute("CREATE TABLE tasks_ranking (batch_id VARCHAR, annotator_id VARCHAR, slice_ids VARCHAR[])")
+        assert ingest_annotation_files(incoming, con, ROSTER).files_read == 1
+    skipped, cursor = tick(annotation_files_sensor, data_paths, instance, None)
+    assert isinstance(skipped, dg.SkipReason) and "already ingested" in skipped.skip_message and cursor
+    touch(write_annotation_file([single("s-000002", "scan1-01")], incoming, "single", "sim-expert-1"), 2_000)
+    fired, _ = tick(annotation_files_sensor, data_paths, instance, cursor)
+    assert isinstance(fired, dg.RunRequest)
