@@ -2,15 +2,14 @@
 
 A person's path through both pages: log in, rank a batch by dragging, place the dividers by drag and
 by keyboard, flag an artefact, submit, and find the record on disk; label single images by keyboard
-with an undo. Screenshots go to test-artifacts/labelling/; with CMR_UPDATE_SCREENSHOTS=1 the README
-ones are also copied to docs/screenshots/.
+with an undo. Screenshots go to test-artifacts/labelling/ (the README's come from
+scripts/take_screenshots.py, on real pipeline data).
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +24,6 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ARTIFACTS = PROJECT_ROOT / "test-artifacts" / "labelling"
-README_SCREENSHOTS = PROJECT_ROOT / "docs" / "screenshots"
 BASAL_UP_TO, APICAL_FROM = 1, 8  # the test campaign's truth: slices 0-1 too basal, 8-9 too apical
 
 
@@ -72,12 +70,9 @@ def expect(locator):
     return playwright_expect(locator)
 
 
-def _screenshot(page, name: str, for_readme: bool = False) -> None:
+def _screenshot(page, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / name))
-    if for_readme and os.environ.get("CMR_UPDATE_SCREENSHOTS") == "1":
-        README_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(ARTIFACTS / name, README_SCREENSHOTS / name)
 
 
 def _log_in(page, base_url: str) -> None:
@@ -164,7 +159,7 @@ def test_rank_a_batch_by_drag_and_keyboard(browser, served: tuple[Campaign, str]
     page.keyboard.press("Escape")
     assert page.locator("#lightbox").is_hidden()
     assert _strip(page) == target
-    _screenshot(page, "ranking.png", for_readme=True)
+    _screenshot(page, "ranking.png")
 
     page.keyboard.press("Control+Enter")
     expect(page.locator("#progress-text")).to_have_text("1 of 3 done")
@@ -188,7 +183,7 @@ def test_label_single_images_by_keyboard_with_undo(browser, served: tuple[Campai
     _log_in(page, base_url)
     page.goto(f"{base_url}/label/single")
     page.wait_for_selector("#image[src*='/img/']")
-    _screenshot(page, "single.png", for_readme=True)
+    _screenshot(page, "single.png")
 
     def press_and_wait(key: str, done_after: int) -> None:
         page.keyboard.press(key)
