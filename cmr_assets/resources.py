@@ -39,6 +39,12 @@ class MlflowResource(dg.ConfigurableResource):
     tracking_uri: str = ""
     artifact_location: str = ""
     experiment_name: str = settings.MLFLOW_EXPERIMENT
+    ui_url: str = "http://127.0.0.1:5000"  # where `make ui` serves the MLflow UI, for links in asset metadata
+
+    def run_url(self, run_id: str) -> str:
+        """A link to the run in the MLflow UI."""
+        experiment_id = self.client().get_run(run_id).info.experiment_id
+        return f"{self.ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
     def resolved_tracking_uri(self) -> str:
         return self.tracking_uri or settings.mlflow_tracking_uri()

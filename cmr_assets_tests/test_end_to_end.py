@@ -114,3 +114,23 @@ def test_filter_without_a_registered_model_says_how_to_train_one(tmp_path, capsy
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'empty.db'}")
     assert run_filter_cli(tmp_path, model="ranking") == 1
     assert "cmr-assets demo" in capsys.readouterr().err
+
+
+def test_adaptive_ranking_batches_append_a_wave(pipeline):
+    import dagster as dg
+
+    root, _ = pipeline
+    before = _count(root, "tasks_ranking")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CMR_DATA_DIR", str(root / "data"))
+        from cmr_assets.definitions import build_definitions
+
+        defs = build_definitions()
+        assets = [a for a in defs.assets if isinstance(a, dg.AssetsDefinition)]
+        result = dg.materialize(assets, selection=["labelling_tasks_ranking"], resources=dict(defs.resources),
+                                run_config={"ops": {"labelling_tasks_ranking": {"config": {"adaptive_batches": 5}}}},
+                                instance=dg.DagsterInstance.ephemeral())
+    assert result.success
+    with duckdb.connect(str(root / "data" / "cmr.duckdb"), read_only=True) as con:
+        ids = [row[0] for row in con.execute("SELECT batch_id FROM tasks_ranking").fetchall()]
+    assert len(ids) == before + 5 and sum(i.startswith("r2-") for i in ids) == 5

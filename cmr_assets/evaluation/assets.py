@@ -109,6 +109,7 @@ def evaluation_report(context: dg.AssetExecutionContext, data_paths: DataPathsRe
         **{f"{s}_test_accuracy": float(per_strategy[s].metrics["accuracy"]) for s in STRATEGIES},
         "report": dg.MetadataValue.md(render_markdown(report)),
         "report_json": dg.MetadataValue.path(str(json_path)), "mlflow_run_id": run_id,
+        "mlflow_run": dg.MetadataValue.url(mlflow.run_url(run_id)),
         **{name.removesuffix(".png"): picture(png, name) for name, png in figures.items()},
     })
 

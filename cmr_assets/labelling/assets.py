@@ -9,6 +9,7 @@ from cmr_assets.duckdb_io import append_rows, read_table
 from cmr_assets.labelling.campaign import (
     annotator_ids,
     budget_check,
+    design_adaptive_batches,
     design_ranking_batches,
     design_single_tasks,
     ranking_design_summary,
@@ -36,6 +37,7 @@ class CampaignConfig(dg.Config):
     intra_share: float = 0.05
     inter_share: float = 0.05
     min_views: int = 3
+    adaptive_batches: int = 0  # ranking only: extra batches aimed at images the current labels leave uncertain
     batch_size: int = 8
     hours_per_expert: float = 5.0
     seed: int = 0
@@ -91,29 +93,44 @@ def labelling_tasks_single(context: dg.AssetExecutionContext, config: CampaignCo
 @dg.asset(group_name=GROUP, deps=["slices"], pool="duckdb", kinds={"duckdb"})
 def labelling_tasks_ranking(context: dg.AssetExecutionContext, config: CampaignConfig,
                             duckdb: DuckDBResource) -> dg.MaterializeResult:
-    """Batches of 8 images across scans and positions: each image in >= 3 batches, one connected graph."""
+    """Batches of 8 images across scans and positions: each image in >= 3 batches, one connected graph.
+
+    With `adaptive_batches: N` it also appends N batches aimed at the images whose class the
+    current `labels_ranking` leaves most uncertain (read if present; not a declared dependency,
+    since labels depend on these tasks).
+    """
     with duckdb.get_connection() as con:
         slices = read_table(con, "slices", SLICE_COLUMNS)
         existing = read_table(con, "tasks_ranking")
         done = set(existing["slice_ids"].explode()) if not existing.empty else set()
         todo = slices[~slices["slice_id"].isin(done)]
-        if todo.empty:
-            return dg.MaterializeResult(metadata={"new_batches": 0, "batches": len(existing)})
-        batches = design_ranking_batches(todo, config.roster(), config.min_views,
-                                         config.batch_size, config.seed)
-        wave = _next_wave(existing, "batch_id")
-        batches["batch_id"] = _prefix_wave(batches["batch_id"], wave)
-        append_rows(con, "tasks_ranking", batches)
-        total = con.execute("SELECT count(*) FROM tasks_ranking").fetchall()[0][0]
-    summary = ranking_design_summary(batches, todo["slice_id"].tolist())
-    budget = budget_check(batches, SimulatorParams().seconds_per_batch, config.hours_per_expert)
-    context.log.info(f"designed {len(batches)} ranking batches (wave {wave}) for {len(todo)} new images")
-    return dg.MaterializeResult(metadata={
-        "new_batches": len(batches), "batches": int(total), "wave": int(wave),
-        "min_views_per_image": int(summary.min_views), "connected": bool(summary.connected),
-        "by_annotator": table(batches.groupby("annotator_id").size().rename("batches").reset_index()),
-        "fits_budget": bool(budget.fits), "hours_needed": float(budget.total_hours_needed),
-    })
+        designed = []
+        if not todo.empty:
+            designed.append(("random", design_ranking_batches(todo, config.roster(), config.min_views,
+                                                              config.batch_size, config.seed)))
+        labels = read_table(con, "labels_ranking", "slice_id, p_too_basal, p_lv, p_too_apical").dropna() \
+            if config.adaptive_batches else pd.DataFrame()
+        if not labels.empty:
+            designed.append(("adaptive", design_adaptive_batches(
+                slices, labels, config.roster(), config.adaptive_batches, config.batch_size,
+                seed=config.seed + len(existing))))
+        metadata: dict = {"batches_before": len(existing)}
+        for kind, batches in designed:
+            wave = _next_wave(read_table(con, "tasks_ranking"), "batch_id")
+            batches["batch_id"] = _prefix_wave(batches["batch_id"], wave)
+            append_rows(con, "tasks_ranking", batches)
+            context.log.info(f"designed {len(batches)} {kind} ranking batches (wave {wave})")
+            budget = budget_check(batches, SimulatorParams().seconds_per_batch, config.hours_per_expert)
+            metadata.update({f"{kind}_batches": len(batches), f"{kind}_wave": int(wave),
+                             f"{kind}_hours_needed": float(budget.total_hours_needed)})
+        total = con.execute("SELECT count(*) FROM tasks_ranking").fetchall()[0][0] if designed else len(existing)
+    if not todo.empty:
+        summary = ranking_design_summary(designed[0][1], todo["slice_id"].tolist())
+        metadata.update({"new_images": len(todo), "min_views_per_image": int(summary.min_views),
+                         "connected": bool(summary.connected),
+                         "by_annotator": table(designed[0][1].groupby("annotator_id").size()
+                                               .rename("batches").reset_index())})
+    return dg.MaterializeResult(metadata={**metadata, "batches": int(total)})
 
 
 def _simulate(context, config: SimulationConfig, duckdb: DuckDBResource, data_paths: DataPathsResource,

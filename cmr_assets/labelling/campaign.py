@@ -6,6 +6,8 @@ Public API:
   -> `tasks_single(task_id, annotator_id, slice_id, kind)`; kind primary/intra_repeat/inter_repeat.
 - `design_ranking_batches(slices, annotators, min_views=3, batch_size=8, seed=0)`
   -> `tasks_ranking(batch_id, annotator_id, slice_ids)`.
+- `design_adaptive_batches(slices, probabilities, annotators, n_batches, ...)` -> more ranking batches
+  aimed at the images whose class is still uncertain (beyond the paper's random design).
 - `ranking_design_summary(tasks_ranking, slice_ids)` -> `RankingDesignSummary` (views, experts per
   image, connectivity of the comparison graph): what the asset checks assert.
 - `comparison_graph_components(tasks_ranking, slice_ids)`: connected components via scipy.
@@ -236,6 +238,49 @@ def design_ranking_batches(slices: pd.DataFrame, annotators: Sequence[str], min_
         "batch_id": [f"r-{i:06d}" for i in range(1, len(batches) + 1)],
         "annotator_id": np.asarray(roster, dtype=object)[expert_of],
         "slice_ids": presented,
+    })
+
+
+def design_adaptive_batches(slices: pd.DataFrame, probabilities: pd.DataFrame, annotators: Sequence[str],
+                            n_batches: int, batch_size: int = 8, uncertain_per_batch: int = 4,
+                            seed: int = 0) -> pd.DataFrame:
+    """Batches that spend expert time where the class boundaries are still uncertain.
+
+    `probabilities` (slice_id, p_too_basal, p_lv, p_too_apical) come from the current aggregation;
+    an image's uncertainty is 1 - its largest class probability. Each batch holds the next
+    `uncertain_per_batch` most uncertain images (cycling when there are fewer than needed) and is
+    filled with confident anchors drawn evenly along the base-apex axis from other scans, so every judgement
+    is made side by side with clear references and links the uncertain images to the shared axis.
+    Batches go to the experts in turn.
+    """
+    roster = _check_annotators(annotators)
+    if not 0 < uncertain_per_batch < batch_size:
+        raise ValueError(f"uncertain_per_batch must be in 1..{batch_size - 1}, got {uncertain_per_batch}")
+    frame = slices.drop_duplicates("slice_id").merge(probabilities, on="slice_id").reset_index(drop=True)
+    if len(frame) < batch_size or n_batches < 1:
+        raise ValueError(f"need >= {batch_size} aggregated images and n_batches >= 1, "
+                         f"got {len(frame)} images and {n_batches} batches")
+    rng = np.random.default_rng(seed)
+    certainty = frame[["p_too_basal", "p_lv", "p_too_apical"]].to_numpy(dtype=float).max(axis=1)
+    order = np.lexsort((rng.random(len(frame)), certainty))  # most uncertain first, ties at random
+    relative = _relative_position(frame)
+    scans = frame["scan_id"].to_numpy()
+    confident = certainty >= np.median(certainty)  # anchors are clear references, not more doubt
+    n_anchors = batch_size - uncertain_per_batch
+    rows = []
+    for b in range(n_batches):
+        picks = order[np.arange(b * uncertain_per_batch, (b + 1) * uncertain_per_batch) % len(order)]
+        pool = np.flatnonzero(confident & ~np.isin(scans, scans[picks]) & ~np.isin(np.arange(len(frame)), picks))
+        if len(pool) < n_anchors:
+            pool = np.setdiff1d(np.arange(len(frame)), picks)
+        strata = np.array_split(pool[np.argsort(relative[pool], kind="stable")], n_anchors)
+        anchors = [int(rng.choice(stratum)) for stratum in strata]
+        members = np.concatenate([picks, anchors])[rng.permutation(batch_size)]
+        rows.append(list(frame["slice_id"].to_numpy(dtype=object)[members]))
+    return pd.DataFrame({
+        "batch_id": [f"r-{i:06d}" for i in range(1, n_batches + 1)],
+        "annotator_id": [roster[i % len(roster)] for i in range(n_batches)],
+        "slice_ids": rows,
     })
 
 

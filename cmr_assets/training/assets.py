@@ -164,6 +164,7 @@ def train_strategy_model(context: dg.AssetExecutionContext, strategy: str, confi
     return dg.MaterializeResult(metadata={
         "registered_model": logged.registered_model, "version": logged.version, "run_id": logged.run_id,
         "model_uri": logged.model_uri, "champion_decision": decision["decision"],
+        "mlflow_run": dg.MetadataValue.url(mlflow.run_url(logged.run_id)),
         "best_val_macro_f1": float(result.best_val_macro_f1), "val_accuracy": float(val_metrics["accuracy"]),
         "device": result.device, "train_seconds": float(result.seconds),
         "images_per_s": float(result.images_per_s), "stop_reason": result.stop_reason,

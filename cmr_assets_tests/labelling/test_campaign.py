@@ -136,3 +136,22 @@ def test_budget_check_and_hours_spent() -> None:
                         "submitted_at": [start + pd.Timedelta(minutes=30), start + pd.Timedelta(minutes=35),
                                          start + pd.Timedelta(minutes=90)]})
     assert expert_hours_spent(raw).to_dict() == pytest.approx({"a": 1.0, "b": 1.5})
+
+
+def test_adaptive_batches_spend_views_on_uncertain_images():
+    from cmr_assets.labelling.campaign import design_adaptive_batches
+    from cmr_assets.labelling.simulator import reference_like_cohort
+
+    slices, _ = reference_like_cohort(n_scans=30, seed=3)
+    rng = np.random.default_rng(0)
+    probabilities = pd.DataFrame({"slice_id": slices["slice_id"], "p_too_basal": 0.02, "p_lv": 0.96,
+                                  "p_too_apical": 0.02})
+    uncertain = rng.choice(len(slices), size=20, replace=False)
+    probabilities.loc[uncertain, ["p_too_basal", "p_lv", "p_too_apical"]] = [0.45, 0.45, 0.10]
+    batches = design_adaptive_batches(slices, probabilities, ["a", "b", "c"], n_batches=5, seed=1)
+    assert len(batches) == 5 and batches["annotator_id"].value_counts().max() == 2
+    assert all(len(set(ids)) == 8 for ids in batches["slice_ids"])
+    uncertain_ids = set(slices["slice_id"].iloc[uncertain])
+    # the 20 uncertain images fill the 5 x 4 uncertain places; the rest are anchors along the axis
+    assert [len(uncertain_ids & set(ids)) for ids in batches["slice_ids"]] == [4] * 5
+    assert uncertain_ids == set(batches["slice_ids"].explode()) & uncertain_ids
