@@ -34,6 +34,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from cmr_assets.app.page_actions import drag_before, ranking_strip
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CLI = Path(sys.executable).parent / "cmr-assets"
 CHROMIUM = Path("/usr/bin/chromium")
@@ -114,21 +116,6 @@ def labelling_server(env: dict[str, str], port: int, log: Path) -> Iterator[str]
         server.wait(timeout=20)
 
 
-def _strip(page) -> list[str]:
-    """Items of the ranking strip in screen order: 'D' for a divider, else the image index."""
-    return page.eval_on_selector_all(
-        "#strip > li", "items => items.map(li => li.dataset.kind === 'divider' ? 'D' : li.dataset.index)")
-
-
-def _drag(page, source: str, target: str) -> None:
-    """Press on `source`, move in steps onto the left quarter of `target`, release: insert before it."""
-    start, end = page.locator(source).bounding_box(), page.locator(target).bounding_box()
-    page.mouse.move(start["x"] + start["width"] / 2, start["y"] + start["height"] / 3)
-    page.mouse.down()
-    page.mouse.move(end["x"] + end["width"] / 4, end["y"] + end["height"] / 3, steps=12)
-    page.mouse.up()
-
-
 def wait_for_images(page, selector: str, timeout_s: float = 20.0) -> None:
     """Poll until every image matching `selector` is decoded (wait_for_function would need eval, which
     the app's CSP forbids)."""
@@ -159,9 +146,9 @@ def take_screenshots(base_url: str, password: str, out: Path) -> None:
         page.goto(f"{base_url}/label/ranking")
         page.wait_for_selector("#strip li[data-kind=image] img")
         wait_for_images(page, "#strip img")
-        before = _strip(page)
-        _drag(page, "#strip > li:nth-child(7)", "#strip > li:nth-child(2)")
-        if _strip(page) == before:
+        before = ranking_strip(page)
+        drag_before(page, "#strip > li:nth-child(7)", "#strip > li:nth-child(2)")
+        if ranking_strip(page) == before:
             sys.exit("dragging an image did not reorder the ranking strip")
         page.locator("#strip > li:nth-child(1)").focus()
         for _ in range(2):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from cmr_assets.app.page_actions import drag_before, ranking_strip
 from cmr_assets.labelling.annotation_format import parse_annotation_file
 from cmr_assets.settings import PROJECT_ROOT
 from cmr_assets_tests.app.conftest import PASSWORD, Campaign, app_config, build_campaign, live_server
@@ -85,21 +86,6 @@ def _log_in(page, base_url: str) -> None:
     _screenshot(page, "home.png")
 
 
-def _strip(page) -> list[str]:
-    """Items of the ranking strip in screen order: 'D' for a divider, else the image index."""
-    return page.eval_on_selector_all(
-        "#strip > li", "items => items.map(li => li.dataset.kind === 'divider' ? 'D' : li.dataset.index)")
-
-
-def _drag(page, source: str, target: str) -> None:
-    """Press on `source`, move in steps onto the left quarter of `target`, release: insert before it."""
-    start, end = page.locator(source).bounding_box(), page.locator(target).bounding_box()
-    page.mouse.move(start["x"] + start["width"] / 2, start["y"] + start["height"] / 3)
-    page.mouse.down()
-    page.mouse.move(end["x"] + end["width"] / 4, end["y"] + end["height"] / 3, steps=12)
-    page.mouse.up()
-
-
 def _slice_index_of_each_image(page, campaign: Campaign, base_url: str) -> dict[str, int]:
     """Which slice each presented image is, by comparing its bytes with the slice store."""
     by_bytes = {png.read_bytes(): int(png.stem) for png in campaign.paths.slice_png.glob("*/*.png")}
@@ -129,12 +115,12 @@ def test_rank_a_batch_by_drag_and_keyboard(browser, served: tuple[Campaign, str]
               *by_position[n_before_apical:]]
 
     # images by drag and drop, with the dividers pushed to the end first (first by drag, then keyboard)
-    _drag(page, "#strip > li:nth-child(1)", "#strip > li:nth-child(10)")
-    assert _strip(page)[8:] == ["D", "D"]
+    drag_before(page, "#strip > li:nth-child(1)", "#strip > li:nth-child(10)")
+    assert ranking_strip(page)[8:] == ["D", "D"]
     for position, index in enumerate(by_position):
-        if _strip(page)[position] != index:
-            _drag(page, f"#strip li[data-index='{index}']", f"#strip > li:nth-child({position + 1})")
-        assert _strip(page)[position] == index, (_strip(page), position, index)
+        if ranking_strip(page)[position] != index:
+            drag_before(page, f"#strip li[data-index='{index}']", f"#strip > li:nth-child({position + 1})")
+        assert ranking_strip(page)[position] == index, (ranking_strip(page), position, index)
 
     # dividers by keyboard: one to the start and right past the basal images, the other left from the end
     page.locator("#strip > li:nth-child(9)").focus()
@@ -144,13 +130,13 @@ def test_rank_a_batch_by_drag_and_keyboard(browser, served: tuple[Campaign, str]
     page.locator("#strip > li:nth-child(10)").focus()
     for _ in range(8 - n_before_apical):
         page.keyboard.press("ArrowLeft")
-    assert _strip(page) == target
+    assert ranking_strip(page) == target
 
     # keyboard reorder of an image (and back), artefact flag with 'a', enlarge with a click
     last_image = by_position[-1]
     page.locator(f"#strip li[data-index='{last_image}']").focus()
     page.keyboard.press("ArrowLeft")
-    assert _strip(page)[-2] == last_image
+    assert ranking_strip(page)[-2] == last_image
     page.keyboard.press("ArrowRight")
     page.keyboard.press("a")
     page.click(f"#strip li[data-index='{by_position[0]}'] img")
@@ -158,7 +144,7 @@ def test_rank_a_batch_by_drag_and_keyboard(browser, served: tuple[Campaign, str]
     _screenshot(page, "ranking-enlarged.png")
     page.keyboard.press("Escape")
     assert page.locator("#lightbox").is_hidden()
-    assert _strip(page) == target
+    assert ranking_strip(page) == target
     _screenshot(page, "ranking.png")
 
     page.keyboard.press("Control+Enter")
