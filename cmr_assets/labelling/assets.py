@@ -21,6 +21,7 @@ from cmr_assets.labelling.simulator import (
 )
 from cmr_assets.metadata import table
 from cmr_assets.resources import DataPathsResource
+from cmr_assets.settings import DEFAULT_HOURS_PER_ANNOTATOR
 
 GROUP = "labelling"
 SLICE_COLUMNS = "slice_id, scan_id, slice_from_base, n_slices, position_mm"
@@ -39,7 +40,7 @@ class CampaignConfig(dg.Config):
     min_views: int = 3
     adaptive_batches: int = 0  # ranking only: extra batches aimed at images the current labels leave uncertain
     batch_size: int = 8
-    hours_per_expert: float = 5.0
+    hours_per_expert: float = DEFAULT_HOURS_PER_ANNOTATOR
     seed: int = 0
 
 

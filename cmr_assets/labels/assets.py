@@ -25,6 +25,7 @@ from cmr_assets.labels.monotone import apply_monotone
 from cmr_assets.labels.raw_annotations import ingest_annotation_files, latest_answer_per_task, read_raw_annotations
 from cmr_assets.metadata import picture, table
 from cmr_assets.resources import DataPathsResource
+from cmr_assets.settings import DEFAULT_HOURS_PER_ANNOTATOR
 
 GROUP = "labels"
 REFERENCE_COLUMNS = ["slice_id", "label", "position01", "artefact", "source"]
@@ -228,12 +229,12 @@ def _budget_check(duckdb: DuckDBResource, table_name: str, hours: float) -> dg.A
 
 @dg.asset_check(asset="raw_annotations_single", description="No expert exceeded the time budget (single).")
 def single_within_budget(duckdb: DuckDBResource) -> dg.AssetCheckResult:
-    return _budget_check(duckdb, "raw_annotations_single", 5.0)
+    return _budget_check(duckdb, "raw_annotations_single", DEFAULT_HOURS_PER_ANNOTATOR)
 
 
 @dg.asset_check(asset="raw_annotations_ranking", description="No expert exceeded the time budget (ranking).")
 def ranking_within_budget(duckdb: DuckDBResource) -> dg.AssetCheckResult:
-    return _budget_check(duckdb, "raw_annotations_ranking", 5.0)
+    return _budget_check(duckdb, "raw_annotations_ranking", DEFAULT_HOURS_PER_ANNOTATOR)
 
 
 labels_assets = [reference_labels, raw_annotations, labels_single, labels_ranking, observer_agreement]
