@@ -9,7 +9,7 @@ from cmr_assets.automation.sensors import retrain_job
 from cmr_assets.duckdb_io import read_table
 from cmr_assets.resources import DataPathsResource, MlflowResource
 from cmr_assets.settings import REGISTERED_MODEL_NAMES
-from cmr_assets.training.dataset import frame_hash, labelled_rows
+from cmr_assets.training.dataset import label_hash, labelled_rows
 
 STRATEGIES = ("ranking", "single")
 
@@ -17,8 +17,7 @@ STRATEGIES = ("ranking", "single")
 def training_label_hash(slices: pd.DataFrame, split: pd.DataFrame, labels: pd.DataFrame,
                         label_column: str = "label") -> str:
     """The `label_hash` a model trained now would log: its train + val rows and their targets."""
-    rows = pd.concat([labelled_rows(slices, split, labels, which, label_column) for which in ("train", "val")])
-    return frame_hash(rows, ["slice_id", "target"])
+    return label_hash(*(labelled_rows(slices, split, labels, which, label_column) for which in ("train", "val")))
 
 
 def strategies_to_retrain(current: dict[str, str | None], in_use: dict[str, str | None]) -> list[str]:

@@ -5,13 +5,12 @@ import dagster as dg
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 
-from cmr_assets.classes import CLASS_INDEX
 from cmr_assets.duckdb_io import read_table
 from cmr_assets.evaluation.metrics import classification_metrics, paired_comparison
 from cmr_assets.evaluation.plots import confusion_matrix_png, rank_score_distribution_png, roc_curves_png
 from cmr_assets.evaluation.report import StrategyEvaluation, build_evaluation_report, render_markdown, write_report
 from cmr_assets.labelling.campaign import expert_hours_spent
-from cmr_assets.labels.agreement import cohen_kappa
+from cmr_assets.labels.agreement import label_accuracy
 from cmr_assets.labels.raw_annotations import latest_answer_per_task, read_raw_annotations
 from cmr_assets.metadata import picture
 from cmr_assets.resources import DataPathsResource, MlflowResource
@@ -33,12 +32,8 @@ def labelling_cost(raw: pd.DataFrame, labels: pd.DataFrame) -> dict:
 
 def label_kappa_vs_reference(labels: pd.DataFrame, reference: pd.DataFrame) -> float | None:
     """Cohen's kappa between a strategy's labels and the reference, over slices both label."""
-    both = labels[labels["label"].notna() & ~labels["artefact_excluded"].astype(bool)].merge(
-        reference[["slice_id", "label"]], on="slice_id", suffixes=("", "_reference"))
-    if both.empty:
-        return None
-    return float(cohen_kappa(both["label"].map(CLASS_INDEX).to_numpy(),
-                             both["label_reference"].map(CLASS_INDEX).to_numpy()))
+    result = label_accuracy(labels, reference)
+    return result["kappa"] if result["n"] else None
 
 
 def agreement_summary(rows: pd.DataFrame) -> dict:
@@ -77,9 +72,9 @@ def evaluation_report(context: dg.AssetExecutionContext, data_paths: DataPathsRe
     agreement = agreement_summary(agreement_rows)
     raw = {"single": latest_answer_per_task(raw_single), "ranking": raw_ranking}
     probas, per_strategy, figures = {}, {}, {}
+    client = mlflow.client()
     for strategy in STRATEGIES:
         name = REGISTERED_MODEL_NAMES[strategy]
-        client = mlflow.client()
         version = client.get_model_version_by_alias(name, "challenger")
         model = mlflow.load_model(f"models:/{name}/{version.version}")
         probas[strategy] = predict_slices(model, images)

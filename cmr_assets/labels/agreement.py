@@ -48,11 +48,17 @@ AGREEMENT_COLUMNS = ("metric", "value", "n", "detail")
 def cohen_kappa(a: np.ndarray, b: np.ndarray, n_classes: int = N_CLASSES) -> float:
     """Unweighted Cohen's kappa of two aligned ratings (class indices); NaN without pairs."""
     a, b = np.asarray(a, dtype=int), np.asarray(b, dtype=int)
-    if len(a) == 0:
-        return float("nan")
     table = np.zeros((n_classes, n_classes))
     np.add.at(table, (a, b), 1)
-    table /= table.sum()
+    return kappa_from_table(table)
+
+
+def kappa_from_table(table: np.ndarray) -> float:
+    """Cohen's kappa of a square contingency table of counts (rows: one rater, columns: the other)."""
+    total = float(np.sum(table))
+    if total == 0:
+        return float("nan")
+    table = np.asarray(table, dtype=float) / total
     observed = np.trace(table)
     expected = float(table.sum(axis=1) @ table.sum(axis=0))
     if expected == 1.0:
@@ -138,7 +144,7 @@ def ranking_agreement(raw_ranking: pd.DataFrame, alpha: float = 0.01) -> dict:
 
 
 def label_accuracy(labels: pd.DataFrame, reference: pd.DataFrame, label_column: str = "label") -> dict:
-    """Accuracy and 3x3 confusion matrix (rows = reference class) of labelled, non-excluded slices."""
+    """Accuracy, Cohen's kappa and 3x3 confusion matrix (rows = reference class) of labelled, non-excluded slices."""
     truth = reference.dropna(subset=["label"]).set_index("slice_id")["label"]
     counted = labels.loc[labels[label_column].notna() & ~labels["artefact_excluded"].astype(bool)]
     counted = counted.assign(truth=counted["slice_id"].map(truth)).dropna(subset=["truth"])
@@ -148,6 +154,7 @@ def label_accuracy(labels: pd.DataFrame, reference: pd.DataFrame, label_column: 
     n = int(confusion.sum())
     return {
         "accuracy": float(np.trace(confusion) / n) if n else float("nan"),
+        "kappa": kappa_from_table(confusion),
         "n": n,
         "confusion": confusion.tolist(),
         "classes": list(CLASS_NAMES),

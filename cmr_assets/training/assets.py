@@ -25,7 +25,14 @@ from cmr_assets.training.core import (
     select_device,
     train_classifier,
 )
-from cmr_assets.training.dataset import PROBABILITY_COLUMNS, array_hash, frame_hash, labelled_rows, load_slice_images
+from cmr_assets.training.dataset import (
+    PROBABILITY_COLUMNS,
+    array_hash,
+    frame_hash,
+    label_hash,
+    labelled_rows,
+    load_slice_images,
+)
 from cmr_assets.training.packaging import DeployableClassifier, input_example, predict_slices
 from cmr_assets.training.split import class_mix_from_labels, split_by_scan
 
@@ -140,12 +147,12 @@ def train_strategy_model(context: dg.AssetExecutionContext, strategy: str, confi
     val_proba = predict_slices(deployable, val_images)
     val_metrics = classification_metrics(val["target"].to_numpy(), val_proba)
     split_hash = frame_hash(split, ["scan_id", "split"])
-    counts = train["label" if config.label_column == "label" else config.label_column].value_counts()
+    counts = train[config.label_column].value_counts()
     params = {
         "architecture": train_config.architecture, "input_size": train_config.input_size,
         "epochs": train_config.epochs, "batch_size": train_config.batch_size, "learning_rate": train_config.lr,
         "seed": train_config.seed, "soft_labels": train_config.soft_labels, "label_column": config.label_column,
-        "label_hash": frame_hash(pd.concat([train, val]), ["slice_id", "target"]),
+        "label_hash": label_hash(train, val),
         "data_hash": array_hash(train_images), "split_hash": split_hash, "git_commit": _git_commit(),
         "device": result.device, "n_train": len(train), "n_val": len(val),
         **{f"n_train_{name}": int(counts.get(name, 0)) for name in CLASS_NAMES},

@@ -63,5 +63,11 @@ def frame_hash(frame: pd.DataFrame, columns: list[str]) -> str:
     return hashlib.sha256("\n".join(rows).encode()).hexdigest()[:16]
 
 
+def label_hash(train: pd.DataFrame, val: pd.DataFrame) -> str:
+    """What a model learns from (train + val slice ids and targets): logged with every model, and
+    compared by the nightly schedule to decide whether labels changed since the champion."""
+    return frame_hash(pd.concat([train, val]), ["slice_id", "target"])
+
+
 def array_hash(images: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()[:16]
