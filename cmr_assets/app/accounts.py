@@ -25,7 +25,6 @@ import functools
 import hashlib
 import hmac
 import json
-import os
 import re
 import secrets
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from cmr_assets.fileio import write_atomically
 from cmr_assets.settings import DataPaths
 
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{1,31}")
@@ -135,14 +135,7 @@ def _write_roster(paths: DataPaths, roster: dict[str, AnnotatorAccount]) -> None
     document = {"version": 1, "annotators": {
         name: {key: value for key, value in asdict(account).items() if key != "name"}
         for name, account in sorted(roster.items())}}
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(document, handle, indent=2)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    write_atomically(path, (json.dumps(document, indent=2) + "\n").encode("utf-8"), mode=0o600)
 
 
 @contextmanager

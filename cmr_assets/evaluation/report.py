@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from cmr_assets.fileio import write_atomically
 
 STRATEGIES = ("ranking", "single")
 STRATEGY_CONTRACT_KEYS = ("test_accuracy", "test_macro_f1", "test_roc_auc", "label_accuracy_vs_reference",
@@ -268,21 +269,12 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    with temporary.open("w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    temporary.replace(path)
-
-
 def write_report(report: Mapping[str, Any], reports_dir: str | Path) -> tuple[Path, Path]:
     """Validate, then write `evaluation.json` and `evaluation.md` (atomic: no half-written report)."""
     validate_report(report)
     folder = Path(reports_dir)
     folder.mkdir(parents=True, exist_ok=True)
     json_path, md_path = folder / "evaluation.json", folder / "evaluation.md"
-    _write_atomically(json_path, json.dumps(_jsonable(report), indent=2, allow_nan=False) + "\n")
-    _write_atomically(md_path, render_markdown(report))
+    write_atomically(json_path, (json.dumps(_jsonable(report), indent=2, allow_nan=False) + "\n").encode())
+    write_atomically(md_path, render_markdown(report).encode())
     return json_path, md_path

@@ -27,18 +27,17 @@ Public API:
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 
 import duckdb
 import numpy as np
 import pandas as pd
 from PIL import Image
 
+from cmr_assets.fileio import write_atomically
 from cmr_assets.ingest.dicom_series import Rejection, RenderedSeries
 from cmr_assets.settings import DataPaths
 
@@ -112,13 +111,6 @@ def existing_scan_ids(con: duckdb.DuckDBPyConnection) -> set[str]:
     return {row[0] for row in con.execute("SELECT scan_id FROM scans").fetchall()}
 
 
-def _write_atomically(target: Path, payload: bytes) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    temporary.write_bytes(payload)
-    os.replace(temporary, target)
-
-
 def png_bytes(image: np.ndarray) -> bytes:
     """8-bit greyscale PNG with no metadata chunks (Pillow adds none unless asked); fast zlib level,
     since encoding at the default level took about 15% of ingestion time."""
@@ -139,10 +131,10 @@ def write_scan_files(paths: DataPaths, scan_id: str, rendered: RenderedSeries) -
     png_paths = []
     for index, image in enumerate(rendered.images):
         target = paths.slice_png / scan_id / f"{index:02d}.png"
-        _write_atomically(target, png_bytes(image))
+        write_atomically(target, png_bytes(image), durable=False)
         png_paths.append(target.relative_to(paths.root).as_posix())
     array_target = paths.slice_arrays / f"{scan_id}.npy"
-    _write_atomically(array_target, npy_bytes(rendered.array))
+    write_atomically(array_target, npy_bytes(rendered.array), durable=False)
     return ScanFiles(png_paths=tuple(png_paths), array_path=array_target.relative_to(paths.root).as_posix())
 
 

@@ -8,7 +8,8 @@ Public API:
 - `AnnotationContext.from_tasks(tasks_single, tasks_ranking, known_annotators)`: what a record is
   checked against (roster, task ids, their annotators and images).
 - `write_annotation_file(records, incoming_dir, strategy, annotator_id) -> Path`: atomic write
-  (`.jsonl.tmp`, fsync, rename), name `<strategy>-<annotator>-<UTC yyyymmddThhmmss>-<8 hex>.jsonl`.
+  (`cmr_assets.fileio.write_atomically`: `.tmp`, fsync, rename), name
+  `<strategy>-<annotator>-<UTC yyyymmddThhmmss>-<8 hex>.jsonl`.
 - `parse_annotation_file(path, context=None, now=None) -> ParsedAnnotationFile`: valid records with
   their line numbers, rejections with line and reason; a partly written last line is left alone.
 - `parse_record(obj, now=None)`: one decoded JSON object -> record, or `RecordError` with the reason.
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -32,6 +32,7 @@ import pandas as pd
 
 from cmr_assets import __version__
 from cmr_assets.classes import CLASS_NAMES
+from cmr_assets.fileio import write_atomically
 
 FORMAT_VERSION = 1
 STRATEGIES = ("single", "ranking")
@@ -170,18 +171,7 @@ def write_annotation_file(records: Sequence[AnnotationRecord], incoming_dir: Pat
     incoming_dir.mkdir(parents=True, exist_ok=True)
     session_start = min(r.started_at for r in records)
     final = incoming_dir / annotation_file_name(strategy, annotator_id, session_start, data)
-    tmp = final.with_name(final.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, final)
-    dir_fd = os.open(incoming_dir, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return final
+    return write_atomically(final, data)
 
 
 # ---------------------------------------------------------------- parsing
