@@ -54,6 +54,38 @@ def test_report_has_the_contract_keys_and_both_models_are_champions(pipeline):
         assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
 
 
+def test_champions_carry_provenance_and_face_the_real_image_check(pipeline):
+    root, _ = pipeline
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    for name in REGISTERED_MODEL_NAMES.values():
+        tags = client.get_model_version_by_alias(name, "champion").tags
+        assert tags["cmr.training_data"] == "synthetic" and tags["cmr.label_source"] == "simulated_experts"
+        assert int(tags["cmr.n_scans"]) >= 2
+    report = json.loads((root / "data" / "reports" / "evaluation.json").read_text())
+    check = report["real_image_check"]
+    for strategy in ("ranking", "single"):
+        summary = check["strategies"][strategy]["summary"]
+        assert summary["n_lv"] == 18 and summary["n_slices"] == 25
+        assert 0.0 <= summary["lv_recall_model"] <= 1.0
+        assert check["strategies"][strategy]["model"]["training_data"] == "synthetic"
+    assert "Real-image check" in (root / "data" / "reports" / "evaluation.md").read_text()
+
+
+def test_filter_warns_about_a_synthetic_only_model_and_scores_ood(pipeline, capsys):
+    root, _ = pipeline
+    series = root / "data" / "scans" / "synthetic" / "scan_0001"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        assert run_filter_cli(series, model="ranking", as_json=True) == 0
+    captured = capsys.readouterr()
+    assert "synthetic" in captured.err
+    decisions = json.loads(captured.out)
+    assert all(isinstance(d["ood"], bool) and isinstance(d["ood_score"], float) for d in decisions)
+    assert all(d["keep"] for d in decisions if d["ood"])
+
+
 def test_tables_are_filled(pipeline):
     root, _ = pipeline
     n_slices = _count(root, "slices")

@@ -8,6 +8,7 @@ from dagster_duckdb import DuckDBResource
 from cmr_assets.duckdb_io import read_table
 from cmr_assets.evaluation.metrics import classification_metrics, paired_comparison
 from cmr_assets.evaluation.plots import confusion_matrix_png, rank_score_distribution_png, roc_curves_png
+from cmr_assets.evaluation.real_check import REAL_DATA_DIR, load_real_series, real_image_check
 from cmr_assets.evaluation.report import StrategyEvaluation, build_evaluation_report, render_markdown, write_report
 from cmr_assets.labelling.campaign import expert_hours_spent
 from cmr_assets.labels.agreement import label_accuracy
@@ -17,6 +18,7 @@ from cmr_assets.resources import DataPathsResource, MlflowResource
 from cmr_assets.settings import REGISTERED_MODEL_NAMES
 from cmr_assets.training.dataset import evaluation_rows, load_slice_images
 from cmr_assets.training.packaging import predict_slices
+from cmr_assets.training.provenance import TRAINING_DATA_TAG
 
 GROUP = "evaluation"
 STRATEGIES = ("ranking", "single")
@@ -43,6 +45,30 @@ def agreement_summary(rows: pd.DataFrame) -> dict:
     return {"kappa_intra": values.get("kappa_intra"), "kappa_inter": values.get("kappa_inter"),
             "kendall_tau_ranking": values.get("kendall_tau_ranking"),
             **{m: v for m, v in values.items() if m.startswith("label_accuracy_")}}
+
+
+def champions_on_real_images(context: dg.AssetExecutionContext, mlflow: MlflowResource) -> dict:
+    """`real_image_check` of the report: each strategy's champion on the shipped real DICOM."""
+    try:
+        real_series = load_real_series(REAL_DATA_DIR)
+    except (OSError, ValueError) as error:
+        context.log.warning(f"real-image check skipped: {error}")
+        return {"data": str(REAL_DATA_DIR), "error": str(error), "strategies": {}}
+    client = mlflow.client()
+    results = {}
+    for strategy in STRATEGIES:
+        name = REGISTERED_MODEL_NAMES[strategy]
+        version = client.get_model_version_by_alias(name, "champion")
+        check = real_image_check(mlflow.load_model(f"models:/{name}/{version.version}"), real_series)
+        results[strategy] = {"model": {"registered_model": name, "version": version.version,
+                                       "training_data": version.tags.get(TRAINING_DATA_TAG, "unknown")},
+                             **check}
+        summary = check["summary"]
+        context.log.info(f"{strategy} champion v{version.version} on real images: LV recall model "
+                         f"{summary['lv_recall_model']:.3f}, filter {summary['lv_recall_filter']:.3f} "
+                         f"({summary['n_lv']} contoured slices), {summary['n_ood']} slices out of distribution")
+    return {"data": "real_data/sunnybrook (Sunnybrook Cardiac Data, CC0; 2 patients, ED phase)",
+            "strategies": results}
 
 
 @dg.asset(group_name=GROUP, deps=["model_single", "model_ranking", "observer_agreement", "reference_labels"],
@@ -87,6 +113,7 @@ def evaluation_report(context: dg.AssetExecutionContext, data_paths: DataPathsRe
             label_kappa_vs_reference=label_kappa_vs_reference(labels[strategy], reference),
             model={"registered_model": name, "version": version.version, "run_id": version.run_id})
         context.log.info(f"{strategy}: test accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}")
+    real_check = champions_on_real_images(context, mlflow)
     predictions = {s: probas[s].argmax(axis=1) for s in STRATEGIES}
     comparison = paired_comparison(y_true, predictions["ranking"], predictions["single"], groups=test["scan_id"])
     figures["roc_curves.png"] = roc_curves_png(y_true, probas)
@@ -96,7 +123,8 @@ def evaluation_report(context: dg.AssetExecutionContext, data_paths: DataPathsRe
         (paths.reports / file_name).write_bytes(png)
     report = build_evaluation_report(per_strategy, comparison, agreement, len(test),
                                      pictures={f: f for f in figures},
-                                     reference_source=str(reference["source"].iloc[0]))
+                                     reference_source=str(reference["source"].iloc[0]),
+                                     real_image_check=real_check)
     json_path, md_path = write_report(report, paths.reports)
     run_id = mlflow.log_evaluation_run(report=report, report_files=[json_path, md_path], pictures=figures)
     return dg.MaterializeResult(metadata={

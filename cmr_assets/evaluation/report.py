@@ -111,7 +111,8 @@ def _strategy_block(evaluation: StrategyEvaluation) -> dict[str, Any]:
 def build_evaluation_report(per_strategy: Mapping[str, StrategyEvaluation], comparison: Mapping[str, Any],
                             agreement: Mapping[str, Any], n_test_images: int,
                             pictures: Mapping[str, str] | None = None,
-                            reference_source: str | None = None) -> dict[str, Any]:
+                            reference_source: str | None = None,
+                            real_image_check: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Assemble the report dict (contract keys + detail); checks both models saw the same test set."""
     missing = [s for s in STRATEGIES if s not in per_strategy]
     if missing:
@@ -136,6 +137,7 @@ def build_evaluation_report(per_strategy: Mapping[str, StrategyEvaluation], comp
         "agreement": dict(agreement),
         "paper": PAPER_RESULTS,
         "pictures": dict(pictures or {}),
+        "real_image_check": dict(real_image_check) if real_image_check is not None else None,
     }
     return _jsonable(report)
 
@@ -262,11 +264,33 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines += _table(["truth \\ predicted", *confusion["labels"]],
                         [[name, *map(str, row)] for name, row in zip(confusion["labels"], confusion["matrix"],
                                                                      strict=True)])
+    lines += _real_image_lines(report.get("real_image_check"))
     pictures = report.get("pictures") or {}
     if pictures:
         lines += ["", "## Pictures", ""]
         lines += [f"![{caption}]({path})" for caption, path in pictures.items()]
     return "\n".join(lines) + "\n"
+
+
+def _real_image_lines(check: Mapping[str, Any] | None) -> list[str]:
+    """The real-image check section: champions on real DICOM, raw model and filter decision."""
+    if not check:
+        return []
+    lines = ["", "## Real-image check (champions on real scanner DICOM)", "", f"Data: {check.get('data')}.", ""]
+    if check.get("error"):
+        return lines + [f"Not run: {check['error']}."]
+    rows = []
+    for strategy, block in check.get("strategies", {}).items():
+        summary = block["summary"]
+        rows.append([
+            f"{strategy} v{block['model']['version']} ({block['model'].get('training_data', 'unknown')})",
+            f"{summary['n_lv']}", _fmt(summary["lv_recall_model"], "pct"), _fmt(summary["lv_recall_filter"], "pct"),
+            *[f"{summary[k]['removed']} of {summary[k]['n']} removed" for k in ("uncontoured_base",
+                                                                                 "uncontoured_apex")],
+            f"{summary['n_ood']} of {summary['n_slices']}"])
+    return lines + _table(["champion (training data)", "contoured LV slices", "LV recall, model class",
+                           "LV recall, filter keep", "uncontoured base", "uncontoured apex", "OOD slices"], rows) + [
+        "", "Uncontoured slices are weaker evidence than contours: reported as decisions, not scored."]
 
 
 def write_report(report: Mapping[str, Any], reports_dir: str | Path) -> tuple[Path, Path]:

@@ -3,6 +3,12 @@
 The series is read with ingestion's own ordering and de-identification code (`read_series`), the
 registry's `champion` classifies each position, and the monotone step (too_basal* lv* too_apical*
 along the stack) makes the labels consistent with the anatomy before the keep/remove decision.
+
+A filter must know its limits: each slice gets the model's out-of-distribution score (see
+`training.packaging`; > 1 means unlike anything the model was trained and validated on). A slice
+the model cannot judge is kept, never dropped, and its `reason` says so; when most slices of a
+series are out of distribution the series verdict is `out_of_distribution` and every slice is
+kept. A model trained on synthetic data only makes the CLI warn on stderr.
 """
 
 from __future__ import annotations
@@ -20,13 +26,25 @@ from cmr_assets.classes import CLASS_NAMES
 from cmr_assets.ingest.dicom_series import OrderedSeries, read_series
 from cmr_assets.labels.monotone import enforce_monotone
 from cmr_assets.settings import REGISTERED_MODEL_NAMES, mlflow_tracking_uri
-from cmr_assets.training.mlflow_registry import ChampionNotFoundError, MlflowUnavailableError, load_champion
-from cmr_assets.training.packaging import predict_slices
+from cmr_assets.training.mlflow_registry import (
+    ChampionNotFoundError,
+    MlflowUnavailableError,
+    load_champion,
+    model_version_tags,
+)
+from cmr_assets.training.packaging import predict_slices_with_ood
+from cmr_assets.training.provenance import TRAINING_DATA_TAG
+
+SERIES_OOD_FRACTION = 0.5  # more than this share of slices out of distribution: the series is not judged
 
 
 @dataclass(frozen=True)
 class SliceDecision:
-    """One slice position's verdict, base first; `files` are relative to the series folder (all phases)."""
+    """One slice position's verdict, base first; `files` are relative to the series folder (all phases).
+
+    `ood_score` is None for a model registered without OOD calibration; `reason` says why the slice
+    is kept or removed.
+    """
 
     slice_from_base: int
     position_mm: float
@@ -34,27 +52,52 @@ class SliceDecision:
     model_class: str
     probabilities: dict[str, float]
     keep: bool
+    ood: bool
+    ood_score: float | None
+    reason: str
     files: list[str]
 
 
-def decide(series: OrderedSeries, probabilities: np.ndarray) -> list[SliceDecision]:
-    """Keep exactly the positions whose monotone label is `lv`."""
+def series_verdict(ood_scores: np.ndarray) -> str:
+    """`in_distribution`, `out_of_distribution` (most slices unlike the training data) or `unknown`."""
+    if len(ood_scores) == 0 or np.isnan(ood_scores).all():
+        return "unknown"
+    return "out_of_distribution" if np.mean(ood_scores > 1.0) > SERIES_OOD_FRACTION else "in_distribution"
+
+
+def _reason(label: str, slice_ood: bool, verdict: str) -> str:
+    if verdict == "out_of_distribution":
+        return "kept: series out of distribution, model cannot judge it"
+    if slice_ood:
+        return "kept: slice out of distribution, model cannot judge it"
+    return "kept: LV myocardium" if label == "lv" else f"removed: {label.replace('_', ' ')}"
+
+
+def decide(series: OrderedSeries, probabilities: np.ndarray,
+           ood_scores: np.ndarray | None = None) -> list[SliceDecision]:
+    """Keep the positions whose monotone label is `lv`, and every position the model cannot judge."""
     monotone = enforce_monotone(probabilities)
-    return [
-        SliceDecision(
+    scores = np.full(len(probabilities), np.nan) if ood_scores is None else np.asarray(ood_scores, dtype=float)
+    verdict = series_verdict(scores)
+    decisions = []
+    for s, p, label_index, score in zip(series.slices, probabilities, monotone, scores, strict=True):
+        label = CLASS_NAMES[int(label_index)]
+        slice_ood = bool(score > 1.0) or verdict == "out_of_distribution"
+        decisions.append(SliceDecision(
             slice_from_base=s.slice_from_base, position_mm=round(float(s.position_mm), 2),
-            predicted_class=CLASS_NAMES[int(label)], model_class=CLASS_NAMES[int(np.argmax(p))],
+            predicted_class=label, model_class=CLASS_NAMES[int(np.argmax(p))],
             probabilities={name: round(float(v), 4) for name, v in zip(CLASS_NAMES, p, strict=True)},
-            keep=CLASS_NAMES[int(label)] == "lv", files=list(s.files))
-        for s, p, label in zip(series.slices, probabilities, monotone, strict=True)
-    ]
+            keep=label == "lv" or slice_ood, ood=slice_ood,
+            ood_score=None if np.isnan(score) else round(float(score), 3),
+            reason=_reason(label, bool(score > 1.0), verdict), files=list(s.files)))
+    return decisions
 
 
 def filter_series(series_dir: Path, model: nn.Module) -> list[SliceDecision]:
     """Read one series base -> apex and classify each position with `model` (a registry model)."""
     series = read_series(series_dir)
     images = np.stack([s.image_128 for s in series.slices])
-    return decide(series, predict_slices(model, images))
+    return decide(series, *predict_slices_with_ood(model, images))
 
 
 def model_uri_for(choice: str) -> str:
@@ -79,23 +122,41 @@ def copy_kept(series_dir: Path, decisions: list[SliceDecision], out_dir: Path) -
 
 
 def format_table(decisions: list[SliceDecision]) -> str:
-    header = f"{'slice':>5} {'pos mm':>8}  {'class':<11} " + " ".join(f"{n:>10}" for n in CLASS_NAMES) + "  decision"
+    header = (f"{'slice':>5} {'pos mm':>8}  {'class':<11} " + " ".join(f"{n:>10}" for n in CLASS_NAMES)
+              + f" {'ood':>6}  decision")
     rows = [f"{d.slice_from_base:>5} {d.position_mm:>8.1f}  {d.predicted_class:<11} "
             + " ".join(f"{d.probabilities[n]:>10.3f}" for n in CLASS_NAMES)
-            + f"  {'keep' if d.keep else 'remove'}" + ("" if d.predicted_class == d.model_class else
-                                                        f" (model said {d.model_class})")
+            + (f" {d.ood_score:>6.2f}" if d.ood_score is not None else f" {'n/a':>6}")
+            + f"  {d.reason}" + ("" if d.predicted_class == d.model_class else f" (model said {d.model_class})")
             for d in decisions]
     return "\n".join([header, *rows])
+
+
+def synthetic_only_warning(tags: dict[str, str]) -> str | None:
+    """The stderr warning for a model that never saw a real scan (tag `cmr.training_data`)."""
+    if tags.get(TRAINING_DATA_TAG, "synthetic") != "synthetic":
+        return None
+    source = f"{TRAINING_DATA_TAG}={tags[TRAINING_DATA_TAG]}" if TRAINING_DATA_TAG in tags else "no provenance tag"
+    return (f"cmr-assets filter: WARNING: this model was trained on synthetic data only ({source}); check its "
+            "decisions on your scanner's images, or train it on your own labelled scans (README, 'Your own labels').")
 
 
 def run_filter_cli(series_dir: Path, model: str = "ranking", as_json: bool = False, out_dir: str | None = None) -> int:
     """`cmr-assets filter`: errors go to stderr with the reason; exit 0 on success, 1 on failure."""
     try:
         module = load_champion(model_uri_for(model), tracking_uri=mlflow_tracking_uri())
+        tags = model_version_tags(model_uri_for(model), tracking_uri=mlflow_tracking_uri())
         decisions = filter_series(series_dir, module)
     except (ChampionNotFoundError, MlflowUnavailableError, ValueError, OSError) as error:
         print(f"cmr-assets filter: {error}", file=sys.stderr)
         return 1
+    warning = synthetic_only_warning(tags)
+    if warning:
+        print(warning, file=sys.stderr)
+    verdict = series_verdict(np.array([np.nan if d.ood_score is None else d.ood_score for d in decisions]))
+    if verdict == "out_of_distribution":
+        print(f"cmr-assets filter: WARNING: {series_dir} is unlike the model's training data "
+              "(most slices out of distribution): every slice is kept", file=sys.stderr)
     if as_json:
         print(json.dumps([asdict(d) for d in decisions], indent=2))
     else:

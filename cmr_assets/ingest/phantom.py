@@ -22,18 +22,19 @@ Public API
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import numpy as np
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import gaussian_filter, zoom
 
 ARTEFACT_KINDS: tuple[str, ...] = ("motion_ghosting", "banding", "signal_void")
+RANDOM_CONTRAST_SHARE = 0.1
 
 
 @dataclass(frozen=True)
 class Tissue:
-    """Relative SSFP signal of each tissue (blood pool ~ 1)."""
+    """Signal of each tissue in one scan (blood pool ~ 1); drawn per scan, widely (domain randomisation)."""
 
     blood: float
     myocardium: float
@@ -41,7 +42,22 @@ class Tissue:
     liver: float
     lung: float
     muscle: float
+    mediastinum: float
     vessel_wall: float
+    stomach: float
+    bowel: float
+
+
+@dataclass(frozen=True)
+class Blob:
+    """A distractor structure (vessel, bowel loop, lymph node, breast tissue) in heart-frame mm."""
+
+    x: float
+    y: float
+    half_axes: tuple[float, float]
+    angle: float
+    value: float
+    region: str  # "abdomen": only below the diaphragm; "body": anywhere in the chest cavity; "lung"
 
 
 @dataclass(frozen=True)
@@ -65,9 +81,15 @@ class Anatomy:
     fat_mm: float
     muscle_mm: float
     lung_spread_mm: float  # lateral distance of each lung's centre from the LV axis
+    lung_half_axes_mm: tuple[float, float]
     liver_edge_mm: float  # distance of the liver dome from the LV axis at the apex level
     liver_slope: float  # how fast the dome sweeps in per mm beyond that level
     max_contraction: float  # endocardial radius shrink at end-systole
+    epicardial_fat_mm: float
+    trabeculation: tuple[tuple[int, float, float], ...]  # (harmonic, relative amplitude, phase) of the endocardium
+    papillary: tuple[tuple[float, float, float], ...]  # (angle rad, radius / endocardial radius, radial position)
+    blobs: tuple[Blob, ...]
+    arms_mm: float  # lateral distance of the arms' centres from the body edge; 0 = no arms in view
     tissue: Tissue
 
 
@@ -79,8 +101,11 @@ class Acquisition:
     noise_fraction: float  # Rician sigma relative to blood
     shading_strength: float
     shading_angle: float
+    bias_strength: float  # log-amplitude of a random smooth receive-field inhomogeneity
     blur_px: float
     circular_mask: bool
+    deformation_mm: float  # amplitude of a smooth random displacement of the anatomy
+    partial_volume_mm: float  # slice profile width averaged through the plane (0: infinitely thin)
 
 
 @dataclass(frozen=True)
@@ -105,56 +130,106 @@ class PlaneGrid:
         return np.arctan2(self.y, self.x)
 
 
-def sample_anatomy(rng: np.random.Generator) -> Anatomy:
-    """Draw a plausible adult heart/thorax; ranges follow typical CMR reference values."""
-    jitter = lambda value: float(value * rng.uniform(0.9, 1.1))  # noqa: E731
-    tissue = Tissue(
+def _log_uniform(rng: np.random.Generator, low: float, high: float) -> float:
+    return float(np.exp(rng.uniform(np.log(low), np.log(high))))
+
+
+def sample_tissue(rng: np.random.Generator) -> Tissue:
+    """Per-scan tissue signals. Most scans follow SSFP contrast with wide ranges (bright blood and fat,
+    dark myocardium and lung); a share get SynthSeg-style random contrast that keeps only the
+    blood/myocardium order, so the classifier must learn shapes rather than one grey-level recipe."""
+    if rng.random() < RANDOM_CONTRAST_SHARE:
+        draw = lambda: float(rng.uniform(0.02, 1.1))  # noqa: E731
+        return Tissue(blood=1.0, myocardium=float(rng.uniform(0.05, 0.6)), fat=draw(), liver=draw(),
+                      lung=float(rng.uniform(0.0, 0.3)), muscle=draw(), mediastinum=draw(), vessel_wall=draw(),
+                      stomach=draw(), bowel=draw())
+    return Tissue(
         blood=1.0,
-        myocardium=jitter(0.24),
-        fat=jitter(0.82),
-        liver=jitter(0.30),
-        lung=jitter(0.035),
-        muscle=jitter(0.22),
-        vessel_wall=jitter(0.18),
+        myocardium=float(rng.uniform(0.12, 0.45)),
+        fat=float(rng.uniform(0.45, 1.25)),
+        liver=float(rng.uniform(0.15, 0.55)),
+        lung=float(rng.uniform(0.0, 0.12)),
+        muscle=float(rng.uniform(0.12, 0.45)),
+        mediastinum=float(rng.uniform(0.1, 0.5)),
+        vessel_wall=float(rng.uniform(0.1, 0.4)),
+        stomach=float(rng.uniform(0.05, 1.1)),
+        bowel=float(rng.uniform(0.2, 0.9)),
     )
-    half_depth = float(rng.uniform(115.0, 160.0))
-    fat = float(rng.uniform(6.0, 28.0))
-    muscle = float(rng.uniform(8.0, 16.0))
+
+
+def _sample_blobs(rng: np.random.Generator, tissue: Tissue) -> tuple[Blob, ...]:
+    """Distractors: bowel loops and vessels below the diaphragm, vessels and nodes in the chest, lung vessels."""
+    blobs = []
+    for region, count, size in (("abdomen", int(rng.integers(3, 10)), (8.0, 30.0)),
+                                ("body", int(rng.integers(4, 14)), (3.0, 22.0)),
+                                ("lung", int(rng.integers(4, 16)), (1.0, 4.0))):
+        for _ in range(count):
+            bearing = float(rng.uniform(0, 2 * np.pi))
+            distance = float(rng.uniform(35.0, 150.0))
+            half = (float(rng.uniform(*size)), float(rng.uniform(*size)))
+            value = (float(rng.uniform(0.3, 1.0)) if region == "lung"
+                     else float(rng.choice([tissue.bowel, tissue.stomach, tissue.fat, rng.uniform(0.05, 1.0)])))
+            blobs.append(Blob(x=distance * np.cos(bearing), y=distance * np.sin(bearing), half_axes=half,
+                              angle=float(rng.uniform(0, np.pi)), value=value, region=region))
+    return tuple(blobs)
+
+
+def sample_anatomy(rng: np.random.Generator) -> Anatomy:
+    """Draw an adult heart/thorax; ranges are wider than typical reference values on purpose."""
+    tissue = sample_tissue(rng)
+    epi_radius = float(rng.uniform(22.0, 48.0))  # up to dilated hearts
+    lung_half_axes = (float(rng.uniform(22.0, 55.0)), float(rng.uniform(50.0, 100.0)))
+    half_depth = float(rng.uniform(100.0, 160.0))
+    fat = float(rng.uniform(3.0, 35.0))
+    muscle = float(rng.uniform(6.0, 18.0))
+    n_papillary = int(rng.choice([2, 2, 3]))
     return Anatomy(
-        lv_length_mm=float(rng.uniform(68.0, 100.0)),
-        epi_radius_mm=float(rng.uniform(25.0, 34.0)),
-        wall_mm=float(rng.uniform(6.5, 12.0)),
-        taper_exponent=float(rng.uniform(1.8, 2.6)),
-        ring_ellipticity=float(rng.uniform(0.0, 0.07)),
+        lv_length_mm=float(rng.uniform(62.0, 105.0)),
+        epi_radius_mm=epi_radius,
+        wall_mm=float(rng.uniform(5.5, 15.0)),
+        taper_exponent=float(rng.uniform(1.5, 3.0)),
+        ring_ellipticity=float(rng.uniform(0.0, 0.12)),
         ring_phase=float(rng.uniform(0, np.pi)),
-        rv_scale=float(rng.uniform(1.0, 1.4)),
-        rv_extent01=float(rng.uniform(0.72, 0.92)),
-        aortic_radius_mm=float(rng.uniform(11.0, 15.5)),
-        atrial_scale=float(rng.uniform(0.85, 1.2)),
-        body_half_width_mm=float(rng.uniform(175.0, 240.0)),
+        rv_scale=float(rng.uniform(0.8, 1.6)),
+        rv_extent01=float(rng.uniform(0.65, 0.95)),
+        aortic_radius_mm=float(rng.uniform(10.0, 17.0)),
+        atrial_scale=float(rng.uniform(0.75, 1.3)),
+        body_half_width_mm=float(rng.uniform(150.0, 240.0)),
         body_half_depth_mm=half_depth,
-        # The heart lies against the anterior chest wall: 40-60 mm from the LV axis to its inner face.
-        body_offset_posterior_mm=half_depth - 1.3 * fat - muscle - float(rng.uniform(40.0, 60.0)),
-        body_offset_right_mm=float(rng.uniform(20.0, 55.0)),
+        # The heart lies against the anterior chest wall: 30-65 mm from the LV axis to its inner face.
+        body_offset_posterior_mm=half_depth - 1.3 * fat - muscle - float(rng.uniform(30.0, 65.0)),
+        body_offset_right_mm=float(rng.uniform(10.0, 60.0)),
         fat_mm=fat,
         muscle_mm=muscle,
-        lung_spread_mm=float(rng.uniform(80.0, 110.0)),
-        liver_edge_mm=float(rng.uniform(45.0, 75.0)),
-        liver_slope=float(rng.uniform(1.6, 3.0)),
-        max_contraction=float(rng.uniform(0.2, 0.38)),
+        # the left lung lies against the LV's lateral wall, with some fat or pericardium between
+        lung_spread_mm=epi_radius + lung_half_axes[0] + float(rng.uniform(0.0, 30.0)),
+        lung_half_axes_mm=lung_half_axes,
+        liver_edge_mm=float(rng.uniform(35.0, 80.0)),
+        liver_slope=float(rng.uniform(1.2, 3.2)),
+        max_contraction=float(rng.uniform(0.15, 0.4)),
+        epicardial_fat_mm=float(rng.uniform(0.5, 7.0)),
+        trabeculation=tuple((int(k), float(rng.uniform(0.0, 0.035)), float(rng.uniform(0, 2 * np.pi)))
+                            for k in rng.choice(np.arange(4, 17), size=int(rng.integers(2, 6)), replace=False)),
+        papillary=tuple((float(np.deg2rad(base + rng.normal(0, 18))), float(rng.uniform(0.1, 0.22)),
+                         float(rng.uniform(0.5, 0.8))) for base in (-60.0, 170.0, 60.0)[:n_papillary]),
+        blobs=_sample_blobs(rng, tissue),
+        arms_mm=float(rng.uniform(35.0, 80.0)) if rng.random() < 0.35 else 0.0,
         tissue=tissue,
     )
 
 
 def sample_acquisition(rng: np.random.Generator) -> Acquisition:
-    """Draw scanner-side effects: intensity scale, noise, coil shading, reconstruction blur."""
+    """Draw scanner-side effects: intensity scale, noise, coil shading and bias, blur, deformation."""
     return Acquisition(
-        signal_scale=float(rng.uniform(120.0, 600.0)),
-        noise_fraction=float(rng.uniform(0.008, 0.025)),
-        shading_strength=float(rng.uniform(0.25, 0.9)),
+        signal_scale=float(rng.uniform(120.0, 900.0)),
+        noise_fraction=_log_uniform(rng, 0.006, 0.07),
+        shading_strength=float(rng.uniform(0.1, 1.3)),
         shading_angle=float(rng.uniform(0, 2 * np.pi)),
-        blur_px=float(rng.uniform(0.4, 0.9)),
-        circular_mask=bool(rng.random() < 0.45),
+        bias_strength=float(rng.uniform(0.05, 0.45)),
+        blur_px=float(rng.uniform(0.3, 1.6)),
+        circular_mask=bool(rng.random() < 0.3),
+        deformation_mm=float(rng.uniform(0.0, 7.0)),
+        partial_volume_mm=float(rng.uniform(4.0, 10.0)),
     )
 
 
@@ -224,11 +299,13 @@ def _thorax(anatomy: Anatomy, grid: PlaneGrid, level_mm: float) -> np.ndarray:
     _paint(image, _soft(body, px), tis.fat)
     _paint(image, _soft(body + fat, px), tis.muscle)
     cavity = _soft(body + fat + muscle, px)
-    _paint(image, cavity, tis.muscle * 1.2)  # mediastinal soft tissue
+    _paint(image, cavity, tis.mediastinum)
+    lungs = np.zeros_like(image)
     for side, spread in ((left, anatomy.lung_spread_mm), (right, anatomy.lung_spread_mm + 10.0)):
         lung_centre = _offset((side, spread), (posterior, 35.0))
-        lung = _ellipse_distance(grid, lung_centre, (55.0, 95.0), tuple(lateral))
-        _paint(image, _soft(lung, px) * cavity, tis.lung)
+        lung = _ellipse_distance(grid, lung_centre, anatomy.lung_half_axes_mm, tuple(lateral))
+        lungs = np.maximum(lungs, _soft(lung, px) * cavity)
+    _paint(image, lungs, tis.lung)
     spine_centre = _offset((posterior, anatomy.body_offset_posterior_mm + half[1] - 45.0),
                            (grid.right, anatomy.body_offset_right_mm))
     spine = np.hypot(grid.x - spine_centre[0], grid.y - spine_centre[1])
@@ -244,9 +321,24 @@ def _thorax(anatomy: Anatomy, grid: PlaneGrid, level_mm: float) -> np.ndarray:
     liver = _dome(grid, right + inferior + 0.4 * posterior, anatomy.liver_edge_mm - anatomy.liver_slope * beyond)
     stomach = _dome(grid, left + inferior + 0.6 * posterior,
                     anatomy.liver_edge_mm + 25.0 - 0.8 * anatomy.liver_slope * beyond)
-    for dome, value in ((liver, tis.liver), (stomach, tis.liver * 1.35)):
+    abdomen = np.zeros_like(image)
+    for dome, value in ((liver, tis.liver), (stomach, tis.stomach)):
         _paint(image, _soft(-dome - 4.0, px) * cavity, tis.muscle)  # diaphragm
-        _paint(image, _soft(-dome, px) * cavity, value)
+        inside = _soft(-dome, px) * cavity
+        _paint(image, inside, value)
+        abdomen = np.maximum(abdomen, inside)
+    regions = {"abdomen": abdomen, "body": cavity * (1.0 - lungs) * (1.0 - abdomen), "lung": lungs}
+    for blob in anatomy.blobs:
+        major = (np.cos(blob.angle), np.sin(blob.angle))
+        mask = _soft(_ellipse_distance(grid, (blob.x, blob.y), blob.half_axes, major), px)
+        _paint(image, mask * regions[blob.region], blob.value)
+    if anatomy.arms_mm > 0:
+        for side in (lateral, -lateral):
+            arm_centre = _offset((centre, 1.0), (side, anatomy.body_half_width_mm + anatomy.arms_mm))
+            arm = _ellipse_distance(grid, arm_centre, (45.0, 60.0), tuple(lateral))
+            _paint(image, _soft(arm, px), tis.fat)
+            _paint(image, _soft(arm + anatomy.fat_mm * 0.5, px), tis.muscle)
+            _paint(image, _soft(np.hypot(grid.x - arm_centre[0], grid.y - arm_centre[1]) - 12.0, px), tis.lung)
     return image
 
 
@@ -276,7 +368,7 @@ def _heart(image: np.ndarray, anatomy: Anatomy, grid: PlaneGrid, level_mm: float
         rv = _ellipse_distance(grid, _offset(((1.0, 0.0), centre_x), (anterior, 0.1 * hug)), (half_x, half_y),
                                (1.0, 0.0))
     # Epicardial/pericardial fat around the whole heart; a small pad persists just beyond the apex.
-    envelope = rho_shaped - max(epi + 3.0, 8.0 if level_mm < anatomy.lv_length_mm + 10.0 else 0.0)
+    envelope = rho_shaped - max(epi + anatomy.epicardial_fat_mm, 8.0 if level_mm < anatomy.lv_length_mm + 10.0 else 0.0)
     if rv is not None:
         envelope = np.minimum(envelope, rv - 3.0)
     if atria > 0:
@@ -313,24 +405,54 @@ def _heart(image: np.ndarray, anatomy: Anatomy, grid: PlaneGrid, level_mm: float
             ring *= np.clip((gap - np.pi * (1.0 - ring_fraction)) * rho.clip(1.0) / px, 0.0, 1.0)
         _paint(image, ring, tis.myocardium)
         if endo > 0:
-            _paint(image, _soft(rho_shaped - endo, px) * min(1.0, 2.0 * ring_fraction), tis.blood)
-            if 0.15 < level_mm / anatomy.lv_length_mm < 0.75 and endo > 8.0:
-                for papillary_deg in (-60.0, 170.0):
-                    theta = np.deg2rad(papillary_deg)
-                    c = (0.62 * endo * np.cos(theta), 0.62 * endo * np.sin(theta))
-                    _paint(image, _soft(np.hypot(grid.x - c[0], grid.y - c[1]) - 0.16 * endo, px), tis.myocardium)
+            # Trabeculae make the endocardial border ragged, more so toward the apex.
+            ragged = 1.0 + (0.5 + level_mm / anatomy.lv_length_mm) * sum(
+                amplitude * np.cos(k * angle + phase) for k, amplitude, phase in anatomy.trabeculation)
+            _paint(image, _soft(rho_shaped - endo * ragged, px) * min(1.0, 2.0 * ring_fraction), tis.blood)
+            if 0.12 < level_mm / anatomy.lv_length_mm < 0.8 and endo > 6.0:
+                for theta, size, radial in anatomy.papillary:
+                    c = (radial * endo * np.cos(theta), radial * endo * np.sin(theta))
+                    _paint(image, _soft(np.hypot(grid.x - c[0], grid.y - c[1]) - size * endo, px), tis.myocardium)
 
 
-def render_position(anatomy: Anatomy, grid: PlaneGrid, level_mm: float,
-                    contractions: list[float]) -> list[np.ndarray]:
-    """Noise-free signal at one slice level, one image per contraction (0 = end-diastole)."""
-    thorax = _thorax(anatomy, grid, level_mm)
-    images = []
-    for contraction in contractions:
-        image = thorax.copy()
-        _heart(image, anatomy, grid, level_mm, contraction * anatomy.max_contraction)
-        images.append(image)
+def render_position(anatomy: Anatomy, grid: PlaneGrid, level_mm: float, contractions: list[float],
+                    partial_volume_mm: float = 0.0) -> list[np.ndarray]:
+    """Noise-free signal at one slice level, one image per contraction (0 = end-diastole).
+
+    With `partial_volume_mm` > 0 the plane is averaged over three sub-planes that far apart in total
+    (the slice profile), so a ring that ends inside the slice fades rather than vanishing.
+    """
+    offsets = (0.0,) if partial_volume_mm <= 0 else (-partial_volume_mm / 2, 0.0, partial_volume_mm / 2)
+    images = [np.zeros_like(grid.x) for _ in contractions]
+    for offset in offsets:
+        thorax = _thorax(anatomy, grid, level_mm + offset)
+        for image, contraction in zip(images, contractions, strict=True):
+            layer = thorax.copy()
+            _heart(layer, anatomy, grid, level_mm + offset, contraction * anatomy.max_contraction)
+            image += layer / len(offsets)
     return images
+
+
+def smooth_field(shape: tuple[int, int], cells: int, rng: np.random.Generator) -> np.ndarray:
+    """Zero-mean, roughly unit-std random field varying over about `cells` cells per side (cheap:
+    a coarse normal grid upsampled with cubic splines)."""
+    coarse = rng.standard_normal((cells + 3, cells + 3)).astype(np.float32)
+    fine = zoom(coarse, ((shape[0] + 2) / (cells + 3), (shape[1] + 2) / (cells + 3)), order=3)
+    return fine[1:shape[0] + 1, 1:shape[1] + 1]
+
+
+def deform(grid: PlaneGrid, amplitude_mm: float, rng: np.random.Generator) -> PlaneGrid:
+    """The same plane with the anatomy displaced by a smooth random field (shapes bend, stay plausible)."""
+    if amplitude_mm <= 0:
+        return grid
+    shape = grid.x.shape
+    return replace(grid, x=grid.x + amplitude_mm * smooth_field(shape, 4, rng),
+                   y=grid.y + amplitude_mm * smooth_field(shape, 4, rng))
+
+
+def bias_field(shape: tuple[int, int], acquisition: Acquisition, rng: np.random.Generator) -> np.ndarray:
+    """Multiplicative smooth receive-field inhomogeneity, mean about 1."""
+    return np.exp(acquisition.bias_strength * smooth_field(shape, 3, rng)).astype(np.float32)
 
 
 def _smooth_noise(shape: tuple[int, int], sigma_px: float, rng: np.random.Generator) -> np.ndarray:
@@ -370,7 +492,10 @@ def apply_artefact(image: np.ndarray, kind: str, grid: PlaneGrid, rng: np.random
 
 def scan_textures(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
     """Multiplicative tissue heterogeneity for one scan (fine + coarse), mean 1."""
-    return (1.0 + 0.05 * _smooth_noise(shape, 1.5, rng) + 0.06 * _smooth_noise(shape, 6.0, rng)).astype(np.float32)
+    fine, coarse = rng.uniform(0.02, 0.12), rng.uniform(0.03, 0.12)
+    texture = 1.0 + fine * _smooth_noise(shape, float(rng.uniform(0.8, 2.0)), rng) + coarse * _smooth_noise(
+        shape, 6.0, rng)
+    return texture.clip(0.3, None).astype(np.float32)
 
 
 def coil_shading(grid: PlaneGrid, acquisition: Acquisition) -> np.ndarray:

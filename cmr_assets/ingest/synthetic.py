@@ -52,7 +52,7 @@ import shutil
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +71,7 @@ from pydicom.uid import (
 )
 
 from cmr_assets.classes import CLASS_NAMES
+from cmr_assets.ingest.dicom_series import normalise_stack, resize_field_of_view
 from cmr_assets.ingest.phantom import (
     ARTEFACT_KINDS,
     Acquisition,
@@ -78,7 +79,9 @@ from cmr_assets.ingest.phantom import (
     PlaneGrid,
     acquire,
     apply_artefact,
+    bias_field,
     coil_shading,
+    deform,
     render_position,
     sample_acquisition,
     sample_anatomy,
@@ -97,6 +100,7 @@ IDENTIFIER_TAGS: tuple[str, ...] = MARKED_IDENTIFIER_TAGS + (
 TRUTH_COLUMNS: tuple[str, ...] = (
     "series_uid", "scan_index", "slice_from_base", "position01", "true_class", "artefact", "artefact_kind",
 )
+SYNTHETIC_MODEL_NAME = "cmr_assets phantom"  # ManufacturerModelName: how provenance tells phantom scans apart
 APEX_DIRECTION_LPS = np.array([1.0, -1.0, -1.0]) / np.sqrt(3.0)
 SLICE_SPACING_MM = 10.0
 SLICE_THICKNESS_MM = 8.0
@@ -288,8 +292,8 @@ def plan_scan(seed: int, index: int, n_phases: int = 3) -> ScanPlan:
 
     size = int(rng.choice(MATRIX_SIZES, p=MATRIX_WEIGHTS))
     rows = size if rng.random() < 0.8 else int(round(size * rng.uniform(0.75, 0.9) / 16) * 16)
-    spacing = round(float(rng.uniform(280.0, 350.0)) / size, 4)
-    offset_2d = rng.uniform(-25.0, 25.0, size=2)
+    spacing = round(float(rng.uniform(260.0, 420.0)) / size, 4)
+    offset_2d = rng.uniform(-40.0, 40.0, size=2)
     rr_ms = rng.uniform(700.0, 1100.0)
     trigger_times = tuple(round(rr_ms * p / n_phases, 2) for p in range(n_phases))
     contractions = tuple(_contraction(p / n_phases) for p in range(n_phases))
@@ -326,21 +330,30 @@ def truth_rows(plan: ScanPlan) -> list[dict[str, object]]:
 def render_scan(plan: ScanPlan) -> np.ndarray:
     """Stored pixel values, shape (n_positions base first, n_phases, rows, cols)."""
     rng = np.random.default_rng(np.random.SeedSequence([plan.seed, plan.index, 1]))
-    grid = plan.plane_grid()
-    shading = coil_shading(grid, plan.acquisition)
+    grid = deform(plan.plane_grid(), plan.acquisition.deformation_mm, rng)
+    shading = coil_shading(grid, plan.acquisition) * bias_field((plan.rows, plan.cols), plan.acquisition, rng)
     texture = scan_textures((plan.rows, plan.cols), rng)
     dtype = np.int16 if plan.signed_pixels else np.uint16
     limit = np.iinfo(dtype).max
     out = np.empty((plan.n_positions, plan.n_phases, plan.rows, plan.cols), dtype=dtype)
     for k, level in enumerate(plan.levels_mm):
         shifted_texture = np.roll(texture, (7 * k, 11 * k), axis=(0, 1))
-        for p, clean in enumerate(render_position(plan.anatomy, grid, float(level), list(plan.contractions))):
+        for p, clean in enumerate(render_position(plan.anatomy, grid, float(level), list(plan.contractions),
+                                                  plan.acquisition.partial_volume_mm)):
             if plan.artefact_kinds[k]:
                 clean = apply_artefact(clean, plan.artefact_kinds[k], grid, rng)
             value = acquire(clean, plan.acquisition, shading, shifted_texture, rng)
             stored = np.rint((value - plan.rescale_intercept) / plan.rescale_slope)
             out[k, p] = np.clip(stored, 0, limit)
     return out
+
+
+def stored_slices(plan: ScanPlan) -> np.ndarray:
+    """End-diastolic slices as ingestion stores them (uint8, one window per scan, 128 px field of view),
+    rendered without writing DICOM: for experiments, tests and benchmarks that need images fast."""
+    end_diastole = render_scan(replace(plan, n_phases=1, trigger_times_ms=(0.0,), contractions=(0.0,)))[:, 0]
+    images = normalise_stack(end_diastole.astype(np.float32) * plan.rescale_slope + plan.rescale_intercept)
+    return np.stack([resize_field_of_view(image, plan.pixel_spacing) for image in images])
 
 
 def _series_dataset(plan: ScanPlan) -> Dataset:
@@ -357,7 +370,7 @@ def _series_dataset(plan: ScanPlan) -> Dataset:
     ds.StudyTime, ds.SeriesTime = "101500", "102300"
     ds.Modality = "MR"
     ds.Manufacturer = "SYNTHETIC"
-    ds.ManufacturerModelName = "cmr_assets phantom"
+    ds.ManufacturerModelName = SYNTHETIC_MODEL_NAME
     ds.SeriesDescription = "SA CINE"
     ds.ProtocolName = "SA CINE SSFP"
     for keyword, value in plan.identifiers.items():

@@ -32,11 +32,12 @@ from scipy.sparse.csgraph import connected_components
 from cmr_assets.settings import DEFAULT_HOURS_PER_ANNOTATOR
 
 SINGLE_TASK_KINDS = ("primary", "intra_repeat", "inter_repeat")
+SIMULATED_ANNOTATOR_PREFIX = "sim-expert-"
 
 
 def annotator_ids(n: int) -> list[str]:
     """Roster of simulated experts; people get their own ids in the `annotators` roster."""
-    return [f"sim-expert-{i}" for i in range(1, n + 1)]
+    return [f"{SIMULATED_ANNOTATOR_PREFIX}{i}" for i in range(1, n + 1)]
 
 
 def _check_annotators(annotators: Sequence[str]) -> list[str]:

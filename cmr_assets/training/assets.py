@@ -34,6 +34,7 @@ from cmr_assets.training.dataset import (
     load_slice_images,
 )
 from cmr_assets.training.packaging import DeployableClassifier, input_example, predict_slices
+from cmr_assets.training.provenance import provenance_tags
 from cmr_assets.training.split import class_mix_from_labels, split_by_scan
 
 GROUP = "training"
@@ -122,6 +123,8 @@ def train_strategy_model(context: dg.AssetExecutionContext, strategy: str, confi
         slices = read_table(con, "slices", SLICE_COLUMNS)
         split = read_table(con, "dataset_split")
         labels = read_table(con, f"labels_{strategy}")
+        scans = read_table(con, "scans", "scan_id, manufacturer_model")
+        annotators = read_table(con, f"raw_annotations_{strategy}", "DISTINCT annotator_id")
     if split.empty or labels.empty:
         raise dg.Failure(f"model_{strategy}: no split or no labels_{strategy} yet; materialise them first")
     train = labelled_rows(slices, split, labels, "train", config.label_column)
@@ -144,6 +147,10 @@ def train_strategy_model(context: dg.AssetExecutionContext, strategy: str, confi
     except (TrainingDataError, TrainingResourceError) as error:
         raise dg.Failure(f"model_{strategy}: {error}") from error
     deployable = DeployableClassifier(result.model, train_config.input_size).eval()
+    ood_calibration = deployable.calibrate_ood(train_images, train["target"].to_numpy(), val_images)
+    provenance = provenance_tags(scans[scans["scan_id"].isin(set(train["scan_id"]) | set(val["scan_id"]))],
+                                 annotators.get("annotator_id", []))
+    context.log.info(f"{strategy}: provenance {provenance}; OOD calibration {ood_calibration}")
     val_proba = predict_slices(deployable, val_images)
     val_metrics = classification_metrics(val["target"].to_numpy(), val_proba)
     split_hash = frame_hash(split, ["scan_id", "split"])
@@ -162,7 +169,8 @@ def train_strategy_model(context: dg.AssetExecutionContext, strategy: str, confi
         strategy=strategy, model=deployable, params=params, history=result.history,
         metrics={"best_val_macro_f1": result.best_val_macro_f1, "val_accuracy": val_metrics["accuracy"],
                  "train_images_per_s": result.images_per_s, "train_seconds": result.seconds,
-                 "best_epoch": result.best_epoch},
+                 "best_epoch": result.best_epoch, **ood_calibration},
+        version_tags=provenance,
         input_example=input_example(val_images if len(val_images) else train_images),
         pictures={"validation_confusion_matrix.png": cm_png})
     decision = mlflow.promote_if_better(strategy, logged.version, result.best_val_macro_f1, split_hash)
@@ -175,7 +183,8 @@ def train_strategy_model(context: dg.AssetExecutionContext, strategy: str, confi
         "best_val_macro_f1": float(result.best_val_macro_f1), "val_accuracy": float(val_metrics["accuracy"]),
         "device": result.device, "train_seconds": float(result.seconds),
         "images_per_s": float(result.images_per_s), "stop_reason": result.stop_reason,
-        "n_train": len(train), "n_val": len(val), "label_hash": params["label_hash"],
+        "n_train": len(train), "n_val": len(val), "label_hash": params["label_hash"], **provenance,
+        "ood_val_flagged": ood_calibration["ood_val_flagged"],
         "history": table(history.round(4)), "validation_confusion": picture(cm_png, "validation confusion"),
     })
 

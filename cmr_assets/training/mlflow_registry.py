@@ -195,10 +195,12 @@ def log_trained_model(tracking_uri: str, artifact_location: str, strategy: str, 
                       params: Mapping[str, Any], history: Sequence[Mapping[str, Any]],
                       metrics: Mapping[str, Any], input_example: np.ndarray,
                       pictures: Mapping[str, bytes], tags: Mapping[str, str] | None = None,
-                      experiment_name: str = MLFLOW_EXPERIMENT) -> LoggedModel:
+                      experiment_name: str = MLFLOW_EXPERIMENT,
+                      version_tags: Mapping[str, str] | None = None) -> LoggedModel:
     """One training run: params, per-epoch metrics (step = `epoch` key, else list position), final
     metrics, pictures under `pictures/`, the model with signature/input example/pinned requirements,
-    registered under the strategy's name, then alias `challenger` on the new version.
+    registered under the strategy's name with `version_tags` (also set on the run), then alias
+    `challenger` on the new version.
 
     The model is copied to CPU in eval mode for export; the caller's module is left untouched.
     Call `promote_if_better` afterwards to decide on `champion`.
@@ -218,7 +220,7 @@ def log_trained_model(tracking_uri: str, artifact_location: str, strategy: str, 
 
     with _tracking_uri(tracking_uri), mlflow.start_run(
             experiment_id=experiment_id, run_name=f"train-{strategy}",
-            tags={"strategy": strategy, "kind": "training", **(tags or {})}) as run:
+            tags={"strategy": strategy, "kind": "training", **(tags or {}), **(version_tags or {})}) as run:
         mlflow.log_params({k: _param_value(v) for k, v in {"strategy": strategy, **params}.items()})
         for position, epoch_metrics in enumerate(history):
             step = int(epoch_metrics.get("epoch", position))
@@ -232,6 +234,8 @@ def log_trained_model(tracking_uri: str, artifact_location: str, strategy: str, 
             pip_requirements=_pip_requirements(), registered_model_name=registered_model)
         version = str(info.registered_model_version)
         client.set_model_version_tag(registered_model, version, "strategy", strategy)
+        for key, value in (version_tags or {}).items():
+            client.set_model_version_tag(registered_model, version, key, value)
         client.set_registered_model_alias(registered_model, CHALLENGER, version)
         mlflow.set_tags({"registered_model": registered_model, "registered_version": version})
     return LoggedModel(run_id=run.info.run_id, model_uri=info.model_uri,
@@ -373,3 +377,24 @@ def log_evaluation_run(tracking_uri: str, artifact_location: str, report: Mappin
             mlflow.log_artifact(str(path), "report")
         _log_pictures(pictures, "pictures")
     return run.info.run_id
+
+
+def model_version_tags(model_name_or_uri: str, tracking_uri: str | None = None) -> dict[str, str]:
+    """Tags of the version behind a registered name's `champion` or a `models:/name/N` / `models:/name@alias`
+    URI; empty for other URIs (runs:/, files), which carry no registry provenance."""
+    uri = tracking_uri or mlflow_tracking_uri()
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    target = model_name_or_uri if ":/" in model_name_or_uri else f"models:/{model_name_or_uri}@{CHAMPION}"
+    if not target.startswith("models:/"):
+        return {}
+    name_and_ref = target.removeprefix("models:/")
+    try:
+        if "@" in name_and_ref:
+            name, alias = name_and_ref.split("@", 1)
+            version = client.get_model_version_by_alias(name, alias)
+        else:
+            name, number = name_and_ref.rsplit("/", 1)
+            version = client.get_model_version(name, number)
+    except (MlflowException, ValueError):
+        return {}
+    return dict(version.tags)

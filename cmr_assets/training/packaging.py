@@ -1,10 +1,21 @@
-"""The registered model's contract: de-identified slices in, class probabilities out.
+"""The registered model's contract: de-identified slices in, class probabilities and an OOD score out.
 
 The training core feeds its network resized, per-image normalised tensors and reads logits. A
 clinic's consumer should not have to know that, so the model that goes to the registry wraps the
 network with the same resizing and normalisation and ends in a softmax: it takes the slice store's
-`(N, 1, 128, 128)` images (uint8 values as float32, 0..255) and returns `(N, 3)` probabilities in
-`CLASS_NAMES` order.
+`(N, 1, 128, 128)` images (uint8 values as float32, 0..255) and returns `(N, 4)`: the 3 class
+probabilities in `CLASS_NAMES` order, then the out-of-distribution score (NaN when uncalibrated).
+Models registered before the score existed return `(N, 3)`; `predict_slices*` accept both.
+
+Why an OOD score: a filter must say when it cannot judge. `calibrate_ood` stores, as buffers that
+travel with the exported model, the class means and shared (shrunk) precision of the network's
+features (channel means of every stage, from low-level texture to the penultimate layer) on the
+training images, and per stage a threshold: `OOD_MARGIN` x the `OOD_VALIDATION_QUANTILE` of the
+validation images' distances. The score is the largest, over stages, Mahalanobis distance to the
+nearest class mean divided by that stage's threshold (Lee et al., NeurIPS 2018, with their
+feature ensemble), so a score above 1 means "further from the training data, at some level of
+the network, than almost every validation image". Early stages catch other modalities and noise,
+the last one images whose content the classes never showed.
 """
 
 from __future__ import annotations
@@ -13,25 +24,104 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.models import ResNet
 
+from cmr_assets.classes import N_CLASSES
 from cmr_assets.ingest.dicom_series import ARRAY_SIZE
 from cmr_assets.training.models import normalise_batch
 
+OOD_VALIDATION_QUANTILE = 0.995
+OOD_MARGIN = 1.25  # so that in-distribution slices are almost never flagged
+_SHRINKAGE = 0.05
+
+
+def features_and_logits(network: nn.Module, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Channel means of every stage (low-level texture up to the penultimate features) and the logits
+    of a `models.build_model` network, in one pass."""
+    stages: list[torch.Tensor] = []
+    if isinstance(network, nn.Sequential):
+        for module in network:
+            x = module(x)
+            if isinstance(module, nn.ReLU):
+                stages.append(x.mean(dim=(2, 3)))
+        return stages, x
+    if isinstance(network, ResNet):
+        x = network.maxpool(network.relu(network.bn1(network.conv1(x))))
+        stages.append(x.mean(dim=(2, 3)))
+        for layer in (network.layer1, network.layer2, network.layer3, network.layer4):
+            x = layer(x)
+            stages.append(x.mean(dim=(2, 3)))
+        return stages, network.fc(stages[-1])
+    raise TypeError(f"no feature split for {type(network).__name__}: expected models.build_model's networks")
+
 
 class DeployableClassifier(nn.Module):
-    """Resize (as training did) -> per-image normalisation -> network -> softmax."""
+    """Resize (as training did) -> per-image normalisation -> network -> softmax, plus the OOD score."""
 
     def __init__(self, network: nn.Module, input_size: int):
         super().__init__()
         self.network = network
         self.input_size = int(input_size)
+        self.n_ood_stages = 0
+        self.register_buffer("ood_threshold", torch.zeros(0))
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def _features_and_probabilities(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         x = images.float()
         if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", antialias=True,
                               align_corners=False).round().clamp(0, 255)
-        return torch.softmax(self.network(normalise_batch(x)).float(), dim=1)
+        stages, logits = features_and_logits(self.network, normalise_batch(x))
+        return [f.float() for f in stages], torch.softmax(logits.float(), dim=1)
+
+    def _distances(self, stages: list[torch.Tensor]) -> torch.Tensor:
+        """(N, stages) Mahalanobis distance of each stage's features to the nearest class mean."""
+        out = []
+        for index, features in enumerate(stages):
+            means, precision = getattr(self, f"ood_means_{index}"), getattr(self, f"ood_precision_{index}")
+            centred = features[:, None, :] - means[None, :, :]  # (N, classes, D)
+            squared = torch.einsum("ncd,de,nce->nc", centred, precision, centred)
+            out.append(squared.clamp_min(0).min(dim=1).values.sqrt())
+        return torch.stack(out, dim=1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        stages, probabilities = self._features_and_probabilities(images)
+        if self.n_ood_stages:
+            score = (self._distances(stages) / self.ood_threshold).max(dim=1).values
+        else:
+            score = torch.full_like(probabilities[:, 0], float("nan"))
+        return torch.cat([probabilities, score[:, None]], dim=1)
+
+    def calibrate_ood(self, train_images: np.ndarray, train_targets: np.ndarray,
+                      val_images: np.ndarray) -> dict[str, float]:
+        """Fit class-conditional Gaussians per stage on training images and the thresholds on validation."""
+        stages = self._batched_stages(train_images)
+        targets = torch.from_numpy(np.array(train_targets, dtype=np.int64))
+        present = sorted(set(targets.tolist()))
+        row_class = torch.searchsorted(torch.tensor(present), targets)
+        for index, features in enumerate(stages):
+            means = torch.stack([features[targets == c].mean(dim=0) for c in present])
+            centred = features - means[row_class]
+            covariance = centred.T @ centred / max(1, len(centred) - 1)
+            ridge = _SHRINKAGE * covariance.diagonal().mean() * torch.eye(covariance.shape[0])
+            self.register_buffer(f"ood_means_{index}", means)
+            self.register_buffer(f"ood_precision_{index}", torch.linalg.inv((1 - _SHRINKAGE) * covariance + ridge))
+        self.n_ood_stages = len(stages)
+        val_distances = self._distances(self._batched_stages(val_images))
+        quantiles = torch.quantile(val_distances, OOD_VALIDATION_QUANTILE, dim=0)
+        self.ood_threshold = OOD_MARGIN * quantiles
+        val_scores = (val_distances / self.ood_threshold).max(dim=1).values
+        return {"ood_stages": float(len(stages)), "ood_val_flagged": float((val_scores > 1).float().mean())}
+
+    def _batched_stages(self, images: np.ndarray, batch_size: int = 256) -> list[torch.Tensor]:
+        self.eval()
+        with torch.no_grad():
+            batches = [self._features_and_probabilities(_as_batch(images[start:start + batch_size]))[0]
+                       for start in range(0, len(images), batch_size)]
+        return [torch.cat(parts) for parts in zip(*batches, strict=True)]
+
+
+def _as_batch(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(images, dtype=np.float32)[:, None])
 
 
 def input_example(images: np.ndarray) -> np.ndarray:
@@ -40,11 +130,22 @@ def input_example(images: np.ndarray) -> np.ndarray:
     return np.concatenate([sample, sample])[:2]
 
 
-def predict_slices(model: nn.Module, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Probabilities `(N, 3)` from a deployable (or registry-loaded) model for uint8 `(N, 128, 128)` slices."""
+def _outputs(model: nn.Module, images: np.ndarray, batch_size: int) -> np.ndarray:
     out = []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
-            batch = torch.from_numpy(np.asarray(images[start:start + batch_size], dtype=np.float32)[:, None])
-            out.append(model(batch).float().numpy())
-    return np.concatenate(out) if out else np.zeros((0, 3), dtype=np.float32)
+            out.append(model(_as_batch(images[start:start + batch_size])).float().numpy())
+    return np.concatenate(out) if out else np.zeros((0, N_CLASSES + 1), dtype=np.float32)
+
+
+def predict_slices(model: nn.Module, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Probabilities `(N, 3)` from a deployable (or registry-loaded) model for uint8 `(N, 128, 128)` slices."""
+    return _outputs(model, images, batch_size)[:, :N_CLASSES]
+
+
+def predict_slices_with_ood(model: nn.Module, images: np.ndarray,
+                            batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities `(N, 3)`, OOD scores `(N,)`); scores are NaN for a model without OOD calibration."""
+    out = _outputs(model, images, batch_size)
+    scores = out[:, N_CLASSES] if out.shape[1] > N_CLASSES else np.full(len(out), np.nan, dtype=np.float32)
+    return out[:, :N_CLASSES], scores

@@ -2,7 +2,14 @@ from pathlib import Path
 
 import numpy as np
 
-from cmr_assets.inference.slice_filter import copy_kept, decide, format_table, model_uri_for
+from cmr_assets.inference.slice_filter import (
+    copy_kept,
+    decide,
+    format_table,
+    model_uri_for,
+    series_verdict,
+    synthetic_only_warning,
+)
 from cmr_assets.ingest.dicom_series import OrderedSeries, OrderedSlice
 
 
@@ -43,3 +50,36 @@ def test_copy_kept_copies_only_kept_files_unchanged(tmp_path):
 def test_model_choice():
     assert model_uri_for("ranking") == "cmr-slice-classifier-ranking"
     assert model_uri_for("models:/x/3") == "models:/x/3"
+
+
+def test_a_slice_the_model_cannot_judge_is_kept_and_says_why():
+    probabilities = np.array([[0.9, 0.05, 0.05], [0.1, 0.8, 0.1], [0.05, 0.05, 0.9], [0.05, 0.05, 0.9]])
+    decisions = decide(_series(4), probabilities, np.array([0.2, 0.3, 0.4, 3.5]))
+    assert [d.keep for d in decisions] == [False, True, False, True]
+    assert [d.ood for d in decisions] == [False, False, False, True]
+    assert decisions[3].ood_score == 3.5 and "out of distribution" in decisions[3].reason
+    assert decisions[0].reason == "removed: too basal"
+    assert "out of distribution" in format_table(decisions)
+
+
+def test_a_series_mostly_out_of_distribution_keeps_every_slice():
+    probabilities = np.array([[0.9, 0.05, 0.05], [0.1, 0.8, 0.1], [0.05, 0.05, 0.9]])
+    scores = np.array([1.5, 0.5, 2.0])
+    assert series_verdict(scores) == "out_of_distribution"
+    assert series_verdict(np.array([0.1, 0.5, 2.0])) == "in_distribution"
+    assert series_verdict(np.full(3, np.nan)) == "unknown"
+    decisions = decide(_series(3), probabilities, scores)
+    assert all(d.keep and d.ood for d in decisions)
+    assert all("series out of distribution" in d.reason for d in decisions)
+
+
+def test_without_ood_calibration_the_score_is_none_and_decisions_unchanged():
+    decisions = decide(_series(2), np.array([[0.9, 0.05, 0.05], [0.1, 0.8, 0.1]]))
+    assert [d.ood_score for d in decisions] == [None, None] and not any(d.ood for d in decisions)
+
+
+def test_synthetic_only_models_get_a_warning():
+    assert "synthetic" in synthetic_only_warning({"cmr.training_data": "synthetic"})
+    assert "synthetic" in synthetic_only_warning({})  # no provenance: assume the worst
+    assert synthetic_only_warning({"cmr.training_data": "mixed"}) is None
+    assert synthetic_only_warning({"cmr.training_data": "real"}) is None

@@ -26,6 +26,7 @@ from cmr_assets.ingest.synthetic import (
     generate_cohort,
     plan_scan,
     render_scan,
+    truth_rows,
 )
 
 
@@ -226,3 +227,44 @@ def test_bad_arguments_are_rejected(tmp_path: Path) -> None:
         generate_cohort(tmp_path / "s", tmp_path / "t.csv", n_scans=0)
     with pytest.raises(ValueError, match="n_phases"):
         plan_scan(0, 0, n_phases=0)
+
+
+def test_each_scan_draws_its_own_contrast_and_appearance() -> None:
+    """Domain randomisation: tissue signals, noise, blur, field of view and deformation vary widely."""
+    plans = [plan_scan(0, k) for k in range(60)]
+    contrast = np.array([p.anatomy.tissue.fat / p.anatomy.tissue.myocardium for p in plans])
+    assert contrast.max() / contrast.min() > 4
+    assert np.ptp([p.acquisition.noise_fraction for p in plans]) > 0.03
+    assert np.ptp([p.acquisition.blur_px for p in plans]) > 0.8
+    assert np.ptp([p.cols * p.pixel_spacing[1] for p in plans]) > 100  # field of view in mm
+    assert sum(p.acquisition.deformation_mm > 1 for p in plans) > 40
+    assert plan_scan(1, 0).anatomy.tissue != plan_scan(2, 0).anatomy.tissue
+
+
+def test_appearance_changes_the_pixels_but_never_the_class_truth() -> None:
+    """Two seeds' contrasts on one geometry: different images, identical truth, the LV ring still visible."""
+    plan = plan_scan(0, 2)
+    other = plan_scan(5, 9)
+    restyled = dataclasses.replace(plan, anatomy=dataclasses.replace(plan.anatomy, tissue=other.anatomy.tissue),
+                                   acquisition=other.acquisition)
+    assert truth_rows(restyled) == truth_rows(plan)
+    first, second = render_scan(plan), render_scan(restyled)
+    assert first.shape == second.shape and not np.array_equal(first, second)
+    grid = plan.plane_grid()
+    a = plan.anatomy
+    for anatomy in (plan.anatomy, restyled.anatomy):
+        image = render_position(anatomy, grid, 0.3 * a.lv_length_mm, [0.0], partial_volume_mm=8.0)[0]
+        cavity = grid.rho < 0.4 * (a.epi_radius_mm - a.wall_mm)
+        wall = np.abs(grid.rho - (a.epi_radius_mm - a.wall_mm / 2)) < 1.0
+        assert image[cavity].mean() > np.median(image[wall]) + 0.3  # blood pool brighter than its wall
+
+
+def test_partial_volume_fades_the_ring_toward_the_apex() -> None:
+    plan = plan_scan(0, 2)
+    grid = plan.plane_grid()
+    a = plan.anatomy
+    at_apex = a.lv_length_mm + 2.0
+    thin = render_position(a, grid, at_apex, [0.0])[0]
+    thick = render_position(a, grid, at_apex, [0.0], partial_volume_mm=10.0)[0]
+    near_axis = grid.rho < 0.5 * a.epi_radius_mm
+    assert not np.allclose(thin[near_axis], thick[near_axis])  # the slab reaches back into the apical cap

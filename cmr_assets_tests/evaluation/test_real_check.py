@@ -1,0 +1,62 @@
+"""The real-image check on the Sunnybrook patients shipped in the repository (real_data/)."""
+
+import pytest
+import torch
+
+from cmr_assets.evaluation.real_check import (
+    APEX,
+    BASE,
+    LV,
+    REAL_DATA_DIR,
+    load_real_series,
+    real_image_check,
+    slice_truth,
+)
+
+
+class ConstantModel(torch.nn.Module):
+    """Says the same class for every image (what a collapsed model does): the check must show it."""
+
+    def __init__(self, class_index: int):
+        super().__init__()
+        self.class_index = class_index
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        out = torch.full((images.shape[0], 3), 0.05)
+        out[:, self.class_index] = 0.9
+        return out
+
+
+@pytest.fixture(scope="module")
+def real_series():
+    return load_real_series(REAL_DATA_DIR)
+
+
+def test_shipped_real_data_reads_with_truth_from_contours(real_series):
+    assert [s.name for s in real_series] == ["SCD0000101", "SCD0000201"]
+    assert [len(s.series.slices) for s in real_series] == [12, 13]
+    assert real_series[0].truth == (BASE,) * 2 + (LV,) * 9 + (APEX,)
+    assert real_series[1].truth == (BASE,) * 2 + (LV,) * 9 + (APEX,) * 2
+    assert all(sl.image_128.shape == (128, 128) for s in real_series for sl in s.series.slices)
+
+
+def test_check_reports_lv_recall_and_decisions_outside_the_lv(real_series):
+    always_lv = real_image_check(ConstantModel(1), real_series)["summary"]
+    assert always_lv["n_lv"] == 18 and always_lv["lv_recall_model"] == always_lv["lv_recall_filter"] == 1.0
+    assert always_lv["uncontoured_base"] == {"n": 4, "removed": 0, "model_classes": {"lv": 4}}
+    assert always_lv["uncontoured_apex"]["removed"] == 0 and always_lv["n_ood"] == 0
+    always_basal = real_image_check(ConstantModel(0), real_series)
+    assert always_basal["summary"]["lv_recall_model"] == always_basal["summary"]["lv_recall_filter"] == 0.0
+    assert always_basal["summary"]["uncontoured_base"]["removed"] == 4
+    assert len(always_basal["slices"]) == 25 and always_basal["slices"][0]["ood_score"] is None
+
+
+def test_truth_needs_a_contour():
+    assert slice_truth([False, True, True, False]) == (BASE, LV, LV, APEX)
+    with pytest.raises(ValueError, match="no contoured slice"):
+        slice_truth([False, False])
+
+
+def test_missing_truth_table_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="slices_truth.csv"):
+        load_real_series(tmp_path)

@@ -1,0 +1,85 @@
+"""The registered model's contract: probabilities plus an OOD score that flags images unlike its training data."""
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+from pydicom.data import get_testdata_file
+
+from cmr_assets.classes import CLASS_INDEX
+from cmr_assets.ingest.dicom_series import normalise_stack, resize_field_of_view
+from cmr_assets.ingest.synthetic import plan_scan, stored_slices
+from cmr_assets.training.core import TrainConfig, train_classifier
+from cmr_assets.training.mlflow_registry import load_champion, log_trained_model, promote_if_better
+from cmr_assets.training.packaging import DeployableClassifier, predict_slices, predict_slices_with_ood
+
+FAST = TrainConfig(input_size=64, epochs=3, batch_size=32, num_threads=1, lr=3e-3, device="cpu")
+
+
+def _synthetic(seed: int, n_scans: int) -> tuple[np.ndarray, np.ndarray]:
+    plans = [plan_scan(seed, k, n_phases=1) for k in range(n_scans)]
+    images = np.concatenate([stored_slices(p) for p in plans])
+    return images, np.array([CLASS_INDEX[c] for p in plans for c in p.true_classes])
+
+
+def _ct_slice() -> np.ndarray:
+    """A real CT image, stored the way ingestion stores a slice: an image from another modality."""
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    image = normalise_stack(ds.pixel_array.astype(np.float32)[None])[0]
+    return resize_field_of_view(image, tuple(float(v) for v in ds.PixelSpacing))
+
+
+@pytest.fixture(scope="module")
+def calibrated():
+    torch.set_num_threads(1)
+    train_images, train_labels = _synthetic(0, 12)
+    val_images, val_labels = _synthetic(1, 6)
+    result = train_classifier(torch.from_numpy(train_images), torch.from_numpy(train_labels),
+                              torch.from_numpy(val_images), torch.from_numpy(val_labels), FAST)
+    model = DeployableClassifier(result.model, FAST.input_size).eval()
+    calibration = model.calibrate_ood(train_images, train_labels, val_images)
+    return model, calibration, val_images
+
+
+def test_output_is_probabilities_then_the_ood_score(calibrated):
+    model, calibration, val_images = calibrated
+    out = model(torch.from_numpy(val_images[:5].astype(np.float32))[:, None])
+    assert out.shape == (5, 4)
+    assert torch.allclose(out[:, :3].sum(dim=1), torch.ones(5), atol=1e-5)
+    probabilities, scores = predict_slices_with_ood(model, val_images)
+    np.testing.assert_allclose(probabilities, predict_slices(model, val_images), atol=1e-6)
+    assert calibration["ood_val_flagged"] <= 0.01 and np.mean(scores > 1) <= 0.01
+
+
+def test_noise_and_a_ct_slice_are_flagged_out_of_distribution(calibrated):
+    model, _, _ = calibrated
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, size=(4, 128, 128), dtype=np.uint8)
+    far = np.concatenate([noise, _ct_slice()[None]])
+    _, scores = predict_slices_with_ood(model, far)
+    assert (scores > 1).all(), scores
+
+
+def test_an_uncalibrated_model_has_no_score(calibrated):
+    model, _, val_images = calibrated
+    plain = DeployableClassifier(model.network, FAST.input_size).eval()
+    probabilities, scores = predict_slices_with_ood(plain, val_images[:3])
+    assert probabilities.shape == (3, 3) and np.isnan(scores).all()
+
+
+def test_score_and_provenance_survive_the_registry(calibrated, tmp_path):
+    model, _, val_images = calibrated
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    logged = log_trained_model(tracking_uri, (tmp_path / "artifacts").as_uri(), "ranking", model, params={},
+                               history=[], metrics={}, input_example=val_images[:1, None].astype(np.float32),
+                               pictures={}, version_tags={"cmr.training_data": "synthetic"})
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    promote_if_better(client, logged.registered_model, logged.version, 0.5, "split")
+    assert client.get_model_version(logged.registered_model, logged.version).tags["cmr.training_data"] == "synthetic"
+    loaded = load_champion(logged.registered_model, tracking_uri=tracking_uri)
+    expected = predict_slices_with_ood(model, val_images[:7])
+    actual = predict_slices_with_ood(loaded, val_images[:7])
+    for a, b in zip(actual, expected, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4)
