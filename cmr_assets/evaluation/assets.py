@@ -8,7 +8,12 @@ from dagster_duckdb import DuckDBResource
 from cmr_assets.duckdb_io import read_table
 from cmr_assets.evaluation.metrics import classification_metrics, paired_comparison
 from cmr_assets.evaluation.plots import confusion_matrix_png, rank_score_distribution_png, roc_curves_png
-from cmr_assets.evaluation.real_check import REAL_DATA_DIR, load_real_series, real_image_check
+from cmr_assets.evaluation.real_check import (
+    REAL_DATA_DIR,
+    load_real_series,
+    real_image_check,
+    synthetic_vs_real_png,
+)
 from cmr_assets.evaluation.report import StrategyEvaluation, build_evaluation_report, render_markdown, write_report
 from cmr_assets.labelling.campaign import expert_hours_spent
 from cmr_assets.labels.agreement import label_accuracy
@@ -45,6 +50,17 @@ def agreement_summary(rows: pd.DataFrame) -> dict:
     return {"kappa_intra": values.get("kappa_intra"), "kappa_inter": values.get("kappa_inter"),
             "kendall_tau_ranking": values.get("kendall_tau_ranking"),
             **{m: v for m, v in values.items() if m.startswith("label_accuracy_")}}
+
+
+def _test_stacks(test: pd.DataFrame, images, reference: pd.DataFrame, n_scans: int = 4) -> list:
+    """(name, images, levels) of the first test scans with a continuous reference level, base first."""
+    rows = test.reset_index(drop=True).merge(reference[["slice_id", "position01"]], on="slice_id", how="left")
+    stacks = []
+    for number, (_, scan) in enumerate(rows.dropna(subset=["position01"]).groupby("scan_id", sort=True)):
+        if number == n_scans:
+            break
+        stacks.append((f"test scan {number}", images[scan.index.to_numpy()], scan["position01"].to_numpy()))
+    return stacks
 
 
 def champions_on_real_images(context: dg.AssetExecutionContext, mlflow: MlflowResource) -> dict:
@@ -114,6 +130,9 @@ def evaluation_report(context: dg.AssetExecutionContext, data_paths: DataPathsRe
             model={"registered_model": name, "version": version.version, "run_id": version.run_id})
         context.log.info(f"{strategy}: test accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}")
     real_check = champions_on_real_images(context, mlflow)
+    if real_check.get("strategies"):
+        figures["synthetic_vs_real.png"] = synthetic_vs_real_png(
+            _test_stacks(test, images, reference), load_real_series(REAL_DATA_DIR))
     predictions = {s: probas[s].argmax(axis=1) for s in STRATEGIES}
     comparison = paired_comparison(y_true, predictions["ranking"], predictions["single"], groups=test["scan_id"])
     figures["roc_curves.png"] = roc_curves_png(y_true, probas)

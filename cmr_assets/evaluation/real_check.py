@@ -14,8 +14,8 @@ filter's own code path (`read_series` -> model -> monotone step -> keep/remove):
 Public API:
 - `REAL_DATA_DIR`, `RealSeries`, `load_real_series(root) -> list[RealSeries]`
 - `real_image_check(model, series) -> dict` (JSON-ready; `summary` + `slices`)
-- `MATCHED_LEVELS`, `synthetic_vs_real_png(seed, series, n_synthetic=4, path=None) -> bytes`: the
-  "look before you claim" montage, real rows above synthetic rows at matched levels.
+- `MATCHED_LEVELS`, `synthetic_vs_real_png(synthetic, series, path=None) -> bytes`: the "look before
+  you claim" montage, real rows above synthetic rows at matched levels; `phantom_stacks(seed, n)`.
 """
 
 from __future__ import annotations
@@ -122,21 +122,21 @@ def _closest(levels: np.ndarray, wanted: float) -> int:
     return int(np.argmin(np.abs(np.asarray(levels) - wanted)))
 
 
-def synthetic_vs_real_png(seed: int, series: list[RealSeries], n_synthetic: int = 4,
+def phantom_stacks(seed: int, n_scans: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, stored slices, levels) of the synthetic cohort's first scans, rendered without DICOM."""
+    plans = [plan_scan(seed, index, n_phases=1) for index in range(n_scans)]
+    return [(f"synthetic {plan.index}", stored_slices(plan), plan.position01) for plan in plans]
+
+
+def synthetic_vs_real_png(synthetic: list[tuple[str, np.ndarray, np.ndarray]], series: list[RealSeries],
                           path: str | Path | None = None) -> bytes:
-    """Real slices (top rows) and synthetic ones from the cohort's first scans at the same levels."""
+    """Real slices (top rows) above synthetic stacks `(name, images, levels)` at the same levels."""
+    rows = [(item.name, np.stack([s.image_128 for s in item.series.slices]), real_levels(item.truth))
+            for item in series]
     images, titles = [], []
-    for item in series:
-        levels = real_levels(item.truth)
+    for name, stack, levels in [*rows, *synthetic]:
         for wanted in MATCHED_LEVELS:
             k = _closest(levels, wanted)
-            images.append(item.series.slices[k].image_128)
-            titles.append(f"real {item.name[-3:]} {levels[k]:+.2f}")
-    for index in range(n_synthetic):
-        plan = plan_scan(seed, index, n_phases=1)
-        stack = stored_slices(plan)
-        for wanted in MATCHED_LEVELS:
-            k = _closest(plan.position01, wanted)
             images.append(stack[k])
-            titles.append(f"synthetic {index} {plan.position01[k]:+.2f}")
+            titles.append(f"{name} {levels[k]:+.2f}")
     return montage(images, titles, ncols=len(MATCHED_LEVELS), path=path)

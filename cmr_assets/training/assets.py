@@ -146,7 +146,7 @@ def train_strategy_model(context: dg.AssetExecutionContext, strategy: str, confi
                                   train_config, on_epoch)
     except (TrainingDataError, TrainingResourceError) as error:
         raise dg.Failure(f"model_{strategy}: {error}") from error
-    deployable = DeployableClassifier(result.model, train_config.input_size).eval()
+    deployable = DeployableClassifier(result.model, train_config.input_size, train_config.crop_fraction).eval()
     ood_calibration = deployable.calibrate_ood(train_images, train["target"].to_numpy(), val_images)
     provenance = provenance_tags(scans[scans["scan_id"].isin(set(train["scan_id"]) | set(val["scan_id"]))],
                                  annotators.get("annotator_id", []))
@@ -157,6 +157,7 @@ def train_strategy_model(context: dg.AssetExecutionContext, strategy: str, confi
     counts = train[config.label_column].value_counts()
     params = {
         "architecture": train_config.architecture, "input_size": train_config.input_size,
+        "crop_fraction": train_config.crop_fraction,
         "epochs": train_config.epochs, "batch_size": train_config.batch_size, "learning_rate": train_config.lr,
         "seed": train_config.seed, "soft_labels": train_config.soft_labels, "label_column": config.label_column,
         "label_hash": label_hash(train, val),

@@ -25,7 +25,8 @@ Public API:
   ``images``: uint8 ``(N, H, W)`` or ``(N, 1, H, W)``; ``targets``: long ``(N,)`` class indices or
   float ``(N, 3)`` class probabilities (``config.soft_labels=True`` trains on them, ``False`` uses
   their argmax); ``val_labels``: long ``(M,)``.
-- ``predict_proba(model, images, input_size, batch_size=256, device=None) -> np.ndarray (N, 3)``.
+- ``predict_proba(model, images, input_size, batch_size=256, device=None, crop_fraction=1.0)
+  -> np.ndarray (N, 3)`` (pass the training config's ``crop_fraction``).
 - ``EpochMetrics`` (passed to ``on_epoch``), ``TrainResult``.
 - ``TrainingDataError`` (too few labelled images / a class missing; the message names class and
   counts), ``TrainingResourceError`` (CUDA out of memory, names the setting to lower; CUDA requested
@@ -59,7 +60,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cmr_assets.classes import CLASS_NAMES, N_CLASSES
-from cmr_assets.training.models import build_model, normalise_batch
+from cmr_assets.training.models import build_model, crop_and_resize, normalise_batch
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ class TrainConfig:
 
     architecture: str = "small_cnn"
     input_size: int = 96
+    crop_fraction: float = 0.7  # central part of the field of view the network sees (see models.crop_and_resize)
     epochs: int = 15
     batch_size: int = 64
     lr: float = 1e-3
@@ -178,16 +180,14 @@ def _as_n1hw(images: torch.Tensor, what: str) -> torch.Tensor:
     return images
 
 
-def _prepare_images(images: torch.Tensor, input_size: int, device: torch.device, what: str) -> torch.Tensor:
-    """Move uint8 images to the device once and resize them once to ``input_size`` (still uint8)."""
+def _prepare_images(images: torch.Tensor, input_size: int, device: torch.device, what: str,
+                    crop_fraction: float = 1.0) -> torch.Tensor:
+    """Move uint8 images to the device once, crop and resize them once to ``input_size`` (still uint8)."""
     images = _as_n1hw(images, what).to(device, non_blocking=True)
-    if images.shape[-2:] == (input_size, input_size):
+    if images.shape[-2:] == (input_size, input_size) and crop_fraction == 1.0:
         return images.contiguous()
-    chunks = [
-        F.interpolate(chunk.float(), size=(input_size, input_size), mode="bilinear", antialias=True,
-                      align_corners=False).round_().clamp_(0, 255).to(torch.uint8)
-        for chunk in images.split(1024)
-    ]
+    chunks = [crop_and_resize(chunk.float(), input_size, crop_fraction).to(torch.uint8)
+              for chunk in images.split(1024)]
     return torch.cat(chunks)
 
 
@@ -457,10 +457,11 @@ def _fit(
         model=model,
         optimizer=torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay),
         device=device,
-        images=_prepare_images(images, config.input_size, device, "training images"),
+        images=_prepare_images(images, config.input_size, device, "training images", config.crop_fraction),
         targets=probs.to(device),
         class_weights=weights.to(device),
-        val_images=_prepare_images(val_images, config.input_size, device, "validation images"),
+        val_images=_prepare_images(val_images, config.input_size, device, "validation images",
+                                   config.crop_fraction),
         val_labels=val_labels.long().to(device),
         generator=generator,
         config=config,
@@ -543,13 +544,14 @@ def predict_proba(
     input_size: int,
     batch_size: int = _EVAL_BATCH,
     device: torch.device | str | None = None,
+    crop_fraction: float = 1.0,
 ) -> np.ndarray:
     """Class probabilities ``(N, 3)`` for uint8 images; the model goes back to where it was."""
     target = torch.device(device) if device is not None else next(model.parameters()).device
     original = next(model.parameters()).device
     model.to(target)
     try:
-        prepared = _prepare_images(images, input_size, target, "images")
+        prepared = _prepare_images(images, input_size, target, "images", crop_fraction)
         logits = _predict_logits(model, prepared, normalise_batch, batch_size)
         return torch.softmax(logits, dim=1).cpu().numpy()
     finally:

@@ -2,7 +2,7 @@
 
 The training core feeds its network resized, per-image normalised tensors and reads logits. A
 clinic's consumer should not have to know that, so the model that goes to the registry wraps the
-network with the same resizing and normalisation and ends in a softmax: it takes the slice store's
+network with the same central crop, resizing and normalisation and ends in a softmax: it takes the slice store's
 `(N, 1, 128, 128)` images (uint8 values as float32, 0..255) and returns `(N, 4)`: the 3 class
 probabilities in `CLASS_NAMES` order, then the out-of-distribution score (NaN when uncalibrated).
 Models registered before the score existed return `(N, 3)`; `predict_slices*` accept both.
@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision.models import ResNet
 
 from cmr_assets.classes import N_CLASSES
 from cmr_assets.ingest.dicom_series import ARRAY_SIZE
-from cmr_assets.training.models import normalise_batch
+from cmr_assets.training.models import crop_and_resize, normalise_batch
 
 OOD_VALIDATION_QUANTILE = 0.995
 OOD_MARGIN = 1.25  # so that in-distribution slices are almost never flagged
@@ -58,18 +57,16 @@ def features_and_logits(network: nn.Module, x: torch.Tensor) -> tuple[list[torch
 class DeployableClassifier(nn.Module):
     """Resize (as training did) -> per-image normalisation -> network -> softmax, plus the OOD score."""
 
-    def __init__(self, network: nn.Module, input_size: int):
+    def __init__(self, network: nn.Module, input_size: int, crop_fraction: float = 1.0):
         super().__init__()
         self.network = network
         self.input_size = int(input_size)
+        self.crop_fraction = float(crop_fraction)
         self.n_ood_stages = 0
         self.register_buffer("ood_threshold", torch.zeros(0))
 
     def _features_and_probabilities(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        x = images.float()
-        if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
-            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", antialias=True,
-                              align_corners=False).round().clamp(0, 255)
+        x = crop_and_resize(images.float(), self.input_size, self.crop_fraction)
         stages, logits = features_and_logits(self.network, normalise_batch(x))
         return [f.float() for f in stages], torch.softmax(logits.float(), dim=1)
 

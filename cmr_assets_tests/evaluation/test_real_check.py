@@ -60,3 +60,16 @@ def test_truth_needs_a_contour():
 def test_missing_truth_table_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="slices_truth.csv"):
         load_real_series(tmp_path)
+
+
+def test_synthetic_vs_real_montage_matches_levels(real_series, tmp_path):
+    from cmr_assets.evaluation.real_check import MATCHED_LEVELS, phantom_stacks, real_levels, synthetic_vs_real_png
+
+    levels = real_levels(real_series[0].truth)
+    assert levels[2] < 0.1 < levels[3] and levels[-1] > 1  # contoured slices span 0..1, the rest outside
+    png = synthetic_vs_real_png(phantom_stacks(0, 1), real_series, path=tmp_path / "m.png")
+    assert png.startswith(b"\x89PNG") and (tmp_path / "m.png").read_bytes() == png
+    from PIL import Image
+
+    width, height = Image.open(tmp_path / "m.png").size
+    assert width > height * len(MATCHED_LEVELS) / 3 * 0.8  # 3 rows of 7 images
