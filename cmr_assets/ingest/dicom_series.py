@@ -63,7 +63,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from multiprocessing import get_context
 from pathlib import Path
 from typing import BinaryIO
@@ -73,7 +73,7 @@ import pydicom
 from PIL import Image
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import _at_pixel_data, _read_file_meta_info, read_dataset
-from pydicom.pixels import apply_rescale, get_decoder
+from pydicom.pixels import apply_rescale, get_decoder, pixel_array
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 logger = logging.getLogger(__name__)
@@ -89,6 +89,8 @@ LOW_PERCENTILE, HIGH_PERCENTILE = 1.0, 99.5
 HEADER_CHUNK = 64
 PHASE_RULE_TRIGGER = "min_trigger_time"
 PHASE_RULE_INSTANCE = "min_instance_number"
+ORIENTATION_SPLIT_DEG = 20.0
+MIN_CINE_PHASES = 2
 
 REJECT_EMPTY_FOLDER = "empty folder"
 REJECT_UNREADABLE = "unreadable file"
@@ -105,9 +107,21 @@ REJECT_DECODE_FAILED = "pixel decoding failed"
 REJECT_SERIES_NOT_MR = "series rejected: not MR"
 REJECT_SERIES_MATRIX = "series rejected: inconsistent matrix size"
 REJECT_SERIES_NOT_PARALLEL = "series rejected: slices not parallel"
-REJECT_SERIES_NOT_SHORT_AXIS = "series rejected: not a short-axis stack"
+REJECT_SERIES_NOT_SHORT_AXIS = "series rejected: not a short-axis cine"
 REJECT_SERIES_TOO_FEW_POSITIONS = "series rejected: too few slice positions"
 REJECT_SERIES_DECODE = "series rejected: a chosen-phase file failed to decode"
+
+# Which installable package would decode a transfer syntax that has no decoder here (by UID prefix).
+_DECODER_HINTS = (
+    ("1.2.840.10008.1.2.4.5", "pylibjpeg-libjpeg (or python-gdcm)"),   # JPEG baseline/extended/P14
+    ("1.2.840.10008.1.2.4.70", "pylibjpeg-libjpeg (or python-gdcm)"),  # JPEG Lossless SV1
+    ("1.2.840.10008.1.2.4.8", "pyjpegls or pylibjpeg-libjpeg"),       # JPEG-LS
+    ("1.2.840.10008.1.2.4.9", "pylibjpeg-openjpeg (or python-gdcm)"),  # JPEG 2000, JPIP
+    ("1.2.840.10008.1.2.4.20", "pylibjpeg-openjpeg"),                  # HTJ2K
+    ("1.2.840.10008.1.2.5", "pylibjpeg-rle"),                          # RLE
+    ("1.2.840.10008.1.2.4.10", "none: video syntaxes (MPEG-2/4, HEVC) need an export as images"),
+    ("1.2.840.10008.1.2.4.11", "a pydicom release with a JPEG XL plugin (not in pydicom 3.0)"),
+)
 
 _PIXEL_TAGS = {(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)}
 _LONG_LENGTH_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
@@ -146,6 +160,16 @@ class DicomHeader:
     trigger_time: float | None
     instance_number: int | None
     manufacturer_model: str | None
+    series_number: int | None = None
+    study_uid: str | None = None
+    frame: int | None = None
+    rescale: tuple[float, float] | None = None
+    monochrome1: bool = False
+
+    @property
+    def label(self) -> str:
+        """`path`, or `path#frame=N` for frame N (1-based) of a multi-frame file."""
+        return self.path if self.frame is None else f"{self.path}#frame={self.frame}"
 
     @property
     def missing_geometry(self) -> list[str]:
@@ -176,10 +200,23 @@ class SeriesPlan:
     pixel_spacing: tuple[float, float]
     slice_thickness: float | None
     manufacturer_model: str | None
+    series_number: int | None = None
+    study_uid: str | None = None
+    scan_key: str = ""
 
     @property
     def n_files(self) -> int:
+        """Distinct source files (a multi-frame file counts once)."""
+        return len({h.path for position in self.positions for h in position.files})
+
+    @property
+    def n_images(self) -> int:
         return sum(len(position.files) for position in self.positions)
+
+    @property
+    def is_cine(self) -> bool:
+        """Several phases at (the median) position."""
+        return float(np.median([len(position.files) for position in self.positions])) >= MIN_CINE_PHASES
 
 
 @dataclass(frozen=True)
@@ -209,6 +246,7 @@ class OrderedSlice:
     image: np.ndarray
     image_128: np.ndarray
     files: tuple[str, ...]
+    frames: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -278,7 +316,22 @@ def _transfer_syntax(ds: pydicom.Dataset) -> UID:
     return ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
 
 
+def decoder_hint(transfer_syntax: str) -> str:
+    """The package that would decode `transfer_syntax` (for rejection messages)."""
+    for prefix, package in _DECODER_HINTS:
+        if str(transfer_syntax).startswith(prefix):
+            return package
+    return "no known pydicom pixel-data plugin"
+
+
+def _unsupported_syntax(transfer_syntax: UID) -> str:
+    name = transfer_syntax.name if transfer_syntax.name != str(transfer_syntax) else "unknown syntax"
+    return f"{name} ({transfer_syntax}): no pixel decoder installed; would decode: {decoder_hint(transfer_syntax)}"
+
+
 def _decoder_available(transfer_syntax: UID) -> bool:
+    if not transfer_syntax.is_transfer_syntax:
+        return False
     try:
         return get_decoder(transfer_syntax).is_available
     except (NotImplementedError, ValueError):
@@ -287,6 +340,8 @@ def _decoder_available(transfer_syntax: UID) -> bool:
 
 def _pixel_data_problem(handle: BinaryIO, transfer_syntax: UID, file_size: int) -> Rejection | None:
     """Check, right where `stop_before_pixels` stopped, that a pixel element exists and fits the file."""
+    if not transfer_syntax.is_transfer_syntax:
+        return None  # unknown syntax: rejected as unsupported after the header checks
     if transfer_syntax.is_deflated:
         return None  # the dataset was inflated in memory; the decoder checks the pixel length
     start = handle.tell()
@@ -310,20 +365,33 @@ def _pixel_data_problem(handle: BinaryIO, transfer_syntax: UID, file_size: int) 
     return None
 
 
-def _header_from_dataset(relative: str, ds: pydicom.Dataset, transfer_syntax: UID) -> DicomHeader | Rejection:
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+
+
+def _optional_int(ds: pydicom.Dataset, keyword: str) -> int | None:
+    value = ds.get(keyword)
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _header_from_dataset(relative: str, ds: pydicom.Dataset,
+                         transfer_syntax: UID) -> list[DicomHeader] | Rejection:
+    """One `DicomHeader` per image of the file (one per frame of a multi-frame file), or why none."""
+    meta = getattr(ds, "file_meta", None)
+    if (meta is not None and meta.get("MediaStorageSOPClassUID") == MEDIA_STORAGE_DIRECTORY) \
+            or "DirectoryRecordSequence" in ds:
+        return Rejection(relative, REJECT_NOT_IMAGE, "DICOMDIR (media index; files are found by content)")
     series_uid, sop_uid = ds.get("SeriesInstanceUID"), ds.get("SOPInstanceUID")
     if not series_uid or not sop_uid:
         return Rejection(relative, REJECT_NOT_IMAGE, "no SeriesInstanceUID/SOPInstanceUID (e.g. DICOMDIR)")
     if "Rows" not in ds or "Columns" not in ds:
         return Rejection(relative, REJECT_NO_PIXELS, "no Rows/Columns")
-    frames = ds.get("NumberOfFrames")
-    if frames not in (None, "") and int(frames) > 1:
-        return Rejection(relative, REJECT_UNSUPPORTED_IMAGE, f"multi-frame file ({int(frames)} frames)")
     if int(ds.get("SamplesPerPixel", 1)) != 1:
         return Rejection(relative, REJECT_UNSUPPORTED_IMAGE, "not a greyscale image")
-    instance = ds.get("InstanceNumber")
     model = ds.get("ManufacturerModelName")
-    return DicomHeader(
+    header = DicomHeader(
         path=relative,
         series_uid=str(series_uid),
         sop_uid=str(sop_uid),
@@ -337,9 +405,91 @@ def _header_from_dataset(relative: str, ds: pydicom.Dataset, transfer_syntax: UI
         slice_thickness=_optional_float(ds, "SliceThickness"),
         spacing_between_slices=_optional_float(ds, "SpacingBetweenSlices"),
         trigger_time=_optional_float(ds, "TriggerTime"),
-        instance_number=int(instance) if instance not in (None, "") else None,
+        instance_number=_optional_int(ds, "InstanceNumber"),
         manufacturer_model=str(model) if model else None,
+        series_number=_optional_int(ds, "SeriesNumber"),
+        study_uid=str(ds.get("StudyInstanceUID") or "") or None,
     )
+    frames = _optional_int(ds, "NumberOfFrames")
+    if frames is None or frames <= 1:
+        return [header]
+    if "PerFrameFunctionalGroupsSequence" not in ds:
+        return Rejection(relative, REJECT_UNSUPPORTED_IMAGE,
+                         f"multi-frame file ({frames} frames) without per-frame functional groups")
+    return _frame_headers(header, ds, frames)
+
+
+# Functional group macros read per frame (per-frame item first, then the shared item), in
+# (sequence keyword, attribute keyword, value count) form.
+_FRAME_GEOMETRY = {
+    "image_position": ("PlanePositionSequence", "ImagePositionPatient", 3),
+    "image_orientation": ("PlaneOrientationSequence", "ImageOrientationPatient", 6),
+    "pixel_spacing": ("PixelMeasuresSequence", "PixelSpacing", 2),
+    "slice_thickness": ("PixelMeasuresSequence", "SliceThickness", 1),
+    "spacing_between_slices": ("PixelMeasuresSequence", "SpacingBetweenSlices", 1),
+}
+_UNASSIGNED = ("UnassignedPerFrameConvertedAttributesSequence", "UnassignedSharedConvertedAttributesSequence")
+
+
+def _macro(groups: Sequence[pydicom.Dataset], sequence: str) -> pydicom.Dataset | None:
+    """The first item of functional group `sequence` in the per-frame item, else the shared item."""
+    for group in groups:
+        items = group.get(sequence)
+        if items:
+            return items[0]
+    return None
+
+
+def _macro_floats(groups: Sequence[pydicom.Dataset], sequence: str, keyword: str,
+                  count: int) -> tuple[float, ...] | None:
+    item = _macro(groups, sequence)
+    return _optional_floats(item, keyword, count) if item is not None else None
+
+
+def _frame_headers(file_header: DicomHeader, ds: pydicom.Dataset, frames: int) -> list[DicomHeader] | Rejection:
+    """Enhanced (and Legacy Converted Enhanced) MR: one header per frame from the functional groups.
+
+    Geometry from Plane Position / Plane Orientation / Pixel Measures; the cardiac phase time from
+    Cardiac Synchronization's NominalCardiacTriggerDelayTime, else a converted TriggerTime (Legacy
+    Converted Enhanced keeps it in the Unassigned ... Converted Attributes sequences), else the
+    file's TriggerTime; the phase fallback order from Frame Content's TemporalPositionIndex, else the
+    frame number. Rescale from Pixel Value Transformation, else the file's RescaleSlope/Intercept.
+    """
+    per_frame = ds.PerFrameFunctionalGroupsSequence
+    if len(per_frame) != frames:
+        return Rejection(file_header.path, REJECT_UNSUPPORTED_IMAGE,
+                         f"{frames} frames but {len(per_frame)} per-frame functional group items")
+    shared_items = ds.get("SharedFunctionalGroupsSequence")
+    shared = shared_items[0] if shared_items else pydicom.Dataset()
+    top_rescale = (_optional_float(ds, "RescaleSlope"), _optional_float(ds, "RescaleIntercept"))
+    monochrome1 = ds.get("PhotometricInterpretation") == "MONOCHROME1"
+    headers = []
+    for number, item in enumerate(per_frame, start=1):
+        groups = (item, shared)
+        values: dict = {}
+        for field_name, (sequence, keyword, count) in _FRAME_GEOMETRY.items():
+            found = _macro_floats(groups, sequence, keyword, count)
+            if found is None:
+                found = getattr(file_header, field_name)
+            elif count == 1:
+                found = found[0]
+            values[field_name] = found
+        trigger = _macro_floats(groups, "CardiacSynchronizationSequence", "NominalCardiacTriggerDelayTime", 1)
+        if trigger is None:
+            for sequence in _UNASSIGNED:
+                trigger = trigger or _macro_floats(groups, sequence, "TriggerTime", 1)
+        content = _macro(groups, "FrameContentSequence")
+        temporal = _optional_int(content, "TemporalPositionIndex") if content is not None else None
+        slope = _macro_floats(groups, "PixelValueTransformationSequence", "RescaleSlope", 1)
+        intercept = _macro_floats(groups, "PixelValueTransformationSequence", "RescaleIntercept", 1)
+        rescale = (slope[0] if slope else (top_rescale[0] or 1.0),
+                   intercept[0] if intercept else (top_rescale[1] or 0.0))
+        headers.append(replace(
+            file_header, **values, frame=number,
+            trigger_time=trigger[0] if trigger else file_header.trigger_time,
+            instance_number=temporal if temporal is not None else number,
+            rescale=rescale, monochrome1=monochrome1))
+    return headers
 
 
 DEFLATED_HEADER_BYTES = 16 * 1024
@@ -368,7 +518,16 @@ def _read_deflated_header(handle: BinaryIO) -> pydicom.Dataset | None:
 
 
 def read_header(source_dir: Path, path: Path) -> DicomHeader | Rejection:
-    """Read one file's header (no pixels) into a `DicomHeader`, or say why it is unusable."""
+    """Read one single-frame file's header (no pixels) into a `DicomHeader`, or say why it is unusable.
+
+    For a multi-frame file this is its first frame; `read_file` gives every frame.
+    """
+    result = read_file(source_dir, path)
+    return result if isinstance(result, Rejection) else result[0]
+
+
+def read_file(source_dir: Path, path: Path) -> list[DicomHeader] | Rejection:
+    """Read one file's header (no pixels): one `DicomHeader` per image (frame), or why it is unusable."""
     relative = path.relative_to(source_dir).as_posix()
     try:
         with open(path, "rb") as handle:
@@ -399,13 +558,12 @@ def read_header(source_dir: Path, path: Path) -> DicomHeader | Rejection:
     if problem is not None:
         return Rejection(relative, problem.kind, problem.detail)
     if not _decoder_available(transfer_syntax):
-        return Rejection(relative, REJECT_UNSUPPORTED_TS,
-                         f"{transfer_syntax.name} ({transfer_syntax}): no pixel decoder installed")
+        return Rejection(relative, REJECT_UNSUPPORTED_TS, _unsupported_syntax(transfer_syntax))
     return header
 
 
-def _read_header_chunk(source_dir: Path, paths: list[Path]) -> list[DicomHeader | Rejection]:
-    return [read_header(source_dir, path) for path in paths]
+def _read_header_chunk(source_dir: Path, paths: list[Path]) -> list[list[DicomHeader] | Rejection]:
+    return [read_file(source_dir, path) for path in paths]
 
 
 def read_headers(
@@ -414,20 +572,27 @@ def read_headers(
     pool: Executor | None = None,
     log: Callable[[str], None] | None = None,
 ) -> tuple[list[DicomHeader], list[Rejection]]:
-    """Read all headers in chunks (in `pool` if given, see `worker_pool`); logs counts and rates."""
+    """Read all headers in chunks (in `pool` if given, see `worker_pool`); logs counts and rates.
+
+    `headers` holds one entry per image: a multi-frame file contributes one per frame.
+    """
     log = log or logger.info
     chunks = [list(files[i:i + HEADER_CHUNK]) for i in range(0, len(files), HEADER_CHUNK)]
     headers: list[DicomHeader] = []
     rejections: list[Rejection] = []
     started = time.perf_counter()
-    done = 0
+    done = dicom_files = 0
     for results in parallel_map(_read_header_chunk, [(source_dir, chunk) for chunk in chunks], pool):
         for result in results:
-            (rejections if isinstance(result, Rejection) else headers).append(result)
+            if isinstance(result, Rejection):
+                rejections.append(result)
+            else:
+                headers.extend(result)
+                dicom_files += 1
         done += len(results)
         if done % (HEADER_CHUNK * 8) == 0 or done == len(files):
             rate = done / max(time.perf_counter() - started, 1e-9)
-            log(f"headers: {done}/{len(files)} files read, {len(headers)} DICOM, "
+            log(f"headers: {done}/{len(files)} files read, {dicom_files} DICOM ({len(headers)} images), "
                 f"{len(rejections)} rejected ({rate:.0f} files/s)")
     return headers, rejections
 
@@ -458,17 +623,19 @@ def parallel_map(function: Callable, argument_tuples: list[tuple], pool: Executo
 
 
 def drop_duplicate_instances(headers: Sequence[DicomHeader]) -> tuple[list[DicomHeader], list[Rejection]]:
-    """Keep the first file (by relative path) of each SOPInstanceUID; reject later copies."""
-    first_path: dict[str, str] = {}
+    """Keep the first file (by relative path) of each SOPInstanceUID (and frame); reject later copies."""
+    first_path: dict[tuple[str, int | None], str] = {}
     kept: list[DicomHeader] = []
-    rejections: list[Rejection] = []
-    for header in sorted(headers, key=lambda h: h.path):
-        if header.sop_uid in first_path:
-            detail = f"same instance as {first_path[header.sop_uid]}"
-            rejections.append(Rejection(header.path, REJECT_DUPLICATE, detail))
+    duplicates: dict[str, str] = {}
+    for header in sorted(headers, key=lambda h: (h.path, h.frame or 0)):
+        key = (header.sop_uid, header.frame)
+        if key in first_path and first_path[key] != header.path:
+            duplicates.setdefault(header.path, first_path[key])
         else:
-            first_path[header.sop_uid] = header.path
+            first_path[key] = header.path
             kept.append(header)
+    kept = [h for h in kept if h.path not in duplicates]  # a copied multi-frame file goes whole
+    rejections = [Rejection(path, REJECT_DUPLICATE, f"same instance as {first}") for path, first in duplicates.items()]
     return kept, rejections
 
 
@@ -478,7 +645,8 @@ def _unit_normal(orientation: Sequence[float]) -> np.ndarray:
 
 
 def _reject_all(headers: Sequence[DicomHeader], kind: str, detail: str) -> list[Rejection]:
-    return [Rejection(header.path, kind, detail) for header in headers]
+    """One rejection per file (the frames of a multi-frame file share one)."""
+    return [Rejection(path, kind, detail) for path in dict.fromkeys(h.path for h in headers)]
 
 
 def _group_positions(projections: np.ndarray, tolerance_mm: float) -> list[np.ndarray]:
@@ -490,36 +658,47 @@ def _group_positions(projections: np.ndarray, tolerance_mm: float) -> list[np.nd
 
 def _phase_key(rule: str) -> Callable[[DicomHeader], tuple]:
     def by_instance(h: DicomHeader) -> tuple:
-        return (h.instance_number is None, h.instance_number or 0, h.path)
+        return (h.instance_number is None, h.instance_number or 0, h.path, h.frame or 0)
 
     if rule == PHASE_RULE_TRIGGER:
         return lambda h: (h.trigger_time, *by_instance(h))
     return by_instance
 
 
-def plan_series(headers: Sequence[DicomHeader]) -> tuple[SeriesPlan | None, list[Rejection]]:
-    """Validate one SeriesInstanceUID's files and order them base -> apex; rejections say why."""
+def _most_common(values: Sequence[str | None]) -> str | None:
+    present = [v for v in values if v]
+    return max(sorted(set(present)), key=present.count) if present else None
+
+
+def plan_series(headers: Sequence[DicomHeader], context: str = "") -> tuple[SeriesPlan | None, list[Rejection]]:
+    """Validate one stack's images and order them base -> apex; rejections say why.
+
+    `context` (e.g. "series 3, 256x256, 15 images") prefixes the reasons of a stack-wide rejection.
+    """
+    prefix = f"{context}: " if context else ""
     modality = headers[0].modality
     if any(h.modality != "MR" for h in headers):
-        return None, _reject_all(headers, REJECT_SERIES_NOT_MR, f"modality {modality or 'missing'}")
+        return None, _reject_all(headers, REJECT_SERIES_NOT_MR, f"{prefix}modality {modality or 'missing'}")
+    missing = [h for h in headers if h.missing_geometry]
     rejections = [Rejection(h.path, REJECT_MISSING_GEOMETRY, ", ".join(h.missing_geometry))
-                  for h in headers if h.missing_geometry]
+                  for h in {h.path: h for h in missing}.values()]
     usable = [h for h in headers if not h.missing_geometry]
     if not usable:
         return None, rejections
     if len({(h.rows, h.cols) for h in usable}) > 1:
-        return None, rejections + _reject_all(usable, REJECT_SERIES_MATRIX, "files differ in Rows/Columns")
+        return None, rejections + _reject_all(usable, REJECT_SERIES_MATRIX, f"{prefix}files differ in Rows/Columns")
     normals = np.stack([_unit_normal(h.image_orientation) for h in usable])
     reference = normals[0] if normals[0] @ APEX_DIRECTION_LPS >= 0 else -normals[0]
     worst_deg = float(np.degrees(np.arccos(np.clip(np.abs(normals @ reference).min(), -1.0, 1.0))))
     if worst_deg > PARALLEL_TOLERANCE_DEG:
         return None, rejections + _reject_all(
-            usable, REJECT_SERIES_NOT_PARALLEL, f"slice normals differ by up to {worst_deg:.1f} deg")
+            usable, REJECT_SERIES_NOT_PARALLEL, f"{prefix}slice normals differ by up to {worst_deg:.1f} deg")
     axis_deg = float(np.degrees(np.arccos(np.clip(reference @ APEX_DIRECTION_LPS, -1.0, 1.0))))
     if axis_deg > SHORT_AXIS_MAX_ANGLE_DEG:
         return None, rejections + _reject_all(
             usable, REJECT_SERIES_NOT_SHORT_AXIS,
-            f"stack normal {axis_deg:.0f} deg from the LV long axis (limit {SHORT_AXIS_MAX_ANGLE_DEG:.0f})")
+            f"{prefix}stack normal {axis_deg:.0f} deg from the LV long axis (limit {SHORT_AXIS_MAX_ANGLE_DEG:.0f}; "
+            "a localizer, long-axis or transverse stack)")
     projections = np.array([np.asarray(h.image_position) @ reference for h in usable])
     nominal = next((v for v in (_median([h.spacing_between_slices for h in usable]),
                                 _median([h.slice_thickness for h in usable])) if v and v > 0), None)
@@ -528,7 +707,7 @@ def plan_series(headers: Sequence[DicomHeader]) -> tuple[SeriesPlan | None, list
     if len(groups) < MIN_POSITIONS:
         return None, rejections + _reject_all(
             usable, REJECT_SERIES_TOO_FEW_POSITIONS,
-            f"{len(groups)} slice position(s), a short-axis stack needs at least {MIN_POSITIONS}")
+            f"{prefix}{len(groups)} slice position(s), a short-axis stack needs at least {MIN_POSITIONS}")
     rule = PHASE_RULE_TRIGGER if all(h.trigger_time is not None for h in usable) else PHASE_RULE_INSTANCE
     key = _phase_key(rule)
     centres = [float(projections[group].mean()) for group in groups]
@@ -547,6 +726,9 @@ def plan_series(headers: Sequence[DicomHeader]) -> tuple[SeriesPlan | None, list
         pixel_spacing=first.pixel_spacing,
         slice_thickness=_median([h.slice_thickness for h in usable]),
         manufacturer_model=first.manufacturer_model,
+        series_number=first.series_number,
+        study_uid=_most_common([h.study_uid for h in usable]),
+        scan_key=first.series_uid,
     )
     return plan, rejections
 
@@ -556,33 +738,116 @@ def _median(values: Sequence[float | None]) -> float | None:
     return float(np.median(present)) if present else None
 
 
+def split_stacks(headers: Sequence[DicomHeader]) -> list[list[DicomHeader]]:
+    """Group images into stacks by what they are, not only by the UID they carry.
+
+    Key: SeriesInstanceUID, SeriesNumber and matrix size; within that, orientations more than
+    `ORIENTATION_SPLIT_DEG` apart are separate stacks (the three planes of a localizer, or a series
+    an anonymiser gave the cine's UID). Images without orientation stay with the first stack of
+    their key (they are rejected there for missing geometry). Stacks come sorted by their first path.
+    """
+    by_key: dict[tuple, list[DicomHeader]] = defaultdict(list)
+    for header in sorted(headers, key=lambda h: (h.path, h.frame or 0)):
+        by_key[(header.series_uid, header.series_number, header.rows, header.cols)].append(header)
+    cos_limit = np.cos(np.radians(ORIENTATION_SPLIT_DEG))
+    stacks: list[list[DicomHeader]] = []
+    for group in by_key.values():
+        references: list[np.ndarray] = []
+        members: list[list[DicomHeader]] = []
+        loose: list[DicomHeader] = []
+        for header in group:
+            if header.image_orientation is None:
+                loose.append(header)
+                continue
+            normal = _unit_normal(header.image_orientation)
+            index = next((i for i, ref in enumerate(references) if abs(normal @ ref) >= cos_limit), None)
+            if index is None:
+                references.append(normal)
+                members.append([])
+                index = len(members) - 1
+            members[index].append(header)
+        if loose and members:
+            members[0].extend(loose)
+        elif loose:
+            members.append(loose)
+        stacks.extend(members)
+    return sorted(stacks, key=lambda stack: (stack[0].path, stack[0].frame or 0))
+
+
+def _describe(stack: Sequence[DicomHeader]) -> str:
+    first = stack[0]
+    number = f"series {first.series_number}" if first.series_number is not None else "series"
+    return f"{number}, {first.rows}x{first.cols}, {len(stack)} images"
+
+
 def plan_all_series(headers: Sequence[DicomHeader]) -> tuple[list[SeriesPlan], list[Rejection]]:
-    """Drop duplicate instances, group by SeriesInstanceUID and plan each series (sorted by UID)."""
+    """Drop duplicates, split into stacks (`split_stacks`), plan each stack and select the cines.
+
+    Selection rule: every stack that passes `plan_series` (MR, parallel, short-axis by geometry,
+    enough positions) is a candidate. A candidate with one phase per position is rejected as "not a
+    short-axis cine" when a cine candidate (several phases per position) exists in the same study
+    (StudyInstanceUID), e.g. late-enhancement or mapping stacks; a study with no cine keeps its
+    single-phase stack. Plans sharing a SeriesInstanceUID get distinct `scan_key`s.
+    """
     kept, rejections = drop_duplicate_instances(headers)
-    by_series: dict[str, list[DicomHeader]] = defaultdict(list)
-    for header in kept:
-        by_series[header.series_uid].append(header)
+    stacks = split_stacks(kept)
+    uid_stacks = defaultdict(int)
+    for stack in stacks:
+        uid_stacks[stack[0].series_uid] += 1
     plans: list[SeriesPlan] = []
-    for series_uid in sorted(by_series):
-        plan, series_rejections = plan_series(by_series[series_uid])
-        rejections.extend(series_rejections)
+    for stack in stacks:
+        context = _describe(stack) if uid_stacks[stack[0].series_uid] > 1 else ""
+        plan, stack_rejections = plan_series(stack, context)
+        rejections.extend(stack_rejections)
         if plan is not None:
             plans.append(plan)
-    return plans, rejections
+    cine_studies = {plan.study_uid: plan for plan in plans if plan.is_cine}
+    selected: list[SeriesPlan] = []
+    for plan in plans:
+        cine = cine_studies.get(plan.study_uid)
+        if plan.is_cine or cine is None:
+            selected.append(plan)
+            continue
+        images = [h for position in plan.positions for h in position.files]
+        other = f"series {cine.series_number}" if cine.series_number is not None else "another series"
+        rejections.extend(_reject_all(images, REJECT_SERIES_NOT_SHORT_AXIS,
+                                      f"{_describe(images)}: one phase per position, and the study has "
+                                      f"a short-axis cine ({other})"))
+    counts = defaultdict(int)
+    for plan in selected:
+        counts[plan.series_uid] += 1
+    return [_with_scan_key(plan) if counts[plan.series_uid] > 1 else plan for plan in selected], rejections
+
+
+def _with_scan_key(plan: SeriesPlan) -> SeriesPlan:
+    """A key that tells apart stacks sharing one SeriesInstanceUID (the plain UID otherwise)."""
+    normal = _unit_normal(plan.positions[0].chosen.image_orientation)
+    signature = ",".join(f"{v:.2f}" for v in (normal if normal @ APEX_DIRECTION_LPS >= 0 else -normal))
+    return replace(plan, scan_key=f"{plan.series_uid}|{plan.series_number}|{plan.rows}x{plan.cols}|{signature}")
 
 
 # ---------------------------------------------------------------- pixels
 
 
 def _decode(source_dir: Path, header: DicomHeader) -> np.ndarray:
-    """Rescaled float pixels of one file, MONOCHROME1 inverted so brighter is always more signal."""
+    """Rescaled float pixels of one image, MONOCHROME1 inverted so brighter is always more signal.
+
+    A frame of a multi-frame file is decoded alone (pydicom reads only that frame's bytes) and
+    rescaled with its own Pixel Value Transformation from the header.
+    """
     try:
         with _quiet_pydicom():
-            ds = pydicom.dcmread(source_dir / header.path, force=True)
-            if "TransferSyntaxUID" not in ds.file_meta:
-                ds.file_meta.TransferSyntaxUID = UID(header.transfer_syntax)
-            pixels = apply_rescale(ds.pixel_array, ds).astype(np.float32)
-            inverted = ds.get("PhotometricInterpretation") == "MONOCHROME1"
+            if header.frame is not None:
+                slope, intercept = header.rescale or (1.0, 0.0)
+                frame = pixel_array(source_dir / header.path, index=header.frame - 1)
+                pixels = frame.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+                inverted = header.monochrome1
+            else:
+                ds = pydicom.dcmread(source_dir / header.path, force=True)
+                if "TransferSyntaxUID" not in ds.file_meta:
+                    ds.file_meta.TransferSyntaxUID = UID(header.transfer_syntax)
+                pixels = apply_rescale(ds.pixel_array, ds).astype(np.float32)
+                inverted = ds.get("PhotometricInterpretation") == "MONOCHROME1"
     except Exception as exc:  # any decoder failure rejects the file, by name
         raise SeriesDecodeError(Rejection(header.path, REJECT_DECODE_FAILED, type(exc).__name__)) from exc
     if pixels.shape != (header.rows, header.cols):
@@ -623,6 +888,15 @@ def render_series(source_dir: Path, plan: SeriesPlan) -> RenderedSeries:
 # ---------------------------------------------------------------- one series folder
 
 
+def _frames_by_file(images: Sequence[DicomHeader]) -> dict[str, tuple[int, ...]]:
+    """Frame numbers (1-based, phase order) per multi-frame file; empty for single-frame files."""
+    frames: dict[str, list[int]] = defaultdict(list)
+    for header in images:
+        if header.frame is not None:
+            frames[header.path].append(header.frame)
+    return {path: tuple(numbers) for path, numbers in frames.items()}
+
+
 def read_series(series_dir: Path, workers: int = 1) -> OrderedSeries:
     """Read one series folder base -> apex, the way ingestion does (for the slice filter).
 
@@ -647,7 +921,8 @@ def read_series(series_dir: Path, workers: int = 1) -> OrderedSeries:
             trigger_time_ms=position.chosen.trigger_time,
             image=image,
             image_128=small,
-            files=tuple(h.path for h in position.files),
+            files=tuple(dict.fromkeys(h.path for h in position.files)),
+            frames=_frames_by_file(position.files),
         )
         for index, (position, image, small) in enumerate(
             zip(plans[0].positions, rendered.images, rendered.array, strict=True))
