@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,11 @@ from cmr_assets.training.packaging import predict_slices
 
 @dataclass(frozen=True)
 class SliceDecision:
-    """One slice position's verdict, base first; `files` are relative to the series folder (all phases)."""
+    """One slice position's verdict, base first; `files` are relative to the series folder (all phases).
+
+    `frames` maps each multi-frame (Enhanced MR) file in `files` to the 1-based frame numbers of this
+    position, end-diastole first; it is empty for single-frame files.
+    """
 
     slice_from_base: int
     position_mm: float
@@ -35,6 +39,7 @@ class SliceDecision:
     probabilities: dict[str, float]
     keep: bool
     files: list[str]
+    frames: dict[str, list[int]] = field(default_factory=dict)
 
 
 def decide(series: OrderedSeries, probabilities: np.ndarray) -> list[SliceDecision]:
@@ -45,7 +50,8 @@ def decide(series: OrderedSeries, probabilities: np.ndarray) -> list[SliceDecisi
             slice_from_base=s.slice_from_base, position_mm=round(float(s.position_mm), 2),
             predicted_class=CLASS_NAMES[int(label)], model_class=CLASS_NAMES[int(np.argmax(p))],
             probabilities={name: round(float(v), 4) for name, v in zip(CLASS_NAMES, p, strict=True)},
-            keep=CLASS_NAMES[int(label)] == "lv", files=list(s.files))
+            keep=CLASS_NAMES[int(label)] == "lv", files=list(s.files),
+            frames={path: list(numbers) for path, numbers in s.frames.items()})
         for s, p, label in zip(series.slices, probabilities, monotone, strict=True)
     ]
 

@@ -43,3 +43,14 @@ def test_copy_kept_copies_only_kept_files_unchanged(tmp_path):
 def test_model_choice():
     assert model_uri_for("ranking") == "cmr-slice-classifier-ranking"
     assert model_uri_for("models:/x/3") == "models:/x/3"
+
+
+def test_decide_names_the_frames_of_a_multiframe_file():
+    blank = np.zeros((8, 8), dtype=np.uint8)
+    slices = tuple(OrderedSlice(k, 10.0 * k, 0.0, blank, blank, ("enhanced.dcm",),
+                                {"enhanced.dcm": (k + 4, k + 1)}) for k in range(3))
+    series = OrderedSeries(Path("."), "min_trigger_time", 10.0, slices, ())
+    decisions = decide(series, np.tile([0.1, 0.8, 0.1], (3, 1)))
+    assert [d.files for d in decisions] == [["enhanced.dcm"]] * 3
+    assert [d.frames for d in decisions] == [{"enhanced.dcm": [4, 1]}, {"enhanced.dcm": [5, 2]},
+                                             {"enhanced.dcm": [6, 3]}]
