@@ -205,3 +205,23 @@ def test_two_stacks_sharing_one_uid_become_two_scans(tmp_path: Path) -> None:
         assert sorted(r[0] for r in con.execute("SELECT n_slices FROM scans").fetchall()) == [4, 6]
     again = ingest_folder(tmp_path / "src", paths, paths.duckdb, workers=1, log=lambda _: None)
     assert (again.scans_new, again.scans_skipped_existing) == (0, 2)
+
+
+def test_filter_gives_the_same_positions_for_every_variant(original: Path, tmp_path: Path) -> None:
+    """`cmr-assets filter --json` objects (here via `filter_series`) for a multi-frame and a compressed copy."""
+    torch = pytest.importorskip("torch")
+    from cmr_assets.inference.slice_filter import filter_series
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.AvgPool2d(16), torch.nn.Flatten(), torch.nn.Linear(64, 3),
+                                torch.nn.Softmax(dim=1)).eval()
+    write_enhanced_mr(sorted(original.iterdir()), tmp_path / "mf" / "enhanced.dcm")
+    transcode(sorted(original.iterdir()), tmp_path / "jls", LOSSLESS_SYNTAXES["jpeg_ls"])
+    expected = filter_series(original, model)
+    for variant in ("mf", "jls"):
+        decisions = filter_series(tmp_path / variant, model)
+        assert [(d.slice_from_base, d.position_mm, d.probabilities, d.keep) for d in decisions] == [
+            (d.slice_from_base, d.position_mm, d.probabilities, d.keep) for d in expected]
+    multi = filter_series(tmp_path / "mf", model)
+    assert all(d.files == ["enhanced.dcm"] and len(d.frames["enhanced.dcm"]) == 3 for d in multi)
+    assert [d.files for d in filter_series(tmp_path / "jls", model)] == [d.files for d in expected]
