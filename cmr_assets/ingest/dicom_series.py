@@ -13,11 +13,21 @@ Rules (documented choices):
 - Only whitelisted technical header fields are kept (`DicomHeader`); nothing identifying is read
   into memory beyond pydicom's own dataset, and pydicom value validation is switched off while
   reading so its warnings cannot echo tag values into logs.
-- A series is kept if: Modality MR; files with complete geometry (ImagePositionPatient,
+- Images, not files: a multi-frame file with functional groups (Enhanced / Legacy Converted
+  Enhanced MR) gives one `DicomHeader` per frame (`frame`, 1-based), with geometry, trigger time
+  (NominalCardiacTriggerDelayTime) and rescale from the per-frame item, else the shared item, else
+  the top level (`_frame_headers`). DICOMDIR files are rejected as "not an image instance".
+- Stacks, not UIDs (`split_stacks`): images are grouped by SeriesInstanceUID, SeriesNumber and
+  matrix size, and orientations more than `ORIENTATION_SPLIT_DEG` apart split a group (localizer
+  planes; series an anonymiser gave one UID).
+- A stack is a candidate if: Modality MR; images with complete geometry (ImagePositionPatient,
   ImageOrientationPatient, PixelSpacing; others are rejected one by one); one matrix size; all
   slice normals within `PARALLEL_TOLERANCE_DEG`; the stack normal within `SHORT_AXIS_MAX_ANGLE_DEG`
   of the LV long-axis direction (1, -1, -1)/sqrt(3) (LPS; canonical axial/coronal/sagittal stacks
-  lie at 54.7 deg and are rejected); at least `MIN_POSITIONS` slice positions.
+  lie at 54.7 deg and are rejected as "not a short-axis cine"); at least `MIN_POSITIONS` positions.
+- Selection (`plan_all_series`): a single-phase candidate is rejected as "not a short-axis cine"
+  when its study (StudyInstanceUID) has a cine candidate (>= `MIN_CINE_PHASES` phases at the median
+  position); every other candidate is a scan. Candidates sharing a UID get distinct `scan_key`s.
 - Order: ImagePositionPatient projected on the unit normal (row x column cosines) flipped to have a
   positive dot product with the apex direction; ascending projection = base first. Files are
   grouped into positions by gaps larger than `POSITION_TOLERANCE_FRACTION` x the nominal slice
@@ -26,11 +36,12 @@ Rules (documented choices):
   if any file of the series lacks TriggerTime, the smallest InstanceNumber at each position
   (`'min_instance_number'`, ties and missing numbers broken by relative path).
 - Duplicate SOPInstanceUIDs: the first file (by relative path) is kept, later copies are rejected.
-- Pixels: pydicom decoders (native, RLE, deflate; JPEG/JPEG 2000 via Pillow, pylibjpeg/gdcm when
-  installed). A transfer syntax without an available decoder is rejected at header time, naming it.
+- Pixels: pydicom decoders (native, deflate; RLE, JPEG, JPEG Lossless, JPEG-LS, JPEG 2000 via the
+  pinned pylibjpeg family and pyjpegls, see docs/pacs_exports.md). A transfer syntax without an
+  available decoder is rejected at header time, naming it and the package that would decode it.
   RescaleSlope/Intercept applied; MONOCHROME1 inverted; the series' chosen-phase pixels are mapped
   from their 1st..99.5th percentiles to 0..255 uint8 (one window per scan, so intensity relations
-  between slices survive). Multi-frame and colour files are rejected (not cine short-axis input).
+  between slices survive). Colour files and multi-frame files without functional groups are rejected.
 - 128 x 128 array: the full field of view is scaled (Lanczos, i.e. antialiased) so its longer
   physical side (rows x row spacing, cols x column spacing) fills 128 px, centred on black padding,
   so anatomy keeps its aspect ratio.
@@ -39,17 +50,21 @@ Public API:
 - `Rejection(path, kind, detail)`, `.reason`; reason kinds are the `REJECT_*` constants.
 - `DicomHeader`: whitelisted header of one file.
 - `discover_files(source_dir) -> list[Path]`
-- `read_header(source_dir, path) -> DicomHeader | Rejection`
+- `read_file(source_dir, path) -> list[DicomHeader] | Rejection` (one header per frame);
+  `read_header(source_dir, path) -> DicomHeader | Rejection` (the first one)
+- `decoder_hint(transfer_syntax) -> str`: the package that would decode a syntax
 - `worker_pool(workers)`: context manager giving a spawn process pool (or None for in-process)
 - `read_headers(source_dir, files, pool=None, log=None) -> (headers, rejections)`
 - `parallel_map(function, argument_tuples, pool) -> Iterator` (results in order)
 - `drop_duplicate_instances(headers) -> (headers, rejections)`
-- `plan_series(headers) -> (SeriesPlan | None, rejections)` for the files of one SeriesInstanceUID
-- `plan_all_series(headers) -> (plans, rejections)`: duplicates + grouping + planning
+- `split_stacks(headers) -> list[list[DicomHeader]]`
+- `plan_series(headers, context="") -> (SeriesPlan | None, rejections)` for the images of one stack
+- `plan_all_series(headers) -> (plans, rejections)`: duplicates + stacks + planning + selection
 - `render_series(source_dir, plan) -> RenderedSeries` (decode, normalise, resize; raises
   `SeriesDecodeError`)
 - `read_series(series_dir, workers=1) -> OrderedSeries`: one series folder, base first, with
-  images normalised exactly as ingestion stores them and all source files per position.
+  images normalised exactly as ingestion stores them, all source files per position and, for
+  multi-frame files, their frame numbers (`OrderedSlice.frames`).
 """
 
 from __future__ import annotations
