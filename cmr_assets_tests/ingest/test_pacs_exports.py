@@ -120,6 +120,25 @@ def test_enhanced_mr_multiframe_reads_like_the_single_frames(original: Path, ref
     assert sorted(seen) == list(range(1, 40))
 
 
+def test_compressed_enhanced_mr_decodes_only_the_chosen_frames(original: Path, reference: OrderedSeries,
+                                                                tmp_path: Path, monkeypatch) -> None:
+    target = write_enhanced_mr(sorted(original.iterdir()), tmp_path / "mf" / "enhanced.dcm")
+    ds = pydicom.dcmread(target)
+    ds.compress(LOSSLESS_SYNTAXES["jpeg_ls"])
+    ds.save_as(target)
+    decoded: list[int | None] = []
+    real_pixel_array = dicom_series.pixel_array
+
+    def counting_pixel_array(src, **kwargs):
+        decoded.append(kwargs.get("index"))
+        return real_pixel_array(src, **kwargs)
+
+    monkeypatch.setattr(dicom_series, "pixel_array", counting_pixel_array)
+    series = read_series(tmp_path / "mf")
+    _assert_same_slices(series, reference)
+    assert sorted(decoded) == sorted(s.frames["enhanced.dcm"][0] - 1 for s in series.slices)  # 13 of 39
+
+
 def test_legacy_converted_enhanced_mr_from_highdicom(original: Path, reference: OrderedSeries,
                                                      tmp_path: Path) -> None:
     write_legacy_converted_mr(sorted(original.iterdir()), tmp_path / "legacy" / "legacy.dcm")
