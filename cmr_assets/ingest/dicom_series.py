@@ -87,6 +87,7 @@ from typing import BinaryIO
 import numpy as np
 import pydicom
 from PIL import Image
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import _at_pixel_data, _read_file_meta_info, read_dataset
 from pydicom.pixels import apply_rescale, get_decoder, pixel_array
@@ -305,12 +306,44 @@ def _looks_like_raw_dataset(head: bytes) -> bool:
     return head[:2] in (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08")
 
 
-def _optional_floats(ds: pydicom.Dataset, keyword: str, count: int) -> tuple[float, ...] | None:
-    value = ds.get(keyword)
+_TEXT_VRS = frozenset({"DS", "IS", "CS", "UI"})
+
+
+@lru_cache(maxsize=256)
+def _tag_and_vr(keyword: str) -> tuple[int, str]:
+    tag = tag_for_keyword(keyword)
+    return tag, dictionary_VR(tag)
+
+
+def _values(ds: pydicom.Dataset, keyword: str) -> list | None:
+    """The element's values, or None when absent or empty.
+
+    Fast path: a numeric-string, code-string or UID element still in its raw (unconverted) form is
+    split from its ASCII bytes, which skips pydicom's per-element conversion (character set look-up,
+    value objects): that conversion was half of the header pass. Anything else goes through pydicom.
+    """
+    tag, dictionary_vr = _tag_and_vr(keyword)
+    elem = ds.get_item(tag)
+    if elem is None:
+        return None
+    value = elem.value
+    if isinstance(value, bytes) and (elem.VR or dictionary_vr) in _TEXT_VRS:
+        text = value.decode("latin-1").strip("\x00 ")
+        return [part.strip("\x00 ") for part in text.split("\\")] if text else None
+    value = ds[tag].value
     if value is None or value == "":
         return None
-    values = list(value) if isinstance(value, list | tuple | pydicom.multival.MultiValue) else [value]
-    if len(values) != count:
+    return list(value) if isinstance(value, list | tuple | pydicom.multival.MultiValue) else [value]
+
+
+def _text(ds: pydicom.Dataset, keyword: str) -> str | None:
+    values = _values(ds, keyword)
+    return str(values[0]) if values and values[0] != "" else None
+
+
+def _optional_floats(ds: pydicom.Dataset, keyword: str, count: int) -> tuple[float, ...] | None:
+    values = _values(ds, keyword)
+    if values is None or len(values) != count:
         return None
     try:
         numbers = tuple(float(v) for v in values)
@@ -385,9 +418,9 @@ MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 
 
 def _optional_int(ds: pydicom.Dataset, keyword: str) -> int | None:
-    value = ds.get(keyword)
+    values = _values(ds, keyword)
     try:
-        return int(value) if value not in (None, "") else None
+        return int(values[0]) if values and values[0] != "" else None
     except (TypeError, ValueError):
         return None
 
@@ -399,22 +432,22 @@ def _header_from_dataset(relative: str, ds: pydicom.Dataset,
     if (meta is not None and meta.get("MediaStorageSOPClassUID") == MEDIA_STORAGE_DIRECTORY) \
             or "DirectoryRecordSequence" in ds:
         return Rejection(relative, REJECT_NOT_IMAGE, "DICOMDIR (media index; files are found by content)")
-    series_uid, sop_uid = ds.get("SeriesInstanceUID"), ds.get("SOPInstanceUID")
+    series_uid, sop_uid = _text(ds, "SeriesInstanceUID"), _text(ds, "SOPInstanceUID")
     if not series_uid or not sop_uid:
         return Rejection(relative, REJECT_NOT_IMAGE, "no SeriesInstanceUID/SOPInstanceUID (e.g. DICOMDIR)")
     if "Rows" not in ds or "Columns" not in ds:
         return Rejection(relative, REJECT_NO_PIXELS, "no Rows/Columns")
-    if int(ds.get("SamplesPerPixel", 1)) != 1:
+    if (_optional_int(ds, "SamplesPerPixel") or 1) != 1:
         return Rejection(relative, REJECT_UNSUPPORTED_IMAGE, "not a greyscale image")
     model = ds.get("ManufacturerModelName")
     header = DicomHeader(
         path=relative,
         series_uid=str(series_uid),
         sop_uid=str(sop_uid),
-        modality=str(ds.get("Modality", "") or ""),
+        modality=_text(ds, "Modality") or "",
         transfer_syntax=str(transfer_syntax),
-        rows=int(ds.Rows),
-        cols=int(ds.Columns),
+        rows=_optional_int(ds, "Rows") or 0,
+        cols=_optional_int(ds, "Columns") or 0,
         image_position=_optional_floats(ds, "ImagePositionPatient", 3),
         image_orientation=_optional_floats(ds, "ImageOrientationPatient", 6),
         pixel_spacing=_optional_floats(ds, "PixelSpacing", 2),
@@ -424,7 +457,7 @@ def _header_from_dataset(relative: str, ds: pydicom.Dataset,
         instance_number=_optional_int(ds, "InstanceNumber"),
         manufacturer_model=str(model) if model else None,
         series_number=_optional_int(ds, "SeriesNumber"),
-        study_uid=str(ds.get("StudyInstanceUID") or "") or None,
+        study_uid=_text(ds, "StudyInstanceUID"),
     )
     frames = _optional_int(ds, "NumberOfFrames")
     if frames is None or frames <= 1:
@@ -478,7 +511,7 @@ def _frame_headers(file_header: DicomHeader, ds: pydicom.Dataset, frames: int) -
     shared_items = ds.get("SharedFunctionalGroupsSequence")
     shared = shared_items[0] if shared_items else pydicom.Dataset()
     top_rescale = (_optional_float(ds, "RescaleSlope"), _optional_float(ds, "RescaleIntercept"))
-    monochrome1 = ds.get("PhotometricInterpretation") == "MONOCHROME1"
+    monochrome1 = _text(ds, "PhotometricInterpretation") == "MONOCHROME1"
     headers = []
     for number, item in enumerate(per_frame, start=1):
         groups = (item, shared)
