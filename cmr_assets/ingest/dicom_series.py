@@ -88,6 +88,7 @@ import numpy as np
 import pydicom
 from PIL import Image
 from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import _at_pixel_data, _read_file_meta_info, read_dataset
 from pydicom.pixels import apply_rescale, get_decoder, pixel_array
@@ -159,6 +160,22 @@ class Rejection:
 
 
 @dataclass(frozen=True)
+class PixelLocation:
+    """Where a native (uncompressed, little-endian) single-frame file keeps its pixel values.
+
+    `offset` counts from the start of the file, or, for a deflated file, from the start of the
+    inflated data set, whose deflated stream begins at `deflate_start` in the file.
+    """
+
+    offset: int
+    length: int
+    bits_allocated: int
+    bits_stored: int
+    signed: bool
+    deflate_start: int | None = None
+
+
+@dataclass(frozen=True)
 class DicomHeader:
     """The whitelisted, non-identifying header fields of one DICOM file."""
 
@@ -182,6 +199,7 @@ class DicomHeader:
     frame: int | None = None
     rescale: tuple[float, float] | None = None
     monochrome1: bool = False
+    pixel_location: PixelLocation | None = None
 
     @property
     def label(self) -> str:
@@ -327,9 +345,13 @@ def _values(ds: pydicom.Dataset, keyword: str) -> list | None:
     if elem is None:
         return None
     value = elem.value
-    if isinstance(value, bytes) and (elem.VR or dictionary_vr) in _TEXT_VRS:
-        text = value.decode("latin-1").strip("\x00 ")
-        return [part.strip("\x00 ") for part in text.split("\\")] if text else None
+    if isinstance(value, bytes):
+        vr = elem.VR or dictionary_vr
+        if vr in _TEXT_VRS:
+            text = value.decode("latin-1").strip("\x00 ")
+            return [part.strip("\x00 ") for part in text.split("\\")] if text else None
+        if vr == "US" and value and len(value) % 2 == 0 and isinstance(elem, RawDataElement):
+            return list(struct.unpack(f"{'<' if elem.is_little_endian else '>'}{len(value) // 2}H", value))
     value = ds[tag].value
     if value is None or value == "":
         return None
@@ -387,31 +409,55 @@ def _decoder_available(transfer_syntax: UID) -> bool:
         return False
 
 
-def _pixel_data_problem(handle: BinaryIO, transfer_syntax: UID, file_size: int) -> Rejection | None:
-    """Check, right where `stop_before_pixels` stopped, that a pixel element exists and fits the file."""
+def _pixel_element(handle: BinaryIO, transfer_syntax: UID,
+                   file_size: int) -> tuple[Rejection | None, tuple[int, int] | None]:
+    """Right where `stop_before_pixels` stopped: a problem with the pixel element (none, truncated),
+    and for defined-length (native) pixel data the (value offset, length) in the file."""
     if not transfer_syntax.is_transfer_syntax:
-        return None  # unknown syntax: rejected as unsupported after the header checks
+        return None, None  # unknown syntax: rejected as unsupported after the header checks
     if transfer_syntax.is_deflated:
-        return None  # the dataset was inflated in memory; the decoder checks the pixel length
+        return None, None  # the dataset was inflated in memory; the decoder checks the pixel length
     start = handle.tell()
     raw = handle.read(12)
     endian = "<" if transfer_syntax.is_little_endian else ">"
     if len(raw) < 8 or struct.unpack(endian + "HH", raw[:4]) not in _PIXEL_TAGS:
-        return Rejection("", REJECT_NO_PIXELS)
+        return Rejection("", REJECT_NO_PIXELS), None
     if transfer_syntax.is_implicit_VR:
         header_length, length = 8, struct.unpack(endian + "I", raw[4:8])[0]
     elif raw[4:6] in _LONG_LENGTH_VRS:
         if len(raw) < 12:
-            return Rejection("", REJECT_TRUNCATED, "file ends inside the pixel data element header")
+            return Rejection("", REJECT_TRUNCATED, "file ends inside the pixel data element header"), None
         header_length, length = 12, struct.unpack(endian + "I", raw[8:12])[0]
     else:
         header_length, length = 8, struct.unpack(endian + "H", raw[6:8])[0]
     if length == _UNDEFINED_LENGTH:
-        return None  # encapsulated (compressed) frames; the decoder validates them
+        return None, None  # encapsulated (compressed) frames; the decoder validates them
     present = file_size - start - header_length
     if present < length:
-        return Rejection("", REJECT_TRUNCATED, f"pixel data needs {length} bytes, {present} present")
-    return None
+        return Rejection("", REJECT_TRUNCATED, f"pixel data needs {length} bytes, {present} present"), None
+    return None, (start + header_length, length)
+
+
+_NATIVE_SYNTAXES = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian})
+
+
+def _native_location(ds: pydicom.Dataset, header: DicomHeader, transfer_syntax: UID, where: tuple[int, ...] | None,
+                     deflate_start: int | None) -> PixelLocation | None:
+    """A `PixelLocation` when the fast native decode gives exactly what pydicom's would, else None."""
+    if where is None or transfer_syntax not in _NATIVE_SYNTAXES or header.frame is not None:
+        return None
+    if "ModalityLUTSequence" in ds or _text(ds, "PhotometricInterpretation") not in ("MONOCHROME1", "MONOCHROME2"):
+        return None
+    allocated, stored = _optional_int(ds, "BitsAllocated"), _optional_int(ds, "BitsStored")
+    representation = _optional_int(ds, "PixelRepresentation")
+    if allocated not in (8, 16) or not stored or stored > allocated or representation not in (0, 1):
+        return None
+    offset, length = where
+    needed = header.rows * header.cols * allocated // 8
+    if not needed or length - needed not in (0, 1):  # one pad byte for odd lengths
+        return None
+    return PixelLocation(offset=offset, length=needed, bits_allocated=allocated, bits_stored=stored,
+                         signed=representation == 1, deflate_start=deflate_start)
 
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
@@ -461,7 +507,10 @@ def _header_from_dataset(relative: str, ds: pydicom.Dataset,
     )
     frames = _optional_int(ds, "NumberOfFrames")
     if frames is None or frames <= 1:
-        return [header]
+        slope, intercept = _optional_float(ds, "RescaleSlope"), _optional_float(ds, "RescaleIntercept")
+        both = slope is not None and intercept is not None  # as pydicom's apply_rescale
+        return [replace(header, rescale=(slope, intercept) if both else None,
+                        monochrome1=_text(ds, "PhotometricInterpretation") == "MONOCHROME1")]
     if "PerFrameFunctionalGroupsSequence" not in ds:
         return Rejection(relative, REJECT_UNSUPPORTED_IMAGE,
                          f"multi-frame file ({frames} frames) without per-frame functional groups")
@@ -545,8 +594,10 @@ DEFLATED_HEADER_BYTES = 16 * 1024
 _PIXEL_DATA_TAG_LE = struct.pack("<HH", 0x7FE0, 0x0010)
 
 
-def _read_deflated_header(handle: BinaryIO) -> pydicom.Dataset | None:
-    """Header of a deflated file by inflating only its first bytes (pydicom inflates the whole file).
+def _read_deflated_header(handle: BinaryIO) -> tuple[pydicom.Dataset, tuple[int, int, int] | None] | None:
+    """Header of a deflated file by inflating only its first bytes (pydicom inflates the whole file),
+    and (deflate start, pixel value offset in the inflated data, length) when the pixel element
+    header is within those bytes.
 
     Returns None (the caller reads the whole file) when the header does not end within
     `DEFLATED_HEADER_BYTES` of inflated data, i.e. the pixel data tag is not in sight.
@@ -555,6 +606,7 @@ def _read_deflated_header(handle: BinaryIO) -> pydicom.Dataset | None:
     meta = _read_file_meta_info(handle)
     if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
         return None
+    deflate_start = handle.tell()
     head = zlib.decompressobj(-zlib.MAX_WBITS).decompress(handle.read(), DEFLATED_HEADER_BYTES)
     end = head.find(_PIXEL_DATA_TAG_LE)
     if end < 0:
@@ -562,8 +614,12 @@ def _read_deflated_header(handle: BinaryIO) -> pydicom.Dataset | None:
     ds = read_dataset(DicomBytesIO(head[:end + 12]), is_implicit_VR=False, is_little_endian=True,
                       stop_when=_at_pixel_data)
     ds.file_meta = meta
+    element = head[end:end + 12]
+    where = None
+    if len(element) == 12 and element[4:6] in (b"OB", b"OW"):
+        where = (deflate_start, end + 12, struct.unpack("<I", element[8:12])[0])
     return pydicom.FileDataset("", ds, preamble=b"\0" * 128, file_meta=meta, is_implicit_VR=False,
-                               is_little_endian=True)
+                               is_little_endian=True), where
 
 
 def read_header(source_dir: Path, path: Path) -> DicomHeader | Rejection:
@@ -588,13 +644,21 @@ def read_file(source_dir: Path, path: Path) -> list[DicomHeader] | Rejection:
             handle.seek(0)
             try:
                 with _quiet_pydicom():
-                    ds = _read_deflated_header(handle) if has_preamble else None
-                    if ds is None:
+                    deflated = _read_deflated_header(handle) if has_preamble else None
+                    deflate_start = None
+                    if deflated is None:
                         handle.seek(0)
                         ds = pydicom.dcmread(handle, stop_before_pixels=True, force=not has_preamble)
-                    transfer_syntax = _transfer_syntax(ds)
-                    problem = _pixel_data_problem(handle, transfer_syntax, file_size)
+                        transfer_syntax = _transfer_syntax(ds)
+                        problem, where = _pixel_element(handle, transfer_syntax, file_size)
+                    else:
+                        (ds, located), problem = deflated, None
+                        transfer_syntax = _transfer_syntax(ds)
+                        deflate_start, where = (located[0], located[1:]) if located else (None, None)
                     header = _header_from_dataset(relative, ds, transfer_syntax)
+                    if not isinstance(header, Rejection) and len(header) == 1:
+                        location = _native_location(ds, header[0], transfer_syntax, where, deflate_start)
+                        header = [replace(header[0], pixel_location=location)] if location else header
             except Exception as exc:  # pydicom raises many types on malformed input
                 kind = REJECT_BAD_HEADER if has_preamble else REJECT_NOT_DICOM
                 return Rejection(relative, kind, type(exc).__name__)
@@ -887,6 +951,39 @@ def _with_scan_key(plan: SeriesPlan) -> SeriesPlan:
 # ---------------------------------------------------------------- pixels
 
 
+def _rescaled(stored: np.ndarray, rescale: tuple[float, float] | None) -> np.ndarray:
+    """Stored values to float32 the way pydicom's `apply_rescale` does (float64 arithmetic)."""
+    if rescale is None:
+        return stored.astype(np.float32)
+    return (stored.astype(np.float64) * rescale[0] + rescale[1]).astype(np.float32)
+
+
+def _read_native(path: Path, header: DicomHeader) -> np.ndarray:
+    """Stored pixel values read straight from their bytes (one read, no second header parse).
+
+    Matches pydicom's native decoder: values are masked to BitsStored, and sign-extended from it
+    when PixelRepresentation is 1.
+    """
+    where = header.pixel_location
+    with open(path, "rb") as handle:
+        if where.deflate_start is None:
+            handle.seek(where.offset)
+            data = handle.read(where.length)
+        else:
+            handle.seek(where.deflate_start)
+            inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+            data = inflater.decompress(handle.read(), where.offset + where.length)[where.offset:]
+    if len(data) != where.length:
+        raise ValueError(f"pixel data: {len(data)} of {where.length} bytes")
+    values = np.frombuffer(data, dtype="<u2" if where.bits_allocated == 16 else "u1").reshape(header.rows, header.cols)
+    if where.bits_stored < where.bits_allocated:
+        values = values & np.asarray((1 << where.bits_stored) - 1, dtype=values.dtype)
+    if not where.signed:
+        return values
+    wide = values.astype(np.int32)
+    return np.where(wide >= 1 << (where.bits_stored - 1), wide - (1 << where.bits_stored), wide)
+
+
 def _decode(source_dir: Path, header: DicomHeader) -> np.ndarray:
     """Rescaled float pixels of one image, MONOCHROME1 inverted so brighter is always more signal.
 
@@ -895,10 +992,12 @@ def _decode(source_dir: Path, header: DicomHeader) -> np.ndarray:
     """
     try:
         with _quiet_pydicom():
-            if header.frame is not None:
-                slope, intercept = header.rescale or (1.0, 0.0)
+            if header.pixel_location is not None:
+                pixels = _rescaled(_read_native(source_dir / header.path, header), header.rescale)
+                inverted = header.monochrome1
+            elif header.frame is not None:
                 frame = pixel_array(source_dir / header.path, index=header.frame - 1)
-                pixels = frame.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+                pixels = _rescaled(frame, header.rescale)
                 inverted = header.monochrome1
             else:
                 ds = pydicom.dcmread(source_dir / header.path, force=True)
