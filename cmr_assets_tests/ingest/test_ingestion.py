@@ -182,3 +182,16 @@ def test_sunnybrook_ingest_with_a_process_pool(sunnybrook: Path, data_paths: Dat
     scans = _table(data_paths, "SELECT n_slices, n_files FROM scans ORDER BY n_slices")
     assert scans == [(12, 240), (13, 260)]
 
+
+
+def test_a_database_from_before_study_key_gets_the_column(tmp_path: Path, data_paths: DataPaths) -> None:
+    with duckdb.connect(str(data_paths.duckdb)) as con:
+        con.execute("CREATE TABLE scans (scan_id VARCHAR PRIMARY KEY, n_slices INTEGER NOT NULL, "
+                    "n_files INTEGER NOT NULL, rows INTEGER NOT NULL, cols INTEGER NOT NULL, "
+                    "manufacturer_model VARCHAR, ingested_at TIMESTAMP NOT NULL)")
+        con.execute("INSERT INTO scans VALUES ('old', 3, 9, 24, 32, NULL, now()::TIMESTAMP)")
+    write_series(tmp_path / "src", SeriesSpec())
+    report, _ = _ingest(tmp_path / "src", data_paths)
+    assert report.scans_new == 1
+    rows = _table(data_paths, "SELECT scan_id, study_key FROM scans ORDER BY scan_id = 'old'")
+    assert rows[1] == ("old", None) and len(rows[0][1]) == 16

@@ -16,7 +16,7 @@ import pytest
 from libjpeg import decode as libjpeg_decode
 
 from cmr_assets.ingest import dicom_series
-from cmr_assets.ingest.deid import load_or_create_key, scan_id_for
+from cmr_assets.ingest.deid import load_or_create_key, scan_id_for, study_key_for
 from cmr_assets.ingest.dicom_series import (
     REJECT_UNSUPPORTED_TS,
     OrderedSeries,
@@ -212,16 +212,22 @@ def test_two_stacks_sharing_one_uid_become_two_scans(tmp_path: Path) -> None:
     first = write_series(tmp_path / "src" / "a", SeriesSpec(series_uid="1.2.826.0.1.77"))
     second = write_series(tmp_path / "src" / "b", SeriesSpec(series_uid="1.2.826.0.1.77", n_positions=6,
                                                              origin=(0.0, 0.0, 0.0)))
+    study_uid = "1.2.826.0.1.78"
     for number, files in ((5, first), (9, second)):
         for path in files:
             ds = pydicom.dcmread(path)
             ds.SeriesNumber = number
+            ds.StudyInstanceUID = study_uid
             ds.save_as(path)
     paths = DataPaths(tmp_path / "data").ensure()
     report = ingest_folder(tmp_path / "src", paths, paths.duckdb, workers=1, log=lambda _: None)
     assert (report.scans_new, report.slices_new, report.rejected) == (2, 10, {})
     with duckdb.connect(str(paths.duckdb), read_only=True) as con:
-        assert sorted(r[0] for r in con.execute("SELECT n_slices FROM scans").fetchall()) == [4, 6]
+        rows = con.execute("SELECT n_slices, study_key FROM scans ORDER BY n_slices").fetchall()
+    assert [r[0] for r in rows] == [4, 6]
+    # both scans carry the same keyed study id (never the UID itself): the split can keep them together
+    assert rows[0][1] == rows[1][1] == study_key_for(study_uid, load_or_create_key(paths.secret))
+    assert study_uid not in rows[0][1]
     again = ingest_folder(tmp_path / "src", paths, paths.duckdb, workers=1, log=lambda _: None)
     assert (again.scans_new, again.scans_skipped_existing) == (0, 2)
 
