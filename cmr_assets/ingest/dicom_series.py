@@ -135,7 +135,11 @@ _DECODER_HINTS = (
     ("1.2.840.10008.1.2.4.5", "pylibjpeg-libjpeg (or python-gdcm)"),   # JPEG baseline/extended/P14
     ("1.2.840.10008.1.2.4.70", "pylibjpeg-libjpeg (or python-gdcm)"),  # JPEG Lossless SV1
     ("1.2.840.10008.1.2.4.8", "pyjpegls or pylibjpeg-libjpeg"),       # JPEG-LS
-    ("1.2.840.10008.1.2.4.9", "pylibjpeg-openjpeg (or python-gdcm)"),  # JPEG 2000, JPIP
+    ("1.2.840.10008.1.2.4.94", "none: JPIP references pixels on a server; export the images"),
+    ("1.2.840.10008.1.2.4.95", "none: JPIP references pixels on a server; export the images"),
+    ("1.2.840.10008.1.2.4.204", "none: JPIP references pixels on a server; export the images"),
+    ("1.2.840.10008.1.2.4.205", "none: JPIP references pixels on a server; export the images"),
+    ("1.2.840.10008.1.2.4.9", "pylibjpeg-openjpeg (or python-gdcm)"),  # JPEG 2000
     ("1.2.840.10008.1.2.4.20", "pylibjpeg-openjpeg"),                  # HTJ2K
     ("1.2.840.10008.1.2.5", "pylibjpeg-rle"),                          # RLE
     ("1.2.840.10008.1.2.4.10", "none: video syntaxes (MPEG-2/4, HEVC) need an export as images"),

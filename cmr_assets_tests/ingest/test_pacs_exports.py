@@ -205,6 +205,7 @@ def test_missing_decoder_names_the_syntax_and_the_package(original: Path, tmp_pa
     assert "JPEG-LS Lossless" in rejection.detail and "pyjpegls" in rejection.detail
     assert "pylibjpeg-openjpeg" in decoder_hint("1.2.840.10008.1.2.4.90")
     assert "JPEG XL" in decoder_hint("1.2.840.10008.1.2.4.110")
+    assert decoder_hint("1.2.840.10008.1.2.4.94").startswith("none: JPIP")
 
 
 def test_two_stacks_sharing_one_uid_become_two_scans(tmp_path: Path) -> None:
