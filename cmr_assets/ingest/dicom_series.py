@@ -782,9 +782,25 @@ def _unit_normal_cached(orientation: tuple[float, ...]) -> np.ndarray:
     return normal
 
 
+def _frame_ranges(numbers: Sequence[int]) -> str:
+    """1, 2, 3, 7 -> "1-3, 7"."""
+    ordered = sorted(set(numbers))
+    runs: list[list[int]] = []
+    for number in ordered:
+        if runs and number == runs[-1][1] + 1:
+            runs[-1][1] = number
+        else:
+            runs.append([number, number])
+    return ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in runs)
+
+
 def _reject_all(headers: Sequence[DicomHeader], kind: str, detail: str) -> list[Rejection]:
-    """One rejection per file (the frames of a multi-frame file share one)."""
-    return [Rejection(path, kind, detail) for path in dict.fromkeys(h.path for h in headers)]
+    """One rejection per file; for a multi-frame file the reason names the frames it concerns."""
+    frames: dict[str, list[int]] = defaultdict(list)
+    for header in headers:
+        frames[header.path].extend([header.frame] if header.frame is not None else [])
+    return [Rejection(path, kind, f"{detail} (frames {_frame_ranges(numbers)})" if numbers else detail)
+            for path, numbers in frames.items()]
 
 
 def _group_positions(projections: np.ndarray, tolerance_mm: float) -> list[np.ndarray]:

@@ -251,3 +251,26 @@ def test_filter_gives_the_same_positions_for_every_variant(original: Path, tmp_p
     multi = filter_series(tmp_path / "mf", model)
     assert all(d.files == ["enhanced.dcm"] and len(d.frames["enhanced.dcm"]) == 3 for d in multi)
     assert [d.files for d in filter_series(tmp_path / "jls", model)] == [d.files for d in expected]
+
+
+def test_frames_of_another_plane_in_one_file_are_rejected_by_frame_number(original: Path, tmp_path: Path) -> None:
+    target = write_enhanced_mr(sorted(original.iterdir()), tmp_path / "mf" / "enhanced.dcm", shared_orientation=False)
+    ds = pydicom.dcmread(target)
+    basal = min(range(39), key=lambda i: float(
+        ds.PerFrameFunctionalGroupsSequence[i].PlanePositionSequence[0].ImagePositionPatient[2]))
+    position = ds.PerFrameFunctionalGroupsSequence[basal].PlanePositionSequence[0].ImagePositionPatient
+    axial = [i + 1 for i, item in enumerate(ds.PerFrameFunctionalGroupsSequence)
+             if item.PlanePositionSequence[0].ImagePositionPatient == position]
+    for number in axial:
+        item = ds.PerFrameFunctionalGroupsSequence[number - 1]
+        item.PlaneOrientationSequence[0].ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.save_as(target)
+    series = read_series(tmp_path / "mf")
+    assert len(series.slices) == 12 and len(axial) == 3
+    assert not {n for s in series.slices for n in s.frames["enhanced.dcm"]} & set(axial)
+    [rejection] = series.rejected
+    assert rejection.path == "enhanced.dcm" and rejection.kind == "series rejected: not a short-axis cine"
+    named = rejection.detail.rsplit("(frames ", 1)[1].rstrip(")")  # e.g. "13-14, 24"
+    expanded = [n for part in named.split(", ")
+                for n in range(int(part.split("-")[0]), int(part.split("-")[-1]) + 1)]
+    assert expanded == sorted(axial)
