@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +43,8 @@ class SliceDecision:
     """One slice position's verdict, base first; `files` are relative to the series folder (all phases).
 
     `ood_score` is None for a model registered without OOD calibration; `reason` says why the slice
-    is kept or removed.
+    is kept or removed. `frames` maps each multi-frame (Enhanced MR) file in `files` to the 1-based
+    frame numbers of this position, end-diastole first; it is empty for single-frame files.
     """
 
     slice_from_base: int
@@ -56,6 +57,7 @@ class SliceDecision:
     ood_score: float | None
     reason: str
     files: list[str]
+    frames: dict[str, list[int]] = field(default_factory=dict)
 
 
 def series_verdict(ood_scores: np.ndarray) -> str:
@@ -89,7 +91,8 @@ def decide(series: OrderedSeries, probabilities: np.ndarray,
             probabilities={name: round(float(v), 4) for name, v in zip(CLASS_NAMES, p, strict=True)},
             keep=label == "lv" or slice_ood, ood=slice_ood,
             ood_score=None if np.isnan(score) else round(float(score), 3),
-            reason=_reason(label, bool(score > 1.0), verdict), files=list(s.files)))
+            reason=_reason(label, bool(score > 1.0), verdict), files=list(s.files),
+            frames={path: list(numbers) for path, numbers in s.frames.items()}))
     return decisions
 
 

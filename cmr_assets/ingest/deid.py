@@ -10,6 +10,8 @@ Public API:
 - `load_or_create_key(secret_dir: Path) -> bytes`: the 32-byte key in `secret_dir/scan_id.key`,
   created once with mode 0600 (never logged).
 - `scan_id_for(series_uid: str, key: bytes) -> str`: first 16 hex chars of HMAC-SHA256.
+- `study_key_for(study_uid: str | None, key: bytes) -> str | None`: keyed hash of a StudyInstanceUID,
+  stored as `scans.study_key` so scans of one study (a repeated cine) can be kept together.
 - `source_root_hash(source_dir: Path, key: bytes) -> str`: keyed hash of a source folder path, so
   `rejected_files` can tell source folders apart without storing their absolute path.
 """
@@ -51,6 +53,11 @@ def _keyed_hex(value: str, key: bytes) -> str:
 def scan_id_for(series_uid: str, key: bytes) -> str:
     """Stable, non-reversible scan id for a SeriesInstanceUID (16 hex chars)."""
     return _keyed_hex(series_uid, key)
+
+
+def study_key_for(study_uid: str | None, key: bytes) -> str | None:
+    """Keyed, non-reversible id of a StudyInstanceUID (None without one): links the scans of one study."""
+    return _keyed_hex("study:" + study_uid, key) if study_uid else None
 
 
 def source_root_hash(source_dir: Path, key: bytes) -> str:

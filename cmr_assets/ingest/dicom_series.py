@@ -13,11 +13,21 @@ Rules (documented choices):
 - Only whitelisted technical header fields are kept (`DicomHeader`); nothing identifying is read
   into memory beyond pydicom's own dataset, and pydicom value validation is switched off while
   reading so its warnings cannot echo tag values into logs.
-- A series is kept if: Modality MR; files with complete geometry (ImagePositionPatient,
+- Images, not files: a multi-frame file with functional groups (Enhanced / Legacy Converted
+  Enhanced MR) gives one `DicomHeader` per frame (`frame`, 1-based), with geometry, trigger time
+  (NominalCardiacTriggerDelayTime) and rescale from the per-frame item, else the shared item, else
+  the top level (`_frame_headers`). DICOMDIR files are rejected as "not an image instance".
+- Stacks, not UIDs (`split_stacks`): images are grouped by SeriesInstanceUID, SeriesNumber and
+  matrix size, and orientations more than `ORIENTATION_SPLIT_DEG` apart split a group (localizer
+  planes; series an anonymiser gave one UID).
+- A stack is a candidate if: Modality MR; images with complete geometry (ImagePositionPatient,
   ImageOrientationPatient, PixelSpacing; others are rejected one by one); one matrix size; all
   slice normals within `PARALLEL_TOLERANCE_DEG`; the stack normal within `SHORT_AXIS_MAX_ANGLE_DEG`
   of the LV long-axis direction (1, -1, -1)/sqrt(3) (LPS; canonical axial/coronal/sagittal stacks
-  lie at 54.7 deg and are rejected); at least `MIN_POSITIONS` slice positions.
+  lie at 54.7 deg and are rejected as "not a short-axis cine"); at least `MIN_POSITIONS` positions.
+- Selection (`plan_all_series`): a single-phase candidate is rejected as "not a short-axis cine"
+  when its study (StudyInstanceUID) has a cine candidate (>= `MIN_CINE_PHASES` phases at the median
+  position); every other candidate is a scan. Candidates sharing a UID get distinct `scan_key`s.
 - Order: ImagePositionPatient projected on the unit normal (row x column cosines) flipped to have a
   positive dot product with the apex direction; ascending projection = base first. Files are
   grouped into positions by gaps larger than `POSITION_TOLERANCE_FRACTION` x the nominal slice
@@ -26,11 +36,12 @@ Rules (documented choices):
   if any file of the series lacks TriggerTime, the smallest InstanceNumber at each position
   (`'min_instance_number'`, ties and missing numbers broken by relative path).
 - Duplicate SOPInstanceUIDs: the first file (by relative path) is kept, later copies are rejected.
-- Pixels: pydicom decoders (native, RLE, deflate; JPEG/JPEG 2000 via Pillow, pylibjpeg/gdcm when
-  installed). A transfer syntax without an available decoder is rejected at header time, naming it.
+- Pixels: pydicom decoders (native, deflate; RLE, JPEG, JPEG Lossless, JPEG-LS, JPEG 2000 via the
+  pinned pylibjpeg family and pyjpegls, see docs/pacs_exports.md). A transfer syntax without an
+  available decoder is rejected at header time, naming it and the package that would decode it.
   RescaleSlope/Intercept applied; MONOCHROME1 inverted; the series' chosen-phase pixels are mapped
   from their 1st..99.5th percentiles to 0..255 uint8 (one window per scan, so intensity relations
-  between slices survive). Multi-frame and colour files are rejected (not cine short-axis input).
+  between slices survive). Colour files and multi-frame files without functional groups are rejected.
 - 128 x 128 array: the full field of view is scaled (Lanczos, i.e. antialiased) so its longer
   physical side (rows x row spacing, cols x column spacing) fills 128 px, centred on black padding,
   so anatomy keeps its aspect ratio.
@@ -39,17 +50,21 @@ Public API:
 - `Rejection(path, kind, detail)`, `.reason`; reason kinds are the `REJECT_*` constants.
 - `DicomHeader`: whitelisted header of one file.
 - `discover_files(source_dir) -> list[Path]`
-- `read_header(source_dir, path) -> DicomHeader | Rejection`
+- `read_file(source_dir, path) -> list[DicomHeader] | Rejection` (one header per frame);
+  `read_header(source_dir, path) -> DicomHeader | Rejection` (the first one)
+- `decoder_hint(transfer_syntax) -> str`: the package that would decode a syntax
 - `worker_pool(workers)`: context manager giving a spawn process pool (or None for in-process)
 - `read_headers(source_dir, files, pool=None, log=None) -> (headers, rejections)`
 - `parallel_map(function, argument_tuples, pool) -> Iterator` (results in order)
 - `drop_duplicate_instances(headers) -> (headers, rejections)`
-- `plan_series(headers) -> (SeriesPlan | None, rejections)` for the files of one SeriesInstanceUID
-- `plan_all_series(headers) -> (plans, rejections)`: duplicates + grouping + planning
+- `split_stacks(headers) -> list[list[DicomHeader]]`
+- `plan_series(headers, context="") -> (SeriesPlan | None, rejections)` for the images of one stack
+- `plan_all_series(headers) -> (plans, rejections)`: duplicates + stacks + planning + selection
 - `render_series(source_dir, plan) -> RenderedSeries` (decode, normalise, resize; raises
   `SeriesDecodeError`)
 - `read_series(series_dir, workers=1) -> OrderedSeries`: one series folder, base first, with
-  images normalised exactly as ingestion stores them and all source files per position.
+  images normalised exactly as ingestion stores them, all source files per position and, for
+  multi-frame files, their frame numbers (`OrderedSlice.frames`).
 """
 
 from __future__ import annotations
@@ -57,13 +72,15 @@ from __future__ import annotations
 import logging
 import os
 import struct
+import sys
 import time
 import zlib
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
 from multiprocessing import get_context
 from pathlib import Path
 from typing import BinaryIO
@@ -71,9 +88,11 @@ from typing import BinaryIO
 import numpy as np
 import pydicom
 from PIL import Image
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import _at_pixel_data, _read_file_meta_info, read_dataset
-from pydicom.pixels import apply_rescale, get_decoder
+from pydicom.pixels import apply_rescale, get_decoder, pixel_array
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 logger = logging.getLogger(__name__)
@@ -89,6 +108,8 @@ LOW_PERCENTILE, HIGH_PERCENTILE = 1.0, 99.5
 HEADER_CHUNK = 64
 PHASE_RULE_TRIGGER = "min_trigger_time"
 PHASE_RULE_INSTANCE = "min_instance_number"
+ORIENTATION_SPLIT_DEG = 20.0
+MIN_CINE_PHASES = 2
 
 REJECT_EMPTY_FOLDER = "empty folder"
 REJECT_UNREADABLE = "unreadable file"
@@ -105,9 +126,25 @@ REJECT_DECODE_FAILED = "pixel decoding failed"
 REJECT_SERIES_NOT_MR = "series rejected: not MR"
 REJECT_SERIES_MATRIX = "series rejected: inconsistent matrix size"
 REJECT_SERIES_NOT_PARALLEL = "series rejected: slices not parallel"
-REJECT_SERIES_NOT_SHORT_AXIS = "series rejected: not a short-axis stack"
+REJECT_SERIES_NOT_SHORT_AXIS = "series rejected: not a short-axis cine"
 REJECT_SERIES_TOO_FEW_POSITIONS = "series rejected: too few slice positions"
 REJECT_SERIES_DECODE = "series rejected: a chosen-phase file failed to decode"
+
+# Which installable package would decode a transfer syntax that has no decoder here (by UID prefix).
+_DECODER_HINTS = (
+    ("1.2.840.10008.1.2.4.5", "pylibjpeg-libjpeg (or python-gdcm)"),   # JPEG baseline/extended/P14
+    ("1.2.840.10008.1.2.4.70", "pylibjpeg-libjpeg (or python-gdcm)"),  # JPEG Lossless SV1
+    ("1.2.840.10008.1.2.4.8", "pyjpegls or pylibjpeg-libjpeg"),       # JPEG-LS
+    ("1.2.840.10008.1.2.4.94", "none: JPIP references pixels on a server; export the images"),
+    ("1.2.840.10008.1.2.4.95", "none: JPIP references pixels on a server; export the images"),
+    ("1.2.840.10008.1.2.4.204", "none: JPIP references pixels on a server; export the images"),
+    ("1.2.840.10008.1.2.4.205", "none: JPIP references pixels on a server; export the images"),
+    ("1.2.840.10008.1.2.4.9", "pylibjpeg-openjpeg (or python-gdcm)"),  # JPEG 2000
+    ("1.2.840.10008.1.2.4.20", "pylibjpeg-openjpeg"),                  # HTJ2K
+    ("1.2.840.10008.1.2.5", "pylibjpeg-rle"),                          # RLE
+    ("1.2.840.10008.1.2.4.10", "none: video syntaxes (MPEG-2/4, HEVC) need an export as images"),
+    ("1.2.840.10008.1.2.4.11", "a pydicom release with a JPEG XL plugin (not in pydicom 3.0)"),
+)
 
 _PIXEL_TAGS = {(0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)}
 _LONG_LENGTH_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
@@ -127,9 +164,29 @@ class Rejection:
         return f"{self.kind}: {self.detail}" if self.detail else self.kind
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
+class PixelLocation:
+    """Where a native (uncompressed, little-endian) single-frame file keeps its pixel values.
+
+    `offset` counts from the start of the file, or, for a deflated file, from the start of the
+    inflated data set, whose deflated stream begins at `deflate_start` in the file.
+    """
+
+    offset: int
+    length: int
+    bits_allocated: int
+    bits_stored: int
+    signed: bool
+    deflate_start: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class DicomHeader:
-    """The whitelisted, non-identifying header fields of one DICOM file."""
+    """The whitelisted, non-identifying header fields of one image (a file, or a frame of one).
+
+    Slotted, with the strings that a whole series shares interned: a 30,000-scan folder holds about
+    a million of these at once.
+    """
 
     path: str
     series_uid: str
@@ -146,6 +203,17 @@ class DicomHeader:
     trigger_time: float | None
     instance_number: int | None
     manufacturer_model: str | None
+    series_number: int | None = None
+    study_uid: str | None = None
+    frame: int | None = None
+    rescale: tuple[float, float] | None = None
+    monochrome1: bool = False
+    pixel_location: PixelLocation | None = None
+
+    @property
+    def label(self) -> str:
+        """`path`, or `path#frame=N` for frame N (1-based) of a multi-frame file."""
+        return self.path if self.frame is None else f"{self.path}#frame={self.frame}"
 
     @property
     def missing_geometry(self) -> list[str]:
@@ -176,10 +244,23 @@ class SeriesPlan:
     pixel_spacing: tuple[float, float]
     slice_thickness: float | None
     manufacturer_model: str | None
+    series_number: int | None = None
+    study_uid: str | None = None
+    scan_key: str = ""
 
     @property
     def n_files(self) -> int:
+        """Distinct source files (a multi-frame file counts once)."""
+        return len({h.path for position in self.positions for h in position.files})
+
+    @property
+    def n_images(self) -> int:
         return sum(len(position.files) for position in self.positions)
+
+    @property
+    def is_cine(self) -> bool:
+        """Several phases at (the median) position."""
+        return float(np.median([len(position.files) for position in self.positions])) >= MIN_CINE_PHASES
 
 
 @dataclass(frozen=True)
@@ -209,6 +290,7 @@ class OrderedSlice:
     image: np.ndarray
     image_128: np.ndarray
     files: tuple[str, ...]
+    frames: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -251,12 +333,48 @@ def _looks_like_raw_dataset(head: bytes) -> bool:
     return head[:2] in (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08")
 
 
-def _optional_floats(ds: pydicom.Dataset, keyword: str, count: int) -> tuple[float, ...] | None:
-    value = ds.get(keyword)
+_TEXT_VRS = frozenset({"DS", "IS", "CS", "UI"})
+
+
+@lru_cache(maxsize=256)
+def _tag_and_vr(keyword: str) -> tuple[int, str]:
+    tag = tag_for_keyword(keyword)
+    return tag, dictionary_VR(tag)
+
+
+def _values(ds: pydicom.Dataset, keyword: str) -> list | None:
+    """The element's values, or None when absent or empty.
+
+    Fast path: a numeric-string, code-string or UID element still in its raw (unconverted) form is
+    split from its ASCII bytes, which skips pydicom's per-element conversion (character set look-up,
+    value objects): that conversion was half of the header pass. Anything else goes through pydicom.
+    """
+    tag, dictionary_vr = _tag_and_vr(keyword)
+    elem = ds.get_item(tag)
+    if elem is None:
+        return None
+    value = elem.value
+    if isinstance(value, bytes):
+        vr = elem.VR or dictionary_vr
+        if vr in _TEXT_VRS:
+            text = value.decode("latin-1").strip("\x00 ")
+            return [part.strip("\x00 ") for part in text.split("\\")] if text else None
+        if vr == "US" and value and len(value) % 2 == 0 and isinstance(elem, RawDataElement):
+            return list(struct.unpack(f"{'<' if elem.is_little_endian else '>'}{len(value) // 2}H", value))
+    value = ds[tag].value
     if value is None or value == "":
         return None
-    values = list(value) if isinstance(value, list | tuple | pydicom.multival.MultiValue) else [value]
-    if len(values) != count:
+    return list(value) if isinstance(value, list | tuple | pydicom.multival.MultiValue) else [value]
+
+
+def _text(ds: pydicom.Dataset, keyword: str) -> str | None:
+    values = _values(ds, keyword)
+    return str(values[0]) if values and values[0] != "" else None
+
+
+def _optional_floats(ds: pydicom.Dataset, keyword: str, count: int) -> tuple[float, ...] | None:
+    values = _values(ds, keyword)
+    if values is None or len(values) != count:
         return None
     try:
         numbers = tuple(float(v) for v in values)
@@ -278,76 +396,224 @@ def _transfer_syntax(ds: pydicom.Dataset) -> UID:
     return ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian
 
 
+def decoder_hint(transfer_syntax: str) -> str:
+    """The package that would decode `transfer_syntax` (for rejection messages)."""
+    for prefix, package in _DECODER_HINTS:
+        if str(transfer_syntax).startswith(prefix):
+            return package
+    return "no known pydicom pixel-data plugin"
+
+
+def _unsupported_syntax(transfer_syntax: UID) -> str:
+    name = transfer_syntax.name if transfer_syntax.name != str(transfer_syntax) else "unknown syntax"
+    return f"{name} ({transfer_syntax}): no pixel decoder installed; would decode: {decoder_hint(transfer_syntax)}"
+
+
 def _decoder_available(transfer_syntax: UID) -> bool:
+    if not transfer_syntax.is_transfer_syntax:
+        return False
     try:
         return get_decoder(transfer_syntax).is_available
     except (NotImplementedError, ValueError):
         return False
 
 
-def _pixel_data_problem(handle: BinaryIO, transfer_syntax: UID, file_size: int) -> Rejection | None:
-    """Check, right where `stop_before_pixels` stopped, that a pixel element exists and fits the file."""
+def _pixel_element(handle: BinaryIO, transfer_syntax: UID,
+                   file_size: int) -> tuple[Rejection | None, tuple[int, int] | None]:
+    """Right where `stop_before_pixels` stopped: a problem with the pixel element (none, truncated),
+    and for defined-length (native) pixel data the (value offset, length) in the file."""
+    if not transfer_syntax.is_transfer_syntax:
+        return None, None  # unknown syntax: rejected as unsupported after the header checks
     if transfer_syntax.is_deflated:
-        return None  # the dataset was inflated in memory; the decoder checks the pixel length
+        return None, None  # the dataset was inflated in memory; the decoder checks the pixel length
     start = handle.tell()
     raw = handle.read(12)
     endian = "<" if transfer_syntax.is_little_endian else ">"
     if len(raw) < 8 or struct.unpack(endian + "HH", raw[:4]) not in _PIXEL_TAGS:
-        return Rejection("", REJECT_NO_PIXELS)
+        return Rejection("", REJECT_NO_PIXELS), None
     if transfer_syntax.is_implicit_VR:
         header_length, length = 8, struct.unpack(endian + "I", raw[4:8])[0]
     elif raw[4:6] in _LONG_LENGTH_VRS:
         if len(raw) < 12:
-            return Rejection("", REJECT_TRUNCATED, "file ends inside the pixel data element header")
+            return Rejection("", REJECT_TRUNCATED, "file ends inside the pixel data element header"), None
         header_length, length = 12, struct.unpack(endian + "I", raw[8:12])[0]
     else:
         header_length, length = 8, struct.unpack(endian + "H", raw[6:8])[0]
     if length == _UNDEFINED_LENGTH:
-        return None  # encapsulated (compressed) frames; the decoder validates them
+        return None, None  # encapsulated (compressed) frames; the decoder validates them
     present = file_size - start - header_length
     if present < length:
-        return Rejection("", REJECT_TRUNCATED, f"pixel data needs {length} bytes, {present} present")
-    return None
+        return Rejection("", REJECT_TRUNCATED, f"pixel data needs {length} bytes, {present} present"), None
+    return None, (start + header_length, length)
 
 
-def _header_from_dataset(relative: str, ds: pydicom.Dataset, transfer_syntax: UID) -> DicomHeader | Rejection:
-    series_uid, sop_uid = ds.get("SeriesInstanceUID"), ds.get("SOPInstanceUID")
+_NATIVE_SYNTAXES = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian})
+
+
+def _native_location(ds: pydicom.Dataset, header: DicomHeader, transfer_syntax: UID, where: tuple[int, ...] | None,
+                     deflate_start: int | None) -> PixelLocation | None:
+    """A `PixelLocation` when the fast native decode gives exactly what pydicom's would, else None."""
+    if where is None or transfer_syntax not in _NATIVE_SYNTAXES or header.frame is not None:
+        return None
+    if "ModalityLUTSequence" in ds or _text(ds, "PhotometricInterpretation") not in ("MONOCHROME1", "MONOCHROME2"):
+        return None
+    allocated, stored = _optional_int(ds, "BitsAllocated"), _optional_int(ds, "BitsStored")
+    representation = _optional_int(ds, "PixelRepresentation")
+    if allocated not in (8, 16) or not stored or stored > allocated or representation not in (0, 1):
+        return None
+    offset, length = where
+    needed = header.rows * header.cols * allocated // 8
+    if not needed or length - needed not in (0, 1):  # one pad byte for odd lengths
+        return None
+    return PixelLocation(offset=offset, length=needed, bits_allocated=allocated, bits_stored=stored,
+                         signed=representation == 1, deflate_start=deflate_start)
+
+
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+
+
+@lru_cache(maxsize=1024)
+def _shared_pair(first: float, second: float) -> tuple[float, float]:
+    """One tuple object per distinct (slope, intercept) pair, not one per image."""
+    return (first, second)
+
+
+def _optional_int(ds: pydicom.Dataset, keyword: str) -> int | None:
+    values = _values(ds, keyword)
+    try:
+        return int(values[0]) if values and values[0] != "" else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _header_from_dataset(relative: str, ds: pydicom.Dataset,
+                         transfer_syntax: UID) -> list[DicomHeader] | Rejection:
+    """One `DicomHeader` per image of the file (one per frame of a multi-frame file), or why none."""
+    meta = getattr(ds, "file_meta", None)
+    if (meta is not None and meta.get("MediaStorageSOPClassUID") == MEDIA_STORAGE_DIRECTORY) \
+            or "DirectoryRecordSequence" in ds:
+        return Rejection(relative, REJECT_NOT_IMAGE, "DICOMDIR (media index; files are found by content)")
+    series_uid, sop_uid = _text(ds, "SeriesInstanceUID"), _text(ds, "SOPInstanceUID")
     if not series_uid or not sop_uid:
         return Rejection(relative, REJECT_NOT_IMAGE, "no SeriesInstanceUID/SOPInstanceUID (e.g. DICOMDIR)")
     if "Rows" not in ds or "Columns" not in ds:
         return Rejection(relative, REJECT_NO_PIXELS, "no Rows/Columns")
-    frames = ds.get("NumberOfFrames")
-    if frames not in (None, "") and int(frames) > 1:
-        return Rejection(relative, REJECT_UNSUPPORTED_IMAGE, f"multi-frame file ({int(frames)} frames)")
-    if int(ds.get("SamplesPerPixel", 1)) != 1:
+    if (_optional_int(ds, "SamplesPerPixel") or 1) != 1:
         return Rejection(relative, REJECT_UNSUPPORTED_IMAGE, "not a greyscale image")
-    instance = ds.get("InstanceNumber")
     model = ds.get("ManufacturerModelName")
-    return DicomHeader(
+    study_uid = _text(ds, "StudyInstanceUID")
+    header = DicomHeader(
         path=relative,
-        series_uid=str(series_uid),
-        sop_uid=str(sop_uid),
-        modality=str(ds.get("Modality", "") or ""),
-        transfer_syntax=str(transfer_syntax),
-        rows=int(ds.Rows),
-        cols=int(ds.Columns),
+        series_uid=sys.intern(series_uid),
+        sop_uid=sop_uid,
+        modality=sys.intern(_text(ds, "Modality") or ""),
+        transfer_syntax=sys.intern(str(transfer_syntax)),
+        rows=_optional_int(ds, "Rows") or 0,
+        cols=_optional_int(ds, "Columns") or 0,
         image_position=_optional_floats(ds, "ImagePositionPatient", 3),
         image_orientation=_optional_floats(ds, "ImageOrientationPatient", 6),
         pixel_spacing=_optional_floats(ds, "PixelSpacing", 2),
         slice_thickness=_optional_float(ds, "SliceThickness"),
         spacing_between_slices=_optional_float(ds, "SpacingBetweenSlices"),
         trigger_time=_optional_float(ds, "TriggerTime"),
-        instance_number=int(instance) if instance not in (None, "") else None,
-        manufacturer_model=str(model) if model else None,
+        instance_number=_optional_int(ds, "InstanceNumber"),
+        manufacturer_model=sys.intern(str(model)) if model else None,
+        series_number=_optional_int(ds, "SeriesNumber"),
+        study_uid=sys.intern(study_uid) if study_uid else None,
     )
+    frames = _optional_int(ds, "NumberOfFrames")
+    if frames is None or frames <= 1:
+        slope, intercept = _optional_float(ds, "RescaleSlope"), _optional_float(ds, "RescaleIntercept")
+        both = slope is not None and intercept is not None  # as pydicom's apply_rescale
+        return [replace(header, rescale=_shared_pair(slope, intercept) if both else None,
+                        monochrome1=_text(ds, "PhotometricInterpretation") == "MONOCHROME1")]
+    if "PerFrameFunctionalGroupsSequence" not in ds:
+        return Rejection(relative, REJECT_UNSUPPORTED_IMAGE,
+                         f"multi-frame file ({frames} frames) without per-frame functional groups")
+    return _frame_headers(header, ds, frames)
+
+
+# Functional group macros read per frame (per-frame item first, then the shared item), in
+# (sequence keyword, attribute keyword, value count) form.
+_FRAME_GEOMETRY = {
+    "image_position": ("PlanePositionSequence", "ImagePositionPatient", 3),
+    "image_orientation": ("PlaneOrientationSequence", "ImageOrientationPatient", 6),
+    "pixel_spacing": ("PixelMeasuresSequence", "PixelSpacing", 2),
+    "slice_thickness": ("PixelMeasuresSequence", "SliceThickness", 1),
+    "spacing_between_slices": ("PixelMeasuresSequence", "SpacingBetweenSlices", 1),
+}
+_UNASSIGNED = ("UnassignedPerFrameConvertedAttributesSequence", "UnassignedSharedConvertedAttributesSequence")
+
+
+def _macro(groups: Sequence[pydicom.Dataset], sequence: str) -> pydicom.Dataset | None:
+    """The first item of functional group `sequence` in the per-frame item, else the shared item."""
+    for group in groups:
+        items = group.get(sequence)
+        if items:
+            return items[0]
+    return None
+
+
+def _macro_floats(groups: Sequence[pydicom.Dataset], sequence: str, keyword: str,
+                  count: int) -> tuple[float, ...] | None:
+    item = _macro(groups, sequence)
+    return _optional_floats(item, keyword, count) if item is not None else None
+
+
+def _frame_headers(file_header: DicomHeader, ds: pydicom.Dataset, frames: int) -> list[DicomHeader] | Rejection:
+    """Enhanced (and Legacy Converted Enhanced) MR: one header per frame from the functional groups.
+
+    Geometry from Plane Position / Plane Orientation / Pixel Measures; the cardiac phase time from
+    Cardiac Synchronization's NominalCardiacTriggerDelayTime, else a converted TriggerTime (Legacy
+    Converted Enhanced keeps it in the Unassigned ... Converted Attributes sequences), else the
+    file's TriggerTime; the phase fallback order from Frame Content's TemporalPositionIndex, else the
+    frame number. Rescale from Pixel Value Transformation, else the file's RescaleSlope/Intercept.
+    """
+    per_frame = ds.PerFrameFunctionalGroupsSequence
+    if len(per_frame) != frames:
+        return Rejection(file_header.path, REJECT_UNSUPPORTED_IMAGE,
+                         f"{frames} frames but {len(per_frame)} per-frame functional group items")
+    shared_items = ds.get("SharedFunctionalGroupsSequence")
+    shared = shared_items[0] if shared_items else pydicom.Dataset()
+    top_rescale = (_optional_float(ds, "RescaleSlope"), _optional_float(ds, "RescaleIntercept"))
+    monochrome1 = _text(ds, "PhotometricInterpretation") == "MONOCHROME1"
+    headers = []
+    for number, item in enumerate(per_frame, start=1):
+        groups = (item, shared)
+        values: dict = {}
+        for field_name, (sequence, keyword, count) in _FRAME_GEOMETRY.items():
+            found = _macro_floats(groups, sequence, keyword, count)
+            if found is None:
+                found = getattr(file_header, field_name)
+            elif count == 1:
+                found = found[0]
+            values[field_name] = found
+        trigger = _macro_floats(groups, "CardiacSynchronizationSequence", "NominalCardiacTriggerDelayTime", 1)
+        if trigger is None:
+            for sequence in _UNASSIGNED:
+                trigger = trigger or _macro_floats(groups, sequence, "TriggerTime", 1)
+        content = _macro(groups, "FrameContentSequence")
+        temporal = _optional_int(content, "TemporalPositionIndex") if content is not None else None
+        slope = _macro_floats(groups, "PixelValueTransformationSequence", "RescaleSlope", 1)
+        intercept = _macro_floats(groups, "PixelValueTransformationSequence", "RescaleIntercept", 1)
+        rescale = (slope[0] if slope else (top_rescale[0] or 1.0),
+                   intercept[0] if intercept else (top_rescale[1] or 0.0))
+        headers.append(replace(
+            file_header, **values, frame=number,
+            trigger_time=trigger[0] if trigger else file_header.trigger_time,
+            instance_number=temporal if temporal is not None else number,
+            rescale=rescale, monochrome1=monochrome1))
+    return headers
 
 
 DEFLATED_HEADER_BYTES = 16 * 1024
 _PIXEL_DATA_TAG_LE = struct.pack("<HH", 0x7FE0, 0x0010)
 
 
-def _read_deflated_header(handle: BinaryIO) -> pydicom.Dataset | None:
-    """Header of a deflated file by inflating only its first bytes (pydicom inflates the whole file).
+def _read_deflated_header(handle: BinaryIO) -> tuple[pydicom.Dataset, tuple[int, int, int] | None] | None:
+    """Header of a deflated file by inflating only its first bytes (pydicom inflates the whole file),
+    and (deflate start, pixel value offset in the inflated data, length) when the pixel element
+    header is within those bytes.
 
     Returns None (the caller reads the whole file) when the header does not end within
     `DEFLATED_HEADER_BYTES` of inflated data, i.e. the pixel data tag is not in sight.
@@ -356,6 +622,7 @@ def _read_deflated_header(handle: BinaryIO) -> pydicom.Dataset | None:
     meta = _read_file_meta_info(handle)
     if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
         return None
+    deflate_start = handle.tell()
     head = zlib.decompressobj(-zlib.MAX_WBITS).decompress(handle.read(), DEFLATED_HEADER_BYTES)
     end = head.find(_PIXEL_DATA_TAG_LE)
     if end < 0:
@@ -363,12 +630,25 @@ def _read_deflated_header(handle: BinaryIO) -> pydicom.Dataset | None:
     ds = read_dataset(DicomBytesIO(head[:end + 12]), is_implicit_VR=False, is_little_endian=True,
                       stop_when=_at_pixel_data)
     ds.file_meta = meta
+    element = head[end:end + 12]
+    where = None
+    if len(element) == 12 and element[4:6] in (b"OB", b"OW"):
+        where = (deflate_start, end + 12, struct.unpack("<I", element[8:12])[0])
     return pydicom.FileDataset("", ds, preamble=b"\0" * 128, file_meta=meta, is_implicit_VR=False,
-                               is_little_endian=True)
+                               is_little_endian=True), where
 
 
 def read_header(source_dir: Path, path: Path) -> DicomHeader | Rejection:
-    """Read one file's header (no pixels) into a `DicomHeader`, or say why it is unusable."""
+    """Read one single-frame file's header (no pixels) into a `DicomHeader`, or say why it is unusable.
+
+    For a multi-frame file this is its first frame; `read_file` gives every frame.
+    """
+    result = read_file(source_dir, path)
+    return result if isinstance(result, Rejection) else result[0]
+
+
+def read_file(source_dir: Path, path: Path) -> list[DicomHeader] | Rejection:
+    """Read one file's header (no pixels): one `DicomHeader` per image (frame), or why it is unusable."""
     relative = path.relative_to(source_dir).as_posix()
     try:
         with open(path, "rb") as handle:
@@ -380,13 +660,21 @@ def read_header(source_dir: Path, path: Path) -> DicomHeader | Rejection:
             handle.seek(0)
             try:
                 with _quiet_pydicom():
-                    ds = _read_deflated_header(handle) if has_preamble else None
-                    if ds is None:
+                    deflated = _read_deflated_header(handle) if has_preamble else None
+                    deflate_start = None
+                    if deflated is None:
                         handle.seek(0)
                         ds = pydicom.dcmread(handle, stop_before_pixels=True, force=not has_preamble)
-                    transfer_syntax = _transfer_syntax(ds)
-                    problem = _pixel_data_problem(handle, transfer_syntax, file_size)
+                        transfer_syntax = _transfer_syntax(ds)
+                        problem, where = _pixel_element(handle, transfer_syntax, file_size)
+                    else:
+                        (ds, located), problem = deflated, None
+                        transfer_syntax = _transfer_syntax(ds)
+                        deflate_start, where = (located[0], located[1:]) if located else (None, None)
                     header = _header_from_dataset(relative, ds, transfer_syntax)
+                    if not isinstance(header, Rejection) and len(header) == 1:
+                        location = _native_location(ds, header[0], transfer_syntax, where, deflate_start)
+                        header = [replace(header[0], pixel_location=location)] if location else header
             except Exception as exc:  # pydicom raises many types on malformed input
                 kind = REJECT_BAD_HEADER if has_preamble else REJECT_NOT_DICOM
                 return Rejection(relative, kind, type(exc).__name__)
@@ -399,13 +687,12 @@ def read_header(source_dir: Path, path: Path) -> DicomHeader | Rejection:
     if problem is not None:
         return Rejection(relative, problem.kind, problem.detail)
     if not _decoder_available(transfer_syntax):
-        return Rejection(relative, REJECT_UNSUPPORTED_TS,
-                         f"{transfer_syntax.name} ({transfer_syntax}): no pixel decoder installed")
+        return Rejection(relative, REJECT_UNSUPPORTED_TS, _unsupported_syntax(transfer_syntax))
     return header
 
 
-def _read_header_chunk(source_dir: Path, paths: list[Path]) -> list[DicomHeader | Rejection]:
-    return [read_header(source_dir, path) for path in paths]
+def _read_header_chunk(source_dir: Path, paths: list[Path]) -> list[list[DicomHeader] | Rejection]:
+    return [read_file(source_dir, path) for path in paths]
 
 
 def read_headers(
@@ -414,20 +701,27 @@ def read_headers(
     pool: Executor | None = None,
     log: Callable[[str], None] | None = None,
 ) -> tuple[list[DicomHeader], list[Rejection]]:
-    """Read all headers in chunks (in `pool` if given, see `worker_pool`); logs counts and rates."""
+    """Read all headers in chunks (in `pool` if given, see `worker_pool`); logs counts and rates.
+
+    `headers` holds one entry per image: a multi-frame file contributes one per frame.
+    """
     log = log or logger.info
     chunks = [list(files[i:i + HEADER_CHUNK]) for i in range(0, len(files), HEADER_CHUNK)]
     headers: list[DicomHeader] = []
     rejections: list[Rejection] = []
     started = time.perf_counter()
-    done = 0
+    done = dicom_files = 0
     for results in parallel_map(_read_header_chunk, [(source_dir, chunk) for chunk in chunks], pool):
         for result in results:
-            (rejections if isinstance(result, Rejection) else headers).append(result)
+            if isinstance(result, Rejection):
+                rejections.append(result)
+            else:
+                headers.extend(result)
+                dicom_files += 1
         done += len(results)
         if done % (HEADER_CHUNK * 8) == 0 or done == len(files):
             rate = done / max(time.perf_counter() - started, 1e-9)
-            log(f"headers: {done}/{len(files)} files read, {len(headers)} DICOM, "
+            log(f"headers: {done}/{len(files)} files read, {dicom_files} DICOM ({len(headers)} images), "
                 f"{len(rejections)} rejected ({rate:.0f} files/s)")
     return headers, rejections
 
@@ -458,27 +752,55 @@ def parallel_map(function: Callable, argument_tuples: list[tuple], pool: Executo
 
 
 def drop_duplicate_instances(headers: Sequence[DicomHeader]) -> tuple[list[DicomHeader], list[Rejection]]:
-    """Keep the first file (by relative path) of each SOPInstanceUID; reject later copies."""
-    first_path: dict[str, str] = {}
+    """Keep the first file (by relative path) of each SOPInstanceUID (and frame); reject later copies."""
+    first_path: dict[tuple[str, int | None], str] = {}
     kept: list[DicomHeader] = []
-    rejections: list[Rejection] = []
-    for header in sorted(headers, key=lambda h: h.path):
-        if header.sop_uid in first_path:
-            detail = f"same instance as {first_path[header.sop_uid]}"
-            rejections.append(Rejection(header.path, REJECT_DUPLICATE, detail))
+    duplicates: dict[str, str] = {}
+    for header in sorted(headers, key=lambda h: (h.path, h.frame or 0)):
+        key = (header.sop_uid, header.frame)
+        if key in first_path and first_path[key] != header.path:
+            duplicates.setdefault(header.path, first_path[key])
         else:
-            first_path[header.sop_uid] = header.path
+            first_path[key] = header.path
             kept.append(header)
+    kept = [h for h in kept if h.path not in duplicates]  # a copied multi-frame file goes whole
+    rejections = [Rejection(path, REJECT_DUPLICATE, f"same instance as {first}") for path, first in duplicates.items()]
     return kept, rejections
 
 
 def _unit_normal(orientation: Sequence[float]) -> np.ndarray:
-    normal = np.cross(np.asarray(orientation[:3]), np.asarray(orientation[3:]))
-    return normal / np.linalg.norm(normal)
+    """Row x column direction cosines, normalised (cached: a stack's images share one orientation)."""
+    return _unit_normal_cached(tuple(orientation))
+
+
+@lru_cache(maxsize=65536)
+def _unit_normal_cached(orientation: tuple[float, ...]) -> np.ndarray:
+    (a1, a2, a3), (b1, b2, b3) = orientation[:3], orientation[3:]  # plain floats: np.cross costs ~50 us
+    normal = np.array([a2 * b3 - a3 * b2, a3 * b1 - a1 * b3, a1 * b2 - a2 * b1])
+    normal /= np.linalg.norm(normal)
+    normal.setflags(write=False)
+    return normal
+
+
+def _frame_ranges(numbers: Sequence[int]) -> str:
+    """1, 2, 3, 7 -> "1-3, 7"."""
+    ordered = sorted(set(numbers))
+    runs: list[list[int]] = []
+    for number in ordered:
+        if runs and number == runs[-1][1] + 1:
+            runs[-1][1] = number
+        else:
+            runs.append([number, number])
+    return ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in runs)
 
 
 def _reject_all(headers: Sequence[DicomHeader], kind: str, detail: str) -> list[Rejection]:
-    return [Rejection(header.path, kind, detail) for header in headers]
+    """One rejection per file; for a multi-frame file the reason names the frames it concerns."""
+    frames: dict[str, list[int]] = defaultdict(list)
+    for header in headers:
+        frames[header.path].extend([header.frame] if header.frame is not None else [])
+    return [Rejection(path, kind, f"{detail} (frames {_frame_ranges(numbers)})" if numbers else detail)
+            for path, numbers in frames.items()]
 
 
 def _group_positions(projections: np.ndarray, tolerance_mm: float) -> list[np.ndarray]:
@@ -490,36 +812,47 @@ def _group_positions(projections: np.ndarray, tolerance_mm: float) -> list[np.nd
 
 def _phase_key(rule: str) -> Callable[[DicomHeader], tuple]:
     def by_instance(h: DicomHeader) -> tuple:
-        return (h.instance_number is None, h.instance_number or 0, h.path)
+        return (h.instance_number is None, h.instance_number or 0, h.path, h.frame or 0)
 
     if rule == PHASE_RULE_TRIGGER:
         return lambda h: (h.trigger_time, *by_instance(h))
     return by_instance
 
 
-def plan_series(headers: Sequence[DicomHeader]) -> tuple[SeriesPlan | None, list[Rejection]]:
-    """Validate one SeriesInstanceUID's files and order them base -> apex; rejections say why."""
+def _most_common(values: Sequence[str | None]) -> str | None:
+    present = [v for v in values if v]
+    return max(sorted(set(present)), key=present.count) if present else None
+
+
+def plan_series(headers: Sequence[DicomHeader], context: str = "") -> tuple[SeriesPlan | None, list[Rejection]]:
+    """Validate one stack's images and order them base -> apex; rejections say why.
+
+    `context` (e.g. "series 3, 256x256, 15 images") prefixes the reasons of a stack-wide rejection.
+    """
+    prefix = f"{context}: " if context else ""
     modality = headers[0].modality
     if any(h.modality != "MR" for h in headers):
-        return None, _reject_all(headers, REJECT_SERIES_NOT_MR, f"modality {modality or 'missing'}")
+        return None, _reject_all(headers, REJECT_SERIES_NOT_MR, f"{prefix}modality {modality or 'missing'}")
+    missing = [h for h in headers if h.missing_geometry]
     rejections = [Rejection(h.path, REJECT_MISSING_GEOMETRY, ", ".join(h.missing_geometry))
-                  for h in headers if h.missing_geometry]
+                  for h in {h.path: h for h in missing}.values()]
     usable = [h for h in headers if not h.missing_geometry]
     if not usable:
         return None, rejections
     if len({(h.rows, h.cols) for h in usable}) > 1:
-        return None, rejections + _reject_all(usable, REJECT_SERIES_MATRIX, "files differ in Rows/Columns")
+        return None, rejections + _reject_all(usable, REJECT_SERIES_MATRIX, f"{prefix}files differ in Rows/Columns")
     normals = np.stack([_unit_normal(h.image_orientation) for h in usable])
     reference = normals[0] if normals[0] @ APEX_DIRECTION_LPS >= 0 else -normals[0]
     worst_deg = float(np.degrees(np.arccos(np.clip(np.abs(normals @ reference).min(), -1.0, 1.0))))
     if worst_deg > PARALLEL_TOLERANCE_DEG:
         return None, rejections + _reject_all(
-            usable, REJECT_SERIES_NOT_PARALLEL, f"slice normals differ by up to {worst_deg:.1f} deg")
+            usable, REJECT_SERIES_NOT_PARALLEL, f"{prefix}slice normals differ by up to {worst_deg:.1f} deg")
     axis_deg = float(np.degrees(np.arccos(np.clip(reference @ APEX_DIRECTION_LPS, -1.0, 1.0))))
     if axis_deg > SHORT_AXIS_MAX_ANGLE_DEG:
         return None, rejections + _reject_all(
             usable, REJECT_SERIES_NOT_SHORT_AXIS,
-            f"stack normal {axis_deg:.0f} deg from the LV long axis (limit {SHORT_AXIS_MAX_ANGLE_DEG:.0f})")
+            f"{prefix}stack normal {axis_deg:.0f} deg from the LV long axis (limit {SHORT_AXIS_MAX_ANGLE_DEG:.0f}; "
+            "a localizer, long-axis or transverse stack)")
     projections = np.array([np.asarray(h.image_position) @ reference for h in usable])
     nominal = next((v for v in (_median([h.spacing_between_slices for h in usable]),
                                 _median([h.slice_thickness for h in usable])) if v and v > 0), None)
@@ -528,7 +861,7 @@ def plan_series(headers: Sequence[DicomHeader]) -> tuple[SeriesPlan | None, list
     if len(groups) < MIN_POSITIONS:
         return None, rejections + _reject_all(
             usable, REJECT_SERIES_TOO_FEW_POSITIONS,
-            f"{len(groups)} slice position(s), a short-axis stack needs at least {MIN_POSITIONS}")
+            f"{prefix}{len(groups)} slice position(s), a short-axis stack needs at least {MIN_POSITIONS}")
     rule = PHASE_RULE_TRIGGER if all(h.trigger_time is not None for h in usable) else PHASE_RULE_INSTANCE
     key = _phase_key(rule)
     centres = [float(projections[group].mean()) for group in groups]
@@ -547,6 +880,9 @@ def plan_series(headers: Sequence[DicomHeader]) -> tuple[SeriesPlan | None, list
         pixel_spacing=first.pixel_spacing,
         slice_thickness=_median([h.slice_thickness for h in usable]),
         manufacturer_model=first.manufacturer_model,
+        series_number=first.series_number,
+        study_uid=_most_common([h.study_uid for h in usable]),
+        scan_key=first.series_uid,
     )
     return plan, rejections
 
@@ -556,33 +892,151 @@ def _median(values: Sequence[float | None]) -> float | None:
     return float(np.median(present)) if present else None
 
 
+def split_stacks(headers: Sequence[DicomHeader]) -> list[list[DicomHeader]]:
+    """Group images into stacks by what they are, not only by the UID they carry.
+
+    Key: SeriesInstanceUID, SeriesNumber and matrix size; within that, orientations more than
+    `ORIENTATION_SPLIT_DEG` apart are separate stacks (the three planes of a localizer, or a series
+    an anonymiser gave the cine's UID). Images without orientation stay with the first stack of
+    their key (they are rejected there for missing geometry). Stacks come sorted by their first path.
+    """
+    by_key: dict[tuple, list[DicomHeader]] = defaultdict(list)
+    for header in sorted(headers, key=lambda h: (h.path, h.frame or 0)):
+        by_key[(header.series_uid, header.series_number, header.rows, header.cols)].append(header)
+    cos_limit = np.cos(np.radians(ORIENTATION_SPLIT_DEG))
+    stacks: list[list[DicomHeader]] = []
+    for group in by_key.values():
+        references: list[np.ndarray] = []
+        members: list[list[DicomHeader]] = []
+        loose: list[DicomHeader] = []
+        for header in group:
+            if header.image_orientation is None:
+                loose.append(header)
+                continue
+            normal = _unit_normal(header.image_orientation)
+            index = next((i for i, ref in enumerate(references) if abs(normal @ ref) >= cos_limit), None)
+            if index is None:
+                references.append(normal)
+                members.append([])
+                index = len(members) - 1
+            members[index].append(header)
+        if loose and members:
+            members[0].extend(loose)
+        elif loose:
+            members.append(loose)
+        stacks.extend(members)
+    return sorted(stacks, key=lambda stack: (stack[0].path, stack[0].frame or 0))
+
+
+def _describe(stack: Sequence[DicomHeader]) -> str:
+    first = stack[0]
+    number = f"series {first.series_number}" if first.series_number is not None else "series"
+    return f"{number}, {first.rows}x{first.cols}, {len(stack)} images"
+
+
 def plan_all_series(headers: Sequence[DicomHeader]) -> tuple[list[SeriesPlan], list[Rejection]]:
-    """Drop duplicate instances, group by SeriesInstanceUID and plan each series (sorted by UID)."""
+    """Drop duplicates, split into stacks (`split_stacks`), plan each stack and select the cines.
+
+    Selection rule: every stack that passes `plan_series` (MR, parallel, short-axis by geometry,
+    enough positions) is a candidate. A candidate with one phase per position is rejected as "not a
+    short-axis cine" when a cine candidate (several phases per position) exists in the same study
+    (StudyInstanceUID), e.g. late-enhancement or mapping stacks; a study with no cine keeps its
+    single-phase stack. Plans sharing a SeriesInstanceUID get distinct `scan_key`s.
+    """
     kept, rejections = drop_duplicate_instances(headers)
-    by_series: dict[str, list[DicomHeader]] = defaultdict(list)
-    for header in kept:
-        by_series[header.series_uid].append(header)
+    stacks = split_stacks(kept)
+    uid_stacks = defaultdict(int)
+    for stack in stacks:
+        uid_stacks[stack[0].series_uid] += 1
     plans: list[SeriesPlan] = []
-    for series_uid in sorted(by_series):
-        plan, series_rejections = plan_series(by_series[series_uid])
-        rejections.extend(series_rejections)
+    for stack in stacks:
+        context = _describe(stack) if uid_stacks[stack[0].series_uid] > 1 else ""
+        plan, stack_rejections = plan_series(stack, context)
+        rejections.extend(stack_rejections)
         if plan is not None:
             plans.append(plan)
-    return plans, rejections
+    cine_studies = {plan.study_uid: plan for plan in plans if plan.is_cine}
+    selected: list[SeriesPlan] = []
+    for plan in plans:
+        cine = cine_studies.get(plan.study_uid)
+        if plan.is_cine or cine is None:
+            selected.append(plan)
+            continue
+        images = [h for position in plan.positions for h in position.files]
+        other = f"series {cine.series_number}" if cine.series_number is not None else "another series"
+        rejections.extend(_reject_all(images, REJECT_SERIES_NOT_SHORT_AXIS,
+                                      f"{_describe(images)}: one phase per position, and the study has "
+                                      f"a short-axis cine ({other})"))
+    counts = defaultdict(int)
+    for plan in selected:
+        counts[plan.series_uid] += 1
+    return [_with_scan_key(plan) if counts[plan.series_uid] > 1 else plan for plan in selected], rejections
+
+
+def _with_scan_key(plan: SeriesPlan) -> SeriesPlan:
+    """A key that tells apart stacks sharing one SeriesInstanceUID (the plain UID otherwise)."""
+    normal = _unit_normal(plan.positions[0].chosen.image_orientation)
+    signature = ",".join(f"{v:.2f}" for v in (normal if normal @ APEX_DIRECTION_LPS >= 0 else -normal))
+    return replace(plan, scan_key=f"{plan.series_uid}|{plan.series_number}|{plan.rows}x{plan.cols}|{signature}")
 
 
 # ---------------------------------------------------------------- pixels
 
 
+def _rescaled(stored: np.ndarray, rescale: tuple[float, float] | None) -> np.ndarray:
+    """Stored values to float32 the way pydicom's `apply_rescale` does (float64 arithmetic)."""
+    if rescale is None:
+        return stored.astype(np.float32)
+    return (stored.astype(np.float64) * rescale[0] + rescale[1]).astype(np.float32)
+
+
+def _read_native(path: Path, header: DicomHeader) -> np.ndarray:
+    """Stored pixel values read straight from their bytes (one read, no second header parse).
+
+    Matches pydicom's native decoder: values are masked to BitsStored, and sign-extended from it
+    when PixelRepresentation is 1.
+    """
+    where = header.pixel_location
+    with open(path, "rb") as handle:
+        if where.deflate_start is None:
+            handle.seek(where.offset)
+            data = handle.read(where.length)
+        else:
+            handle.seek(where.deflate_start)
+            inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+            data = inflater.decompress(handle.read(), where.offset + where.length)[where.offset:]
+    if len(data) != where.length:
+        raise ValueError(f"pixel data: {len(data)} of {where.length} bytes")
+    values = np.frombuffer(data, dtype="<u2" if where.bits_allocated == 16 else "u1").reshape(header.rows, header.cols)
+    if where.bits_stored < where.bits_allocated:
+        values = values & np.asarray((1 << where.bits_stored) - 1, dtype=values.dtype)
+    if not where.signed:
+        return values
+    wide = values.astype(np.int32)
+    return np.where(wide >= 1 << (where.bits_stored - 1), wide - (1 << where.bits_stored), wide)
+
+
 def _decode(source_dir: Path, header: DicomHeader) -> np.ndarray:
-    """Rescaled float pixels of one file, MONOCHROME1 inverted so brighter is always more signal."""
+    """Rescaled float pixels of one image, MONOCHROME1 inverted so brighter is always more signal.
+
+    A frame of a multi-frame file is decoded alone (pydicom reads only that frame's bytes) and
+    rescaled with its own Pixel Value Transformation from the header.
+    """
     try:
         with _quiet_pydicom():
-            ds = pydicom.dcmread(source_dir / header.path, force=True)
-            if "TransferSyntaxUID" not in ds.file_meta:
-                ds.file_meta.TransferSyntaxUID = UID(header.transfer_syntax)
-            pixels = apply_rescale(ds.pixel_array, ds).astype(np.float32)
-            inverted = ds.get("PhotometricInterpretation") == "MONOCHROME1"
+            if header.pixel_location is not None:
+                pixels = _rescaled(_read_native(source_dir / header.path, header), header.rescale)
+                inverted = header.monochrome1
+            elif header.frame is not None:
+                frame = pixel_array(source_dir / header.path, index=header.frame - 1)
+                pixels = _rescaled(frame, header.rescale)
+                inverted = header.monochrome1
+            else:
+                ds = pydicom.dcmread(source_dir / header.path, force=True)
+                if "TransferSyntaxUID" not in ds.file_meta:
+                    ds.file_meta.TransferSyntaxUID = UID(header.transfer_syntax)
+                pixels = apply_rescale(ds.pixel_array, ds).astype(np.float32)
+                inverted = ds.get("PhotometricInterpretation") == "MONOCHROME1"
     except Exception as exc:  # any decoder failure rejects the file, by name
         raise SeriesDecodeError(Rejection(header.path, REJECT_DECODE_FAILED, type(exc).__name__)) from exc
     if pixels.shape != (header.rows, header.cols):
@@ -623,6 +1077,15 @@ def render_series(source_dir: Path, plan: SeriesPlan) -> RenderedSeries:
 # ---------------------------------------------------------------- one series folder
 
 
+def _frames_by_file(images: Sequence[DicomHeader]) -> dict[str, tuple[int, ...]]:
+    """Frame numbers (1-based, phase order) per multi-frame file; empty for single-frame files."""
+    frames: dict[str, list[int]] = defaultdict(list)
+    for header in images:
+        if header.frame is not None:
+            frames[header.path].append(header.frame)
+    return {path: tuple(numbers) for path, numbers in frames.items()}
+
+
 def read_series(series_dir: Path, workers: int = 1) -> OrderedSeries:
     """Read one series folder base -> apex, the way ingestion does (for the slice filter).
 
@@ -647,7 +1110,8 @@ def read_series(series_dir: Path, workers: int = 1) -> OrderedSeries:
             trigger_time_ms=position.chosen.trigger_time,
             image=image,
             image_128=small,
-            files=tuple(h.path for h in position.files),
+            files=tuple(dict.fromkeys(h.path for h in position.files)),
+            frames=_frames_by_file(position.files),
         )
         for index, (position, image, small) in enumerate(
             zip(plans[0].positions, rendered.images, rendered.array, strict=True))

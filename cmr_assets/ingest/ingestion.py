@@ -42,7 +42,7 @@ from typing import Any
 
 import duckdb
 
-from cmr_assets.ingest.deid import load_or_create_key, scan_id_for, source_root_hash
+from cmr_assets.ingest.deid import load_or_create_key, scan_id_for, source_root_hash, study_key_for
 from cmr_assets.ingest.dicom_series import (
     REJECT_EMPTY_FOLDER,
     REJECT_SERIES_DECODE,
@@ -111,17 +111,18 @@ def connect(database: Database) -> Iterator[duckdb.DuckDBPyConnection]:
 
 
 def _render_and_write(source_dir: Path, plan: SeriesPlan, scan_id: str, paths_root: Path,
-                      ingested_at: datetime) -> tuple[dict, list[dict]] | list[Rejection]:
+                      ingested_at: datetime, study_key: str | None = None) -> tuple[dict, list[dict]] | list[Rejection]:
     """Worker: decode one planned scan, write its images, return its rows (or why it failed)."""
     try:
         rendered = render_series(source_dir, plan)
     except SeriesDecodeError as exc:
         bad = exc.rejection
-        others = [Rejection(h.path, REJECT_SERIES_DECODE, f"{bad.path} ({bad.detail})")
-                  for position in plan.positions for h in position.files if h.path != bad.path]
+        paths = dict.fromkeys(h.path for position in plan.positions for h in position.files)
+        others = [Rejection(path, REJECT_SERIES_DECODE, f"{bad.path} ({bad.detail})")
+                  for path in paths if path != bad.path]
         return [bad, *others]
     files = write_scan_files(DataPaths(paths_root), scan_id, rendered)
-    return scan_rows(scan_id, rendered, files, ingested_at)
+    return scan_rows(scan_id, rendered, files, ingested_at, study_key)
 
 
 def _store_new_scans(tasks: list[tuple], pool: Executor | None, database: Database, report: IngestReport,
@@ -178,7 +179,7 @@ def ingest_folder(
             headers, rejections = read_headers(source_dir, files, pool, log)
         else:
             headers, rejections = [], [Rejection(".", REJECT_EMPTY_FOLDER, "no files found")]
-        report.dicom_files = len(headers)
+        report.dicom_files = len({h.path for h in headers})
         report.series_found = len({h.series_uid for h in headers})
         plans, plan_rejections = plan_all_series(headers)
         rejections.extend(plan_rejections)
@@ -188,9 +189,9 @@ def ingest_folder(
         with connect(database) as con:
             ensure_schema(con)
             stored = existing_scan_ids(con)
-        scan_ids = {plan.series_uid: scan_id_for(plan.series_uid, key) for plan in plans}
-        tasks = [(source_dir, plan, scan_ids[plan.series_uid], paths.root, now)
-                 for plan in plans if scan_ids[plan.series_uid] not in stored]
+        scan_ids = {plan.scan_key: scan_id_for(plan.scan_key, key) for plan in plans}
+        tasks = [(source_dir, plan, scan_ids[plan.scan_key], paths.root, now, study_key_for(plan.study_uid, key))
+                 for plan in plans if scan_ids[plan.scan_key] not in stored]
         report.scans_skipped_existing = len(plans) - len(tasks)
         if report.scans_skipped_existing:
             log(f"incremental: {report.scans_skipped_existing} scans already stored, skipped")

@@ -83,3 +83,14 @@ def test_synthetic_only_models_get_a_warning():
     assert "synthetic" in synthetic_only_warning({})  # no provenance: assume the worst
     assert synthetic_only_warning({"cmr.training_data": "mixed"}) is None
     assert synthetic_only_warning({"cmr.training_data": "real"}) is None
+
+
+def test_decide_names_the_frames_of_a_multiframe_file():
+    blank = np.zeros((8, 8), dtype=np.uint8)
+    slices = tuple(OrderedSlice(k, 10.0 * k, 0.0, blank, blank, ("enhanced.dcm",),
+                                {"enhanced.dcm": (k + 4, k + 1)}) for k in range(3))
+    series = OrderedSeries(Path("."), "min_trigger_time", 10.0, slices, ())
+    decisions = decide(series, np.tile([0.1, 0.8, 0.1], (3, 1)))
+    assert [d.files for d in decisions] == [["enhanced.dcm"]] * 3
+    assert [d.frames for d in decisions] == [{"enhanced.dcm": [4, 1]}, {"enhanced.dcm": [5, 2]},
+                                             {"enhanced.dcm": [6, 3]}]

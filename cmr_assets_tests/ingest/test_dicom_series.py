@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
-from pydicom.uid import DeflatedExplicitVRLittleEndian, RLELossless
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
 
 from cmr_assets.ingest.dicom_series import (
     PHASE_RULE_INSTANCE,
@@ -176,3 +176,40 @@ def test_resize_keeps_physical_aspect_of_the_full_field_of_view() -> None:
     assert filled_rows.min() == 32 and filled_rows.max() == 95  # 64 rows of content, centred
     anisotropic = resize_field_of_view(np.full((100, 100), 200, dtype=np.uint8), (2.0, 1.0))
     assert np.flatnonzero(anisotropic.max(axis=0) > 0).size == 64  # 100 mm wide of 200 mm tall
+
+
+@pytest.mark.parametrize("layout", ["u16_stored12", "s16_stored12", "s16", "u8_odd", "monochrome1_implicit",
+                                    "deflated", "rle"])
+def test_native_fast_decode_matches_pydicom(tmp_path: Path, layout: str) -> None:
+    """Native pixels are read from the offset found in the header pass; the values must be pydicom's."""
+    from dataclasses import replace
+
+    from cmr_assets.ingest.dicom_series import _decode
+
+    [path] = write_series(tmp_path, SeriesSpec(n_positions=1, n_phases=1, rows=7, cols=9))
+    ds = pydicom.dcmread(path)
+    rng = np.random.default_rng(0)
+    if layout.startswith(("u16", "s16")):
+        ds.BitsStored = 12 if "stored12" in layout else 16
+        ds.HighBit = ds.BitsStored - 1
+        ds.PixelRepresentation = 1 if layout.startswith("s") else 0
+        ds.PixelData = rng.integers(0, 1 << 16, size=(7, 9)).astype(np.uint16).tobytes()  # bits above BitsStored set
+    elif layout == "u8_odd":
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+        ds.PixelData = rng.integers(0, 256, size=(7, 9)).astype(np.uint8).tobytes()  # 63 bytes: one pad byte
+    save_kwargs = {}
+    if layout == "monochrome1_implicit":
+        ds.PhotometricInterpretation = "MONOCHROME1"
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        save_kwargs = {"implicit_vr": True, "little_endian": True}
+    elif layout == "deflated":
+        ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    elif layout == "rle":
+        ds.compress(RLELossless)
+    ds.save_as(path, **save_kwargs)
+    header = read_header(tmp_path, path)
+    assert isinstance(header, DicomHeader)
+    assert (header.pixel_location is None) == (layout == "rle")  # compressed data stays with pydicom
+    fast, reference = _decode(tmp_path, header), _decode(tmp_path, replace(header, pixel_location=None))
+    assert fast.dtype == reference.dtype == np.float32 and np.array_equal(fast, reference)
+    assert header.monochrome1 == (layout == "monochrome1_implicit") and header.rescale == (2.0, -10.0)
