@@ -45,9 +45,10 @@ retrain_job = dg.define_asset_job(
 
 
 def _folder_sensor_tick(context: dg.SensorEvaluationContext, folder, patterns, what: str,
-                        already_done: Callable[[list[FileStamp]], list[FileStamp]] | None = None):
+                        already_done: Callable[[list[FileStamp]], list[FileStamp]] | None = None,
+                        stamps: list[FileStamp] | None = None):
     """One run per changed listing; `already_done` drops files whose work is already stored."""
-    stamps = scan_folder(folder, patterns)
+    stamps = scan_folder(folder, patterns) if stamps is None else stamps
     before = parse_cursor(context.cursor)
     if not stamps and before is None:
         return dg.SkipReason(f"no {what} in {folder}")
@@ -89,8 +90,10 @@ def annotation_files_sensor(context: dg.SensorEvaluationContext, data_paths: Dat
     Files already ingested (e.g. the demo's, when the daemon first starts) start no run.
     """
     paths = data_paths.paths()
+    # the same entries ingestion looks at: the folder's own `*.jsonl`, symlinks listed (not followed)
+    stamps = scan_folder(paths.annotations_incoming, ANNOTATION_PATTERNS, recursive=False, follow_symlinks=False)
     return _folder_sensor_tick(context, paths.annotations_incoming, ANNOTATION_PATTERNS, "annotation files",
-                               ingested_annotation_files(paths.duckdb))
+                               ingested_annotation_files(paths.duckdb), stamps)
 
 
 @dg.sensor(job=ingest_new_scans_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)

@@ -134,3 +134,16 @@ def test_files_already_ingested_start_no_run_but_a_new_one_does(data_paths, inst
     touch(write_annotation_file([single("s-000002", "scan1-01")], incoming, "single", "sim-expert-1"), 2_000)
     fired, _ = tick(annotation_files_sensor, data_paths, instance, cursor)
     assert isinstance(fired, dg.RunRequest)
+
+
+def test_rejected_symlink_counts_as_handled_and_subfolders_are_not_watched(data_paths, instance, tmp_path) -> None:
+    incoming = data_paths.annotations_incoming
+    outside = write_annotation_file([single()], tmp_path / "elsewhere", "single", "sim-expert-1")
+    (incoming / "link.jsonl").symlink_to(outside)
+    with duckdb.connect(str(data_paths.duckdb)) as con:
+        con.execute("CREATE TABLE tasks_single (task_id VARCHAR, annotator_id VARCHAR, slice_id VARCHAR, kind VARCHAR)")
+        con.execute("CREATE TABLE tasks_ranking (batch_id VARCHAR, annotator_id VARCHAR, slice_ids VARCHAR[])")
+        assert ingest_annotation_files(incoming, con, ROSTER).files_rejected == ["link.jsonl"]
+    write_annotation_file([single("s-000002", "scan1-01")], incoming / "nested", "single", "sim-expert-1")
+    skipped, _ = tick(annotation_files_sensor, data_paths, instance, None)
+    assert isinstance(skipped, dg.SkipReason) and "already ingested" in skipped.skip_message
