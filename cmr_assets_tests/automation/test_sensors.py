@@ -43,13 +43,14 @@ def selected_keys(job_name: str) -> set[str]:
     return {key.to_user_string() for key in job.asset_layer.executable_asset_keys}
 
 
-def test_annotation_sensor_targets_ingestion_labels_models_and_evaluation() -> None:
-    assert annotation_files_sensor.job_name == "relabel_and_retrain"
-    keys = selected_keys("relabel_and_retrain")
-    assert {"raw_annotations_single", "raw_annotations_ranking", "labels_single", "labels_ranking",
-            "observer_agreement", "model_single", "model_ranking", "evaluation_report"} <= keys
-    assert not keys & {"synthetic_cohort", "raw_scans", "slices", "labelling_tasks_single",
-                       "labelling_tasks_ranking", "simulated_annotations_single"}
+def test_annotation_sensor_relabels_without_training() -> None:
+    assert annotation_files_sensor.job_name == "relabel"
+    keys = selected_keys("relabel")
+    assert keys == {"raw_annotations_single", "raw_annotations_ranking", "labels_single", "labels_ranking",
+                    "observer_agreement", "dataset_split"}
+    assert selected_keys("retrain_models") == {"model_single", "model_ranking", "evaluation_report"}
+    assert defs.resolve_job_def("retrain_models").tags["cmr/lane"] == "retrain"
+    assert defs.resolve_job_def("relabel").tags["cmr/lane"] == "relabel"
 
 
 def test_new_annotation_file_triggers_exactly_one_run_then_skips(data_paths, instance) -> None:
@@ -58,7 +59,7 @@ def test_new_annotation_file_triggers_exactly_one_run_then_skips(data_paths, ins
     touch(write_annotation_file([single()], data_paths.annotations_incoming, "single", "sim-expert-1"), 1_000)
     result, cursor = tick(annotation_files_sensor, data_paths, instance, None)
     assert isinstance(result, dg.RunRequest) and result.run_key and cursor
-    assert result.job_name in (None, "relabel_and_retrain") and result.tags["cmr/new_files"] == "1"
+    assert result.job_name in (None, "relabel") and result.tags["cmr/new_files"] == "1"
     again, same_cursor = tick(annotation_files_sensor, data_paths, instance, cursor)
     assert isinstance(again, dg.SkipReason) and same_cursor == cursor
 
