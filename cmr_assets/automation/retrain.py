@@ -38,7 +38,6 @@ import pandas as pd
 
 from cmr_assets.duckdb_io import read_table
 from cmr_assets.resources import MlflowResource
-from cmr_assets.settings import REGISTERED_MODEL_NAMES
 from cmr_assets.training.dataset import label_hash, labelled_rows
 
 STRATEGIES = ("ranking", "single")
@@ -73,18 +72,7 @@ def current_label_hashes(database: Path) -> dict[str, str | None]:
 
 def last_trained_label_hash(mlflow: MlflowResource, strategy: str) -> str | None:
     """`label_hash` of the strategy's newest registered version (None when none is registered)."""
-    client = mlflow.client()
-    name = REGISTERED_MODEL_NAMES[strategy]
-    try:
-        versions = client.search_model_versions(f"name = '{name}'")
-    except Exception:  # no registered model yet
-        return None
-    if not versions:
-        return None
-    newest = max(versions, key=lambda v: int(v.version))
-    if not newest.run_id:
-        return None
-    return client.get_run(newest.run_id).data.params.get("label_hash")
+    return mlflow.newest_label_hash(strategy)
 
 
 def strategies_to_retrain(current: dict[str, str | None], last_trained: dict[str, str | None]) -> list[str]:
