@@ -68,27 +68,31 @@ def dataset_split(context: dg.AssetExecutionContext, config: SplitConfig,
                   duckdb: DuckDBResource) -> dg.MaterializeResult:
     """Scans to train/val/test, stratified by class mix; new scans are added, old ones keep their split.
 
-    Strata come from the ranking labels (never from the reference), so the split is the same for both models.
+    Strata come from the ranking labels (never from the reference), so the split is the same for both
+    models. A scan with no ranking label yet waits: it is assigned once its first labels arrive (its
+    class mix is then known), so new scans never disturb training before they are labelled.
     """
     with duckdb.get_connection() as con:
         slices = read_table(con, "slices", "slice_id, scan_id")
         labels = read_table(con, "labels_ranking", "slice_id, label")
         existing = read_table(con, "dataset_split")
-        new_scans = sorted(set(slices["scan_id"]) - set(existing.get("scan_id", [])))
+        unassigned = set(slices["scan_id"]) - set(existing.get("scan_id", []))
+        labelled = slices.merge(labels.dropna(subset=["label"]), on="slice_id") if len(labels) else \
+            slices.iloc[0:0].assign(label=pd.Series(dtype=object))
+        new_scans = sorted(unassigned & set(labelled["scan_id"]))
+        waiting = len(unassigned) - len(new_scans)
         if new_scans:
-            labelled = slices.merge(labels.dropna(subset=["label"]), on="slice_id")
-            labelled["label"] = labelled["label"].map({n: i for i, n in enumerate(CLASS_NAMES)})
+            labelled = labelled.assign(label=labelled["label"].map({n: i for i, n in enumerate(CLASS_NAMES)}))
             mix = class_mix_from_labels(labelled[labelled["scan_id"].isin(new_scans)])
-            unlabelled = pd.DataFrame({"scan_id": sorted(set(new_scans) - set(mix["scan_id"]))})
-            mix = pd.concat([mix, unlabelled.assign(**{n: 0 for n in CLASS_NAMES})], ignore_index=True)
             assigned = split_by_scan(mix, (config.train, config.val, config.test), config.seed)
             append_rows(con, "dataset_split", assigned)
         split = read_table(con, "dataset_split")
-    counts = split.groupby("split").size()
-    context.log.info(f"split: {dict(counts)} scans ({len(new_scans)} newly assigned)")
+    counts = split.groupby("split").size() if len(split) else pd.Series(dtype=int)
+    context.log.info(f"split: {dict(counts)} scans ({len(new_scans)} newly assigned, {waiting} waiting for labels)")
     return dg.MaterializeResult(metadata={
-        "new_scans": len(new_scans), **{f"scans_{k}": int(v) for k, v in counts.items()},
-        "split_hash": frame_hash(split, ["scan_id", "split"])})
+        "new_scans": len(new_scans), "scans_waiting_for_labels": waiting,
+        **{f"scans_{k}": int(v) for k, v in counts.items()},
+        "split_hash": frame_hash(split, ["scan_id", "split"]) if len(split) else "empty"})
 
 
 class ModelConfig(dg.Config):
