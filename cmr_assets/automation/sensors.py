@@ -142,7 +142,20 @@ def retrain_due(context: dg.SensorEvaluationContext | dg.ScheduleEvaluationConte
     changed = strategies_to_retrain(current, {s: last_trained_label_hash(mlflow, s) for s in current})
     if not changed:
         return dg.SkipReason("training labels unchanged since the newest registered models were trained")
-    return retrain_request(changed, current, run_key_prefix, tags)
+    failed = [s for s in changed if labels_check_failed(context.instance, s)]
+    if failed and failed == changed:
+        return dg.SkipReason(f"blocking label check failed for {', '.join(failed)}: fix the labels first")
+    return retrain_request([s for s in changed if s not in failed], current, run_key_prefix, tags)
+
+
+def labels_check_failed(instance: dg.DagsterInstance, strategy: str) -> bool:
+    """Whether the latest evaluation of the blocking `labels_<strategy>_sane` check failed."""
+    key = dg.AssetCheckKey(dg.AssetKey(f"labels_{strategy}"), f"labels_{strategy}_sane")
+    record = instance.get_latest_asset_check_evaluation_record(key)
+    if record is None or record.event is None:
+        return False
+    evaluation = record.event.dagster_event.asset_check_evaluation_data if record.event.dagster_event else None
+    return evaluation is not None and not evaluation.passed
 
 
 @dg.sensor(job=retrain_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)

@@ -138,3 +138,19 @@ def test_relabel_sensor_queues_at_most_one_run(data_paths, instance) -> None:
 def test_inbox_quiet_for() -> None:
     assert inbox_quiet_for([], 100.0) == float("inf")
     assert inbox_quiet_for([40 * 10**9, 90 * 10**9], 100.0) == pytest.approx(10.0)
+
+
+def test_a_failed_blocking_label_check_keeps_that_strategy_from_retraining(data_paths, mlflow_store,
+                                                                            instance) -> None:
+    write_tables(data_paths, tiny_tables())
+    instance.report_runless_asset_event(dg.AssetCheckEvaluation(
+        asset_key=dg.AssetKey("labels_single"), check_name="labels_single_sane", passed=False))
+    partial = settle_tick(data_paths, mlflow_store, instance)
+    assert isinstance(partial, dg.RunRequest) and partial.tags["cmr/labels_changed"] == "ranking"
+    instance.report_runless_asset_event(dg.AssetCheckEvaluation(
+        asset_key=dg.AssetKey("labels_ranking"), check_name="labels_ranking_sane", passed=False))
+    blocked = settle_tick(data_paths, mlflow_store, instance)
+    assert isinstance(blocked, dg.SkipReason) and "blocking label check failed" in blocked.skip_message
+    instance.report_runless_asset_event(dg.AssetCheckEvaluation(  # fixed labels pass again
+        asset_key=dg.AssetKey("labels_ranking"), check_name="labels_ranking_sane", passed=True))
+    assert settle_tick(data_paths, mlflow_store, instance).tags["cmr/labels_changed"] == "ranking"
