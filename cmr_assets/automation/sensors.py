@@ -46,8 +46,11 @@ RELABEL_SELECTION = dg.AssetSelection.assets("raw_annotations_single", "raw_anno
 RETRAIN_SELECTION = dg.AssetSelection.assets("model_single", "model_ranking").downstream()
 NEW_SCANS_SELECTION = dg.AssetSelection.assets("raw_scans", "slices")
 
+# Both run in one process: a step per subprocess would import torch, MLflow and Dagster again for
+# each of a dozen short steps (tens of seconds each on a loaded 2-core machine), and the pools
+# (duckdb, gpu: one slot each) serialise the steps anyway.
 relabel_job = dg.define_asset_job(
-    "relabel", selection=RELABEL_SELECTION, tags={LANE_TAG: "relabel"},
+    "relabel", selection=RELABEL_SELECTION, tags={LANE_TAG: "relabel"}, executor_def=dg.in_process_executor,
     description="Ingest new annotation files, re-aggregate labels and agreement, assign newly labelled scans "
                 "to the split. Models are retrained separately (`retrain_models`), when labels settle.",
 )
@@ -56,7 +59,7 @@ ingest_new_scans_job = dg.define_asset_job(
     description="Ingest DICOM that appeared under the scans folder (already ingested scans are skipped).",
 )
 retrain_job = dg.define_asset_job(
-    "retrain_models", selection=RETRAIN_SELECTION, tags={LANE_TAG: "retrain"},
+    "retrain_models", selection=RETRAIN_SELECTION, tags={LANE_TAG: "retrain"}, executor_def=dg.in_process_executor,
     description="Retrain the models on the current labels and re-evaluate (one such run at a time).",
 )
 
