@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import dagster as dg
 
+from cmr_assets.automation.retrain import RetrainPolicyResource
 from cmr_assets.automation.schedules import nightly_retrain_schedule
 from cmr_assets.automation.sensors import (
     annotation_files_sensor,
     ingest_new_scans_job,
+    labels_settled_sensor,
     new_scans_sensor,
     relabel_job,
     retrain_job,
@@ -21,6 +23,7 @@ from cmr_assets.ingest.assets import ingest_assets, ingest_checks
 from cmr_assets.labelling.assets import labelling_assets
 from cmr_assets.labels.assets import labels_assets, labels_checks
 from cmr_assets.resources import DataPathsResource, MlflowResource, duckdb_resource
+from cmr_assets.settings import retrain_quiet_minutes
 from cmr_assets.training.assets import training_assets
 
 PIPELINE_JOB = "cmr_pipeline"
@@ -42,9 +45,10 @@ def build_definitions() -> dg.Definitions:
         assets=[*ingest_assets, *labelling_assets, *labels_assets, *training_assets, *evaluation_assets],
         asset_checks=[*ingest_checks, *labels_checks],
         jobs=[cmr_pipeline, simulate_experts, relabel_job, ingest_new_scans_job, retrain_job],
-        sensors=[annotation_files_sensor, new_scans_sensor],
+        sensors=[annotation_files_sensor, labels_settled_sensor, new_scans_sensor],
         schedules=[nightly_retrain_schedule],
-        resources={"data_paths": DataPathsResource(), "duckdb": duckdb_resource(), "mlflow": MlflowResource()},
+        resources={"data_paths": DataPathsResource(), "duckdb": duckdb_resource(), "mlflow": MlflowResource(),
+                   "retrain_policy": RetrainPolicyResource(quiet_minutes=retrain_quiet_minutes())},
     )
 
 

@@ -46,6 +46,10 @@ class MlflowResource(dg.ConfigurableResource):
         experiment_id = self.client().get_run(run_id).info.experiment_id
         return f"{self.ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
+    def model_version_url(self, registered_model: str, version: str) -> str:
+        """A link to a registered model version in the MLflow UI."""
+        return f"{self.ui_url.rstrip('/')}/#/models/{registered_model}/versions/{version}"
+
     def resolved_tracking_uri(self) -> str:
         return self.tracking_uri or settings.mlflow_tracking_uri()
 
@@ -64,10 +68,14 @@ class MlflowResource(dg.ConfigurableResource):
             experiment_name=self.experiment_name, **kwargs)
 
     def promote_if_better(self, strategy: str, new_version: str | int, new_val_macro_f1: float,
-                          split_hash: str) -> dict[str, Any]:
+                          split_hash: str, rescore: Any = None) -> dict[str, Any]:
         """`mlflow_registry.promote_if_better` for the strategy's registered model."""
         return mlflow_registry.promote_if_better(self.client(), settings.REGISTERED_MODEL_NAMES[strategy],
-                                                 new_version, new_val_macro_f1, split_hash)
+                                                 new_version, new_val_macro_f1, split_hash, rescore)
+
+    def newest_label_hash(self, strategy: str) -> str | None:
+        """`label_hash` of the strategy's newest registered version (None when none is registered)."""
+        return mlflow_registry.newest_version_label_hash(self.client(), settings.REGISTERED_MODEL_NAMES[strategy])
 
     def log_evaluation_run(self, **kwargs: Any) -> str:
         """`mlflow_registry.log_evaluation_run` on this store (pass report, report_files, pictures)."""

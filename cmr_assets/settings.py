@@ -29,6 +29,18 @@ def mlflow_tracking_uri() -> str:
     return f"sqlite:///{PROJECT_ROOT / 'mlflow' / 'mlflow.db'}"
 
 
+def retrain_quiet_minutes() -> float:
+    """How long the annotation inbox must be quiet before retraining (`CMR_RETRAIN_QUIET_MINUTES`, default 10)."""
+    raw = os.environ.get("CMR_RETRAIN_QUIET_MINUTES", "").strip()
+    try:
+        value = float(raw) if raw else 10.0
+    except ValueError as error:
+        raise ValueError(f"CMR_RETRAIN_QUIET_MINUTES={raw!r} is not a number of minutes") from error
+    if not value >= 0:
+        raise ValueError(f"CMR_RETRAIN_QUIET_MINUTES={raw!r} must be >= 0")
+    return value
+
+
 def mlflow_artifact_root() -> str:
     """Artifact location for new experiments (`$MLFLOW_ARTIFACT_ROOT` overrides)."""
     return os.environ.get("MLFLOW_ARTIFACT_ROOT") or (PROJECT_ROOT / "mlflow" / "artifacts").as_uri()

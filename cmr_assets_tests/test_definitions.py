@@ -72,7 +72,7 @@ def test_duckdb_writers_use_the_duckdb_pool_and_models_the_gpu_pool() -> None:
 
 def test_automation_is_registered_and_running_by_default() -> None:
     sensors = {s.name: s for s in defs.get_repository_def().sensor_defs}
-    assert set(sensors) == {"annotation_files_sensor", "new_scans_sensor"}
+    assert set(sensors) == {"annotation_files_sensor", "labels_settled_sensor", "new_scans_sensor"}
     assert all(s.default_status == dg.DefaultSensorStatus.RUNNING for s in sensors.values())
     schedule = defs.resolve_schedule_def("nightly_retrain_schedule")
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING

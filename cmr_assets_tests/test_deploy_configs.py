@@ -50,6 +50,9 @@ def test_instance_files_match_dagsters_schema(instance_file: Path, tmp_path: Pat
     config, custom_class = dagster_instance_config(str(tmp_path))
     assert custom_class is None
     assert config["concurrency"]["pools"]["default_limit"] == 1  # duckdb = 1 and gpu = 1
+    tag_limits = config["concurrency"]["runs"]["tag_concurrency_limits"]
+    limits = {(item["key"], item["value"]): item["limit"] for item in tag_limits}
+    assert limits == {("cmr/lane", "retrain"): 1, ("cmr/lane", "relabel"): 1}
 
 
 def test_postgres_instance_reads_credentials_from_env_and_queues_runs(tmp_path: Path, cluster_env) -> None:

@@ -28,6 +28,10 @@ def register_cli(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--budget-hours", type=float, default=DEFAULT_HOURS_PER_ANNOTATOR,
                        help="labelling time per annotator and strategy, shown against the time used "
                             f"(default {DEFAULT_HOURS_PER_ANNOTATOR:g}, as in the campaign design)")
+    serve.add_argument("--trusted-proxy", action="append", default=[], metavar="ADDRESS",
+                       help="address or network (e.g. 127.0.0.1, 10.0.0.0/8) of a reverse proxy whose "
+                            "X-Forwarded-For names the real client; repeatable. Without it the TCP peer "
+                            "is the client and forwarded headers are ignored")
     serve.set_defaults(func=serve_labelling)
 
     annotators = subparsers.add_parser("annotators", help="manage the annotator roster",
@@ -68,9 +72,19 @@ def serve_labelling(args: argparse.Namespace) -> int:
     if not load_roster(paths):
         print(f"note: no annotators in {roster_path(paths)} yet; add one with "
               "`cmr-assets annotators add NAME`", file=sys.stderr)
-    config = AppConfig(paths, budget_s=args.budget_hours * 3600, allowed_hosts=allowed_hosts_for(args.host))
+    for proxy in args.trusted_proxy:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            print(f"error: --trusted-proxy {proxy!r} is not an IP address or network", file=sys.stderr)
+            return 2
+    config = AppConfig(paths, budget_s=args.budget_hours * 3600, allowed_hosts=allowed_hosts_for(args.host),
+                       trusted_proxies=tuple(args.trusted_proxy))
     print(f"labelling app on http://{args.host}:{args.port}/ (data dir {paths.root})", file=sys.stderr)
-    uvicorn.run(create_app(config), host=args.host, port=args.port, workers=1, log_level="info")
+    # proxy_headers=False: uvicorn would otherwise believe X-Forwarded-For from 127.0.0.1 by default;
+    # the app's ClientAddress middleware applies --trusted-proxy instead, and nothing else.
+    uvicorn.run(create_app(config), host=args.host, port=args.port, workers=1, log_level="info",
+                proxy_headers=False)
     return 0
 
 

@@ -5,22 +5,30 @@ Security model (loopback by default, see docs/labelling_app.md):
   secret key in `$CMR_DATA_DIR/secret/labelling_session.key`; a disabled annotator's session ends at
   the next request;
 - a CSRF token per session, required on every POST (form field `csrf` or header `X-CSRF-Token`);
-- login failures limited per client address and per name (HTTP 429 with Retry-After);
+- login failures limited per (client address, name), per name across addresses and per address
+  across names (HTTP 429 with Retry-After); one address can never lock an account for anyone else;
+- request bodies over `MAX_BODY_BYTES` refused with 413 by their Content-Length, or while they
+  stream in, before more than the limit is held in memory (`BodyLimit`);
+- the client address is the TCP peer; `X-Forwarded-For` is used only when the peer is one of the
+  configured `trusted_proxies` (`ClientAddress`);
 - every page, API call and image needs a session; images are addressed by (ticket, index) of the
   annotator's own tickets, resolved through the slices table and confined to the slice store;
 - Host header checked (DNS rebinding), CSP without inline script or style, frame-ancestors 'none',
   X-Frame-Options, nosniff, no referrer, no caching of pages.
 
 Public API:
-- `AppConfig(paths, budget_s=5 h, allowed_hosts=("127.0.0.1", "localhost"), ...)`
+- `AppConfig(paths, budget_s=5 h, allowed_hosts=("127.0.0.1", "localhost"), trusted_proxies=(), ...)`
 - `create_app(config) -> Starlette`
-- `LoginThrottle(max_failures, window_s)` - the login rate limiter.
+- `LoginThrottle(max_failures, window_s)` - sliding-window failure counts per key.
+- `LoginLimiter(pair_max, name_max, client_max, window_s)` - the login policy on top of it.
+- `BodyLimit(app, max_bytes)`, `ClientAddress(app, trusted_proxies)` - ASGI middleware.
 - `session_secret(paths) -> str` - the cookie signing key, created on first use.
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import logging
 import os
@@ -74,8 +82,11 @@ class AppConfig:
     paths: DataPaths
     budget_s: float = DEFAULT_HOURS_PER_ANNOTATOR * 3600  # the campaign's hours per annotator
     allowed_hosts: tuple[str, ...] = ("127.0.0.1", "localhost")
-    login_max_failures: int = 5
+    login_max_failures: int = 5  # per (client address, name)
+    login_name_max_failures: int = 20  # per name, all addresses (each adds at most login_max_failures)
+    login_client_max_failures: int = 50  # per address, all names (blocks that address only)
     login_window_s: float = 300.0
+    trusted_proxies: tuple[str, ...] = ()  # addresses / networks whose X-Forwarded-For is believed
     task_refresh_s: float = 60.0
     ticket_ttl_s: float = 1800.0
     session_max_age_s: int = 12 * 3600
@@ -111,7 +122,9 @@ class LoginThrottle:
         with self._lock:
             waits = [0.0]
             for key in keys:
-                failures = self._failures[key]
+                failures = self._failures.get(key)
+                if failures is None:
+                    continue
                 while failures and now - failures[0] > self.window_s:
                     failures.popleft()
                 if len(failures) >= self.max_failures:
@@ -120,8 +133,157 @@ class LoginThrottle:
 
     def record_failure(self, keys: list[str]) -> None:
         with self._lock:
+            now = self.clock()
             for key in keys:
-                self._failures[key].append(self.clock())
+                self._failures[key].append(now)
+            if len(self._failures) > 10_000:  # many names tried: forget keys whose window has passed
+                for key in [k for k, v in self._failures.items() if not v or now - v[-1] > self.window_s]:
+                    del self._failures[key]
+
+
+@dataclass
+class LoginLimiter:
+    """Who may try a password now. Failures count per (address, name), per name and per address:
+
+    - `pair_max` failures for one name from one address block that name from that address;
+    - `name_max` failures for one name block it from everywhere (guessing spread over addresses).
+      A blocked attempt is not counted, so one address adds at most `pair_max` to a name's count and
+      `name_max > pair_max` means no single address can lock an account for anyone else;
+    - `client_max` failures from one address, over all names, block that address (spraying).
+    """
+
+    pair_max: int
+    name_max: int
+    client_max: int
+    window_s: float
+    clock: Callable[[], float] = time.monotonic
+
+    def __post_init__(self) -> None:
+        if self.name_max <= self.pair_max:
+            raise ValueError("name_max must exceed pair_max, or one address could lock an account out")
+        self._throttles = [LoginThrottle(limit, self.window_s, self.clock)
+                           for limit in (self.pair_max, self.name_max, self.client_max)]
+
+    @staticmethod
+    def _keys(client: str, name: str) -> list[str]:
+        return [f"pair:{client}\x00{name}", f"name:{name}", f"client:{client}"]
+
+    def retry_after(self, client: str, name: str) -> float:
+        return max(t.retry_after([k]) for t, k in zip(self._throttles, self._keys(client, name), strict=True))
+
+    def record_failure(self, client: str, name: str) -> None:
+        for throttle, key in zip(self._throttles, self._keys(client, name), strict=True):
+            throttle.record_failure([key])
+
+
+class BodyTooLarge(Exception):
+    """Raised from `receive` when a request body streams past the limit."""
+
+
+class BodyLimit:
+    """Refuse request bodies over `max_bytes` with 413: at once when Content-Length says so, else as
+    soon as the streamed body passes the limit (the rest is never read, so never held in memory)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    @staticmethod
+    async def _refuse(send: Send, status: int, reason: str) -> None:
+        body = json.dumps({"error": reason}).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = [v for k, v in scope.get("headers", []) if k == b"content-length"]
+        if declared:
+            try:
+                length = int(declared[0])
+            except ValueError:
+                await self._refuse(send, 400, "invalid Content-Length")
+                return
+            if length > self.max_bytes:
+                await self._refuse(send, 413, "request body too large")
+                return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge:
+            if started:
+                raise
+            await self._refuse(send, 413, "request body too large")
+
+
+def _networks(entries: tuple[str, ...]) -> tuple[list, set[str]]:
+    networks, names = [], set()
+    for entry in entries:
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            names.add(entry)  # a literal peer name (e.g. a unix-socket proxy, or TestClient's "testclient")
+    return networks, names
+
+
+class ClientAddress:
+    """`scope["client"]` becomes the real client behind a trusted reverse proxy, and only there.
+
+    When the TCP peer is one of `trusted_proxies`, the `X-Forwarded-For` list is read from the right
+    and the first address that is not itself a trusted proxy is the client (entries further left
+    were written by the client and are not believed); `X-Forwarded-Proto` sets the scheme. From any
+    other peer these headers are ignored, so a client cannot choose its own address (and its own
+    login-limit key). With no trusted proxies configured the peer is always the client.
+    """
+
+    def __init__(self, app: ASGIApp, trusted_proxies: tuple[str, ...]) -> None:
+        self.app = app
+        self.networks, self.names = _networks(trusted_proxies)
+
+    def trusted(self, host: str) -> bool:
+        if host in self.names:
+            return True
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(address in network for network in self.networks)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        client = scope.get("client")
+        if scope["type"] in ("http", "websocket") and client and self.trusted(client[0]):
+            headers = {}
+            for key, value in scope.get("headers", []):
+                if key in (b"x-forwarded-for", b"x-forwarded-proto"):  # several headers: join them
+                    headers[key] = (headers[key] + b"," + value) if key in headers else value
+            hops = [h.strip() for h in headers.get(b"x-forwarded-for", b"").decode("latin-1").split(",") if h.strip()]
+            real = next((hop for hop in reversed(hops) if not self.trusted(hop)), None)
+            if real is not None:
+                scope = {**scope, "client": (real, 0)}
+                proto = headers.get(b"x-forwarded-proto", b"").decode("latin-1").split(",")[-1].strip().lower()
+                if proto in ("http", "https"):
+                    scope["scheme"] = proto
+        await self.app(scope, receive, send)
 
 
 class SecurityHeaders:
@@ -176,7 +338,8 @@ def create_app(config: AppConfig) -> Starlette:
     templates = Jinja2Templates(directory=str(PACKAGE_DIR / "templates"))
     service = LabellingService(paths, TaskSource(paths, config.task_refresh_s), config.budget_s,
                                ticket_ttl_s=config.ticket_ttl_s)
-    throttle = LoginThrottle(config.login_max_failures, config.login_window_s)
+    limiter = LoginLimiter(config.login_max_failures, config.login_name_max_failures,
+                           config.login_client_max_failures, config.login_window_s)
     roster = ActiveRoster(paths)
 
     def csrf_token(request: Request) -> str:
@@ -202,10 +365,15 @@ def create_app(config: AppConfig) -> Starlette:
                                           status_code=status_code)
 
     async def read_body(request: Request) -> bytes:
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            raise SubmissionRejected(413, "request body too large")
-        return body
+        """The body, read in chunks; `BodyLimit` has already refused it past the limit, this is the
+        same rule for an app mounted without that middleware."""
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise SubmissionRejected(413, "request body too large")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
     def task_json(annotator: str, strategy: str, presentation: Presentation | None) -> dict[str, Any]:
         progress = service.progress(annotator, strategy)
@@ -240,14 +408,14 @@ def create_app(config: AppConfig) -> Starlette:
         password = form.get("password", [""])[0]
         if not csrf_ok(request, form.get("csrf", [None])[0]):
             return page(request, "login.html", 403, message="The form expired; please try again.")
-        keys = [f"ip:{request.client.host if request.client else '?'}", f"name:{name}"]
-        wait = throttle.retry_after(keys)
+        client = request.client.host if request.client else "?"
+        wait = limiter.retry_after(client, name)
         if wait > 0:
             response = page(request, "login.html", 429, message="Too many failed attempts; wait a few minutes.")
             response.headers["retry-after"] = str(int(wait) + 1)
             return response
         if not await run_in_threadpool(authenticate, paths, name, password):
-            throttle.record_failure(keys)
+            limiter.record_failure(client, name)
             return page(request, "login.html", 401, message="Unknown name or wrong password.")
         request.session.clear()  # a fresh session (and CSRF token) at every login: no fixation
         request.session["annotator"] = name
@@ -255,7 +423,10 @@ def create_app(config: AppConfig) -> Starlette:
         return RedirectResponse("/", status_code=303)
 
     async def logout(request: Request) -> Response:
-        form = parse_qs((await request.body()).decode("utf-8", "replace"))
+        try:
+            form = parse_qs((await read_body(request)).decode("utf-8", "replace"))
+        except SubmissionRejected as rejected:
+            return error(rejected.status, rejected.reason)
         if not csrf_ok(request, form.get("csrf", [None])[0]):
             return error(403, "missing or wrong CSRF token")
         request.session.clear()
@@ -334,6 +505,8 @@ def create_app(config: AppConfig) -> Starlette:
     ]
     middleware = [
         Middleware(SecurityHeaders),
+        Middleware(BodyLimit, max_bytes=MAX_BODY_BYTES),
+        Middleware(ClientAddress, trusted_proxies=config.trusted_proxies),
         Middleware(TrustedHostMiddleware, allowed_hosts=list(config.allowed_hosts)),
         Middleware(SessionMiddleware, secret_key=config.secret_key or session_secret(paths),
                    session_cookie="cmr_labelling_session", max_age=config.session_max_age_s,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,17 +30,32 @@ class FolderState:
     n_files: int
 
 
-def scan_folder(folder: Path, patterns: Iterable[str]) -> list[FileStamp]:
-    """Every file under `folder` matching one of the glob patterns, sorted by path."""
+def scan_folder(folder: Path, patterns: Iterable[str], recursive: bool = True,
+                follow_symlinks: bool = True) -> list[FileStamp]:
+    """Every file under `folder` matching one of the glob patterns, sorted by path.
+
+    With `follow_symlinks=False` entries are stat'ed without following links and every non-folder
+    entry (symlink, FIFO, ...) is listed with its own size, so a consumer that rejects such entries
+    sees them; with `recursive=False` only the folder's own entries count.
+    """
     if not folder.exists():
         return []
     seen: dict[str, FileStamp] = {}
     for pattern in patterns:
-        for path in folder.rglob(pattern):
-            if path.is_file():
-                stat = path.stat()
-                rel = path.relative_to(folder).as_posix()
-                seen[rel] = FileStamp(rel, stat.st_size, stat.st_mtime_ns)
+        for path in (folder.rglob if recursive else folder.glob)(pattern):
+            try:
+                if follow_symlinks:
+                    if not path.is_file():
+                        continue
+                    info = path.stat()
+                else:
+                    info = path.lstat()
+                    if stat.S_ISDIR(info.st_mode):
+                        continue
+            except FileNotFoundError:  # removed while listing
+                continue
+            rel = path.relative_to(folder).as_posix()
+            seen[rel] = FileStamp(rel, info.st_size, info.st_mtime_ns)
     return sorted(seen.values())
 
 

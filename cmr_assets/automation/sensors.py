@@ -1,6 +1,12 @@
-"""Sensors and schedules: annotations trickle in, models retrain, new scans are picked up.
+"""Sensors and schedules: annotations trickle in, labels follow, models retrain when labels settle.
 
-Defaults (documented in the README): both sensors and the nightly schedule are RUNNING once the
+- `annotation_files_sensor`: new annotation files -> `relabel` (ingest, aggregate, agreement, split);
+  cheap, so it follows answers within a tick; never more than one relabel run waiting in the queue.
+- `labels_settled_sensor`: -> `retrain_models` for the strategies whose training labels changed since
+  their newest registered model, once the inbox has been quiet (see `cmr_assets.automation.retrain`).
+- `new_scans_sensor`: new files under `data/scans/` -> `ingest_new_scans`.
+
+Defaults (documented in the README): the sensors and the nightly schedule are RUNNING once the
 Dagster daemon runs (`make ui` starts it); switch any of them in the UI (Automation tab) or with
 `dagster sensor stop NAME` / `dagster schedule stop NAME`.
 """
@@ -19,35 +25,50 @@ from cmr_assets.automation.file_cursor import (
     parse_cursor,
     scan_folder,
 )
-from cmr_assets.resources import DataPathsResource
+from cmr_assets.automation.retrain import (
+    LANE_TAG,
+    RetrainPolicyResource,
+    current_label_hashes,
+    inbox_quiet_for,
+    last_trained_label_hash,
+    retrain_request,
+    runs_in_flight,
+    strategies_to_retrain,
+)
+from cmr_assets.resources import DataPathsResource, MlflowResource
 
 ANNOTATION_PATTERNS = ("*.jsonl",)
 DICOM_PATTERNS = ("*",)
 
-# Everything that must be refreshed when labels change: ingestion of annotation files, labels,
-# agreement, both models and the evaluation report.
-RELABEL_SELECTION = dg.AssetSelection.assets("raw_annotations_single", "raw_annotations_ranking").downstream()
+# Relabel: what follows answers closely (DuckDB only, seconds). Retrain: the models and the report.
+RELABEL_SELECTION = dg.AssetSelection.assets("raw_annotations_single", "raw_annotations_ranking", "labels_single",
+                                             "labels_ranking", "observer_agreement", "dataset_split")
 RETRAIN_SELECTION = dg.AssetSelection.assets("model_single", "model_ranking").downstream()
 NEW_SCANS_SELECTION = dg.AssetSelection.assets("raw_scans", "slices")
 
+# Both run in one process: a step per subprocess would import torch, MLflow and Dagster again for
+# each of a dozen short steps (tens of seconds each on a loaded 2-core machine), and the pools
+# (duckdb, gpu: one slot each) serialise the steps anyway.
 relabel_job = dg.define_asset_job(
-    "relabel_and_retrain", selection=RELABEL_SELECTION,
-    description="Ingest new annotation files, re-aggregate labels, retrain both models, re-evaluate.",
+    "relabel", selection=RELABEL_SELECTION, tags={LANE_TAG: "relabel"}, executor_def=dg.in_process_executor,
+    description="Ingest new annotation files, re-aggregate labels and agreement, assign newly labelled scans "
+                "to the split. Models are retrained separately (`retrain_models`), when labels settle.",
 )
 ingest_new_scans_job = dg.define_asset_job(
     "ingest_new_scans", selection=NEW_SCANS_SELECTION,
     description="Ingest DICOM that appeared under the scans folder (already ingested scans are skipped).",
 )
 retrain_job = dg.define_asset_job(
-    "retrain_models", selection=RETRAIN_SELECTION,
-    description="Retrain both models on the current labels and re-evaluate.",
+    "retrain_models", selection=RETRAIN_SELECTION, tags={LANE_TAG: "retrain"}, executor_def=dg.in_process_executor,
+    description="Retrain the models on the current labels and re-evaluate (one such run at a time).",
 )
 
 
 def _folder_sensor_tick(context: dg.SensorEvaluationContext, folder, patterns, what: str,
-                        already_done: Callable[[list[FileStamp]], list[FileStamp]] | None = None):
+                        already_done: Callable[[list[FileStamp]], list[FileStamp]] | None = None,
+                        stamps: list[FileStamp] | None = None):
     """One run per changed listing; `already_done` drops files whose work is already stored."""
-    stamps = scan_folder(folder, patterns)
+    stamps = scan_folder(folder, patterns) if stamps is None else stamps
     before = parse_cursor(context.cursor)
     if not stamps and before is None:
         return dg.SkipReason(f"no {what} in {folder}")
@@ -84,13 +105,68 @@ def ingested_annotation_files(database: Path) -> Callable[[list[FileStamp]], lis
 
 @dg.sensor(job=relabel_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
 def annotation_files_sensor(context: dg.SensorEvaluationContext, data_paths: DataPathsResource):
-    """New annotation files -> ingest them, re-aggregate labels, retrain, re-evaluate (one run per batch of files).
+    """New annotation files -> ingest them and re-aggregate labels (one run per batch of files).
 
-    Files already ingested (e.g. the demo's, when the daemon first starts) start no run.
+    Files already ingested (e.g. the demo's, when the daemon first starts) start no run. While a
+    relabel run waits in the queue no other is requested (it will read every file when it starts);
+    the cursor stays, so the files are looked at again next tick.
     """
+    if runs_in_flight(context.instance, relabel_job.name, [dg.DagsterRunStatus.QUEUED,
+                                                           dg.DagsterRunStatus.NOT_STARTED]):
+        return dg.SkipReason("a relabel run is already queued; it reads every file when it starts")
     paths = data_paths.paths()
+    # the same entries ingestion looks at: the folder's own `*.jsonl`, symlinks listed (not followed)
+    stamps = scan_folder(paths.annotations_incoming, ANNOTATION_PATTERNS, recursive=False, follow_symlinks=False)
     return _folder_sensor_tick(context, paths.annotations_incoming, ANNOTATION_PATTERNS, "annotation files",
-                               ingested_annotation_files(paths.duckdb))
+                               ingested_annotation_files(paths.duckdb), stamps)
+
+
+def retrain_due(context: dg.SensorEvaluationContext | dg.ScheduleEvaluationContext, data_paths: DataPathsResource,
+                mlflow: MlflowResource, quiet_s: float | None, run_key_prefix: str,
+                tags: dict[str, str] | None = None) -> dg.RunRequest | dg.SkipReason:
+    """The shared retrain decision of the sensor (`quiet_s` set) and the nightly schedule (None)."""
+    if runs_in_flight(context.instance, retrain_job.name):
+        return dg.SkipReason("a retrain run is already queued or running")
+    if runs_in_flight(context.instance, relabel_job.name):
+        return dg.SkipReason("labels are being updated (relabel run queued or running)")
+    paths = data_paths.paths()
+    stamps = scan_folder(paths.annotations_incoming, ANNOTATION_PATTERNS, recursive=False, follow_symlinks=False)
+    try:
+        done = set(ingested_annotation_files(paths.duckdb)(stamps))
+        current = current_label_hashes(paths.duckdb)
+    except duckdb.Error as error:
+        return dg.SkipReason(f"database busy ({type(error).__name__}); will look again")
+    if any(s not in done for s in stamps):
+        return dg.SkipReason("annotation files not yet ingested; relabel first")
+    if quiet_s is not None:
+        quiet_for = inbox_quiet_for([s.mtime_ns for s in stamps])
+        if quiet_for < quiet_s:
+            return dg.SkipReason(f"annotators still at work: inbox quiet for {quiet_for:.0f} s of {quiet_s:.0f} s")
+    changed = strategies_to_retrain(current, {s: last_trained_label_hash(mlflow, s) for s in current})
+    if not changed:
+        return dg.SkipReason("training labels unchanged since the newest registered models were trained")
+    failed = [s for s in changed if labels_check_failed(context.instance, s)]
+    if failed and failed == changed:
+        return dg.SkipReason(f"blocking label check failed for {', '.join(failed)}: fix the labels first")
+    return retrain_request([s for s in changed if s not in failed], current, run_key_prefix, tags)
+
+
+def labels_check_failed(instance: dg.DagsterInstance, strategy: str) -> bool:
+    """Whether the latest evaluation of the blocking `labels_<strategy>_sane` check failed."""
+    key = dg.AssetCheckKey(dg.AssetKey(f"labels_{strategy}"), f"labels_{strategy}_sane")
+    record = instance.get_latest_asset_check_evaluation_record(key)
+    if record is None or record.event is None:
+        return False
+    evaluation = record.event.dagster_event.asset_check_evaluation_data if record.event.dagster_event else None
+    return evaluation is not None and not evaluation.passed
+
+
+@dg.sensor(job=retrain_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
+def labels_settled_sensor(context: dg.SensorEvaluationContext, data_paths: DataPathsResource,
+                          mlflow: MlflowResource, retrain_policy: RetrainPolicyResource):
+    """Retrain the strategies whose training labels changed, once the annotation inbox is quiet and
+    no retrain is queued or running (run key = the label hashes: one run per label state)."""
+    return retrain_due(context, data_paths, mlflow, retrain_policy.quiet_minutes * 60, "settled")
 
 
 @dg.sensor(job=ingest_new_scans_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)

@@ -12,6 +12,10 @@ Public API:
   `<strategy>-<annotator>-<UTC yyyymmddThhmmss>-<8 hex>.jsonl`.
 - `parse_annotation_file(path, context=None, now=None) -> ParsedAnnotationFile`: valid records with
   their line numbers, rejections with line and reason; a partly written last line is left alone.
+  Reads through `read_annotation_bytes` (regular files only, never through a symlink, at most
+  `MAX_FILE_BYTES`); `parse_annotation_bytes(data, ...)` parses bytes already read.
+- `read_annotation_bytes(path, max_bytes=MAX_FILE_BYTES) -> bytes`, `UnsafeAnnotationFile`: the
+  reason a file is not read at all (symlink, not a regular file, too large).
 - `parse_record(obj, now=None)`: one decoded JSON object -> record, or `RecordError` with the reason.
 - `validate_record(record, context) -> str | None`: the reason a structurally valid record does not
   fit the campaign, or None.
@@ -19,8 +23,11 @@ Public API:
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
+import stat
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -42,10 +49,18 @@ TOOL_VERSION_SIMULATOR = f"cmr_assets {__version__} simulator"
 CLOCK_SKEW_TOLERANCE = timedelta(minutes=5)
 MAX_TASK_DURATION = timedelta(hours=24)
 EARLIEST_PLAUSIBLE = datetime(2000, 1, 1, tzinfo=UTC)
+# Input limits: a ranking record is about 1 kB and one expert's whole simulated 5 h session about
+# 2 MB, so these leave a wide margin while keeping one bad file or line from exhausting memory.
+MAX_LINE_BYTES = 64 * 1024
+MAX_FILE_BYTES = 64 * 1024 * 1024
 
 
 class RecordError(ValueError):
     """A record that breaks the format; the message is the reason stored in `rejected_annotations`."""
+
+
+class UnsafeAnnotationFile(ValueError):
+    """A file that is not read at all (symlink, not a regular file, too large); the message is the reason."""
 
 
 @dataclass(frozen=True)
@@ -310,21 +325,62 @@ def validate_record(record: AnnotationRecord, context: AnnotationContext) -> str
     return None
 
 
+def read_annotation_bytes(path: Path, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """The content of one annotation file, read only if it is a regular file (never through a
+    symlink: `O_NOFOLLOW`; a FIFO or device is not opened for blocking reads: `O_NONBLOCK`) of at
+    most `max_bytes`; otherwise `UnsafeAnnotationFile` with the reason."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as error:
+        if error.errno == errno.ELOOP or path.is_symlink():
+            raise UnsafeAnnotationFile("symbolic link: not followed") from error
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UnsafeAnnotationFile("not a regular file")
+        if info.st_size > max_bytes:
+            raise UnsafeAnnotationFile(f"file of {info.st_size} bytes exceeds the limit of {max_bytes} bytes")
+        chunks, total = [], 0
+        while chunk := os.read(fd, min(1 << 20, max_bytes + 1 - total)):
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > max_bytes:
+                raise UnsafeAnnotationFile(f"file grew past the limit of {max_bytes} bytes while being read")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def parse_annotation_file(path: Path, context: AnnotationContext | None = None,
                           now: datetime | None = None) -> ParsedAnnotationFile:
     """Read every complete line of one file; a bad line is rejected with its reason, the rest go on.
 
     A last line without a trailing newline is a session still being written: it is neither a
-    record nor a rejection until it is complete. With a `context` the records are also checked
-    against the campaign (`validate_record`).
+    record nor a rejection until it is complete (unless it is already longer than
+    `MAX_LINE_BYTES`). With a `context` the records are also checked against the campaign
+    (`validate_record`). Raises `UnsafeAnnotationFile` for a file that must not be read.
     """
+    return parse_annotation_bytes(read_annotation_bytes(path), context, now)
+
+
+def parse_annotation_bytes(data: bytes, context: AnnotationContext | None = None,
+                           now: datetime | None = None) -> ParsedAnnotationFile:
+    """`parse_annotation_file` on content already read."""
     now = now or datetime.now(UTC)
-    data = path.read_bytes()
     lines = data.split(b"\n")
     partial = lines[-1] != b""
     records: list[ParsedRecord] = []
     rejections: list[Rejection] = []
+    too_long = f"line longer than {MAX_LINE_BYTES} bytes"
+    if partial and len(lines[-1]) > MAX_LINE_BYTES:  # will never become a record: reject it now
+        rejections.append(Rejection(len(lines), too_long))
+        partial = False
     for number, raw in enumerate(lines[:-1], start=1):
+        if len(raw) > MAX_LINE_BYTES:
+            rejections.append(Rejection(number, too_long))
+            continue
         if not raw.strip():
             continue
         try:
@@ -334,6 +390,9 @@ def parse_annotation_file(path: Path, context: AnnotationContext | None = None,
             continue
         except json.JSONDecodeError as exc:
             rejections.append(Rejection(number, f"invalid JSON: {exc.msg} at column {exc.colno}"))
+            continue
+        except RecursionError:
+            rejections.append(Rejection(number, "invalid JSON: nested too deeply"))
             continue
         try:
             record = parse_record(obj, now)
@@ -345,4 +404,5 @@ def parse_annotation_file(path: Path, context: AnnotationContext | None = None,
             records.append(ParsedRecord(number, record))
         else:
             rejections.append(Rejection(number, reason))
+    rejections.sort(key=lambda r: r.line)
     return ParsedAnnotationFile(records, rejections, partial)

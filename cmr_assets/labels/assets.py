@@ -208,12 +208,16 @@ def _unknown_label_check(duckdb: DuckDBResource, table_name: str) -> dg.AssetChe
         "class_mix_bounds": "too_basal 2-40%, lv 30-95%, too_apical 2-40%"})
 
 
-@dg.asset_check(asset=labels_single, description="No label for an unknown image; class mix within sane bounds.")
+@dg.asset_check(asset=labels_single, blocking=True,
+                description="No label for an unknown image; class mix within sane bounds. Blocking: a failure "
+                            "stops what depends on these labels in the same run, and the retrain sensor.")
 def labels_single_sane(duckdb: DuckDBResource) -> dg.AssetCheckResult:
     return _unknown_label_check(duckdb, "labels_single")
 
 
-@dg.asset_check(asset=labels_ranking, description="No label for an unknown image; class mix within sane bounds.")
+@dg.asset_check(asset=labels_ranking, blocking=True,
+                description="No label for an unknown image; class mix within sane bounds. Blocking: a failure "
+                            "stops the split and training in the same run, and the retrain sensor.")
 def labels_ranking_sane(duckdb: DuckDBResource) -> dg.AssetCheckResult:
     return _unknown_label_check(duckdb, "labels_ranking")
 

@@ -2,13 +2,24 @@
 
 Every record is validated against the format and the campaign (`tasks_single`, `tasks_ranking` in
 the same database, and the roster of known annotators). A bad record goes to
-`rejected_annotations` with file, line and reason while the rest go on. Submission ids already
-stored are ignored, so re-running is idempotent; `annotation_files` remembers each file's size and
-SHA-256 so an unchanged file is skipped without parsing, and a file that grew (it was partly written)
-is re-read for its new records only. Source files are only ever read.
+`rejected_annotations` with file, line and reason while the rest go on. A record whose
+`submission_id` is already stored from another file or line (a copied session, a replay) is
+rejected with the place it was first stored; re-reading the line it was stored from is not, so
+re-running is idempotent. `annotation_files` remembers each file's size and SHA-256 so an unchanged
+file is skipped without parsing, and a file that grew (it was partly written) is re-read for its new
+records only. Source files are only ever read.
+
+Only regular files directly in the incoming folder are read (`read_annotation_bytes`: no symlink is
+followed, no FIFO or device opened, at most `MAX_FILE_BYTES`); any other `*.jsonl` entry gets one
+`rejected_annotations` row with `line` 0 and the reason, and an `annotation_files` row with
+`sha256` `rejected` so it is not looked at again until its size changes. Lines over
+`MAX_LINE_BYTES` are rejected without being decoded.
 
 Public API:
-- `list_annotation_files(incoming_dir) -> list[Path]`: complete session files (`*.jsonl`), by name.
+- `list_annotation_files(incoming_dir) -> list[Path]`: complete session files (`*.jsonl`, regular
+  files, not symlinks), by name.
+- `list_annotation_entries(incoming_dir) -> list[Path]`: every `*.jsonl` entry of the folder, symlinks
+  and other non-regular entries included (what ingestion accounts for, reading or rejecting).
 - `ingest_annotation_files(incoming_dir, con, known_annotators, now=None) -> AnnotationIngestReport`
 - `ensure_annotation_tables(con)`: create the four tables if missing (schemas below).
 - `read_raw_annotations(con) -> (single, ranking)`: the raw tables as DataFrames, list columns as
@@ -27,6 +38,7 @@ Tables (column `order` is an SQL keyword: quote it as "order"):
 from __future__ import annotations
 
 import hashlib
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -40,7 +52,9 @@ from cmr_assets.labelling.annotation_format import (
     ParsedRecord,
     RankingAnnotation,
     SingleAnnotation,
-    parse_annotation_file,
+    UnsafeAnnotationFile,
+    parse_annotation_bytes,
+    read_annotation_bytes,
 )
 
 SINGLE_COLUMNS = ["submission_id", "annotator_id", "task_id", "slice_id", "label", "artefact",
@@ -78,15 +92,26 @@ class AnnotationIngestReport:
     single_added: int = 0
     ranking_added: int = 0
     rejected_added: int = 0
-    duplicates_ignored: int = 0
+    duplicates_ignored: int = 0  # records re-read from the very file and line they were stored from
+    duplicates_rejected: int = 0  # a submission id already stored from elsewhere (rejection row each)
+    files_rejected: list[str] = field(default_factory=list)  # symlink, not a regular file, too large
     files_with_partial_line: list[str] = field(default_factory=list)
 
 
-def list_annotation_files(incoming_dir: Path) -> list[Path]:
-    """Complete annotation files in the incoming folder (a `.jsonl.tmp` is still being written)."""
+REJECTED_FILE_DIGEST = "rejected"
+
+
+def list_annotation_entries(incoming_dir: Path) -> list[Path]:
+    """Every `*.jsonl` entry directly in the incoming folder, whatever its type, by name
+    (a `.jsonl.tmp` is still being written and is not listed)."""
     if not incoming_dir.is_dir():
         return []
-    return sorted(p for p in incoming_dir.glob("*.jsonl") if p.is_file())
+    return sorted(incoming_dir.glob("*.jsonl"))
+
+
+def list_annotation_files(incoming_dir: Path) -> list[Path]:
+    """Complete annotation files in the incoming folder: regular files, never symlinks."""
+    return [p for p in list_annotation_entries(incoming_dir) if stat.S_ISREG(p.lstat().st_mode)]
 
 
 def ensure_annotation_tables(con: duckdb.DuckDBPyConnection) -> None:
@@ -157,6 +182,33 @@ def _insert(con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame, col
         con.unregister("incoming_frame")
 
 
+def _rejections_frame(rejections: list[tuple[int, str]], source_file: str, now: datetime) -> pd.DataFrame:
+    return pd.DataFrame({
+        "source_file": pd.Series([source_file] * len(rejections), dtype=object),
+        "line": pd.Series([line for line, _ in rejections], dtype="int64"),
+        "reason": pd.Series([reason for _, reason in rejections], dtype=object),
+        "rejected_at": pd.Series([pd.Timestamp(now)] * len(rejections), dtype="datetime64[us, UTC]"),
+    })
+
+
+def _store_file(con: duckdb.DuckDBPyConnection, source_file: str, size: int, digest: str, n_valid: int,
+                n_rejected: int, now: datetime, single: pd.DataFrame, ranking: pd.DataFrame,
+                rejected: pd.DataFrame) -> None:
+    """One file's new rows and its `annotation_files` entry, in one transaction."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        _insert(con, "raw_annotations_single", single, SINGLE_COLUMNS)
+        _insert(con, "raw_annotations_ranking", ranking, RANKING_COLUMNS)
+        _insert(con, "rejected_annotations", rejected, ["source_file", "line", "reason", "rejected_at"])
+        con.execute("DELETE FROM annotation_files WHERE source_file = ?", [source_file])
+        con.execute("INSERT INTO annotation_files VALUES (?, ?, ?, ?, ?, ?)",
+                    [source_file, size, digest, n_valid, n_rejected, now])
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+
+
 def ingest_annotation_files(incoming_dir: Path, con: duckdb.DuckDBPyConnection, known_annotators: set[str],
                             now: datetime | None = None) -> AnnotationIngestReport:
     """Append the new valid records of every annotation file to the raw tables, and the new bad ones
@@ -164,60 +216,69 @@ def ingest_annotation_files(incoming_dir: Path, con: duckdb.DuckDBPyConnection, 
     now = now or datetime.now(UTC)
     ensure_annotation_tables(con)
     report = AnnotationIngestReport()
-    files = list_annotation_files(incoming_dir)
-    report.files_seen = len(files)
+    entries = list_annotation_entries(incoming_dir)
+    report.files_seen = len(entries)
     known_files = {row[0]: (row[1], row[2]) for row in
                    con.execute("SELECT source_file, size, sha256 FROM annotation_files").fetchall()}
     context: AnnotationContext | None = None
-    seen_ids: set[str] | None = None
-    for path in files:
+    stored_at: dict[str, tuple[str, int]] | None = None  # submission_id -> (source_file, line)
+    for path in entries:
         source_file = path.name
-        data = path.read_bytes()
+        try:
+            entry_size = path.lstat().st_size
+        except FileNotFoundError:  # removed since the listing
+            continue
+        if known_files.get(source_file) == (entry_size, REJECTED_FILE_DIGEST):
+            report.files_skipped_unchanged += 1
+            continue
+        already_rejected = {row[0] for row in con.execute(
+            "SELECT line FROM rejected_annotations WHERE source_file = ?", [source_file]).fetchall()}
+        try:
+            data = read_annotation_bytes(path)
+        except FileNotFoundError:
+            continue
+        except UnsafeAnnotationFile as unsafe:
+            report.files_rejected.append(source_file)
+            new = [] if 0 in already_rejected else [(0, str(unsafe))]
+            empty = pd.DataFrame()
+            _store_file(con, source_file, entry_size, REJECTED_FILE_DIGEST, 0, 1, now, empty, empty,
+                        _rejections_frame(new, source_file, now))
+            report.rejected_added += len(new)
+            continue
         fingerprint = (len(data), hashlib.sha256(data).hexdigest())
         if known_files.get(source_file) == fingerprint:
             report.files_skipped_unchanged += 1
             continue
-        if context is None or seen_ids is None:
+        if context is None or stored_at is None:
             context = _campaign_context(con, known_annotators)
-            seen_ids = {row[0] for row in con.execute(
-                "SELECT submission_id FROM raw_annotations_single "
-                "UNION ALL SELECT submission_id FROM raw_annotations_ranking").fetchall()}
-        parsed = parse_annotation_file(path, context, now)
+            stored_at = {row[0]: (row[1], int(row[2])) for row in con.execute(
+                "SELECT submission_id, source_file, line FROM raw_annotations_single "
+                "UNION ALL SELECT submission_id, source_file, line FROM raw_annotations_ranking").fetchall()}
+        parsed = parse_annotation_bytes(data, context, now)
         report.files_read += 1
         if parsed.partial_last_line:
             report.files_with_partial_line.append(source_file)
         fresh: list[ParsedRecord] = []
+        rejections = [(r.line, r.reason) for r in parsed.rejections]
+        n_valid = 0
         for item in parsed.records:
-            if item.record.submission_id in seen_ids:
-                report.duplicates_ignored += 1
+            first = stored_at.get(item.record.submission_id)
+            if first == (source_file, item.line):
+                report.duplicates_ignored += 1  # this very line, stored when the file was shorter
+                n_valid += 1
+            elif first is not None:
+                report.duplicates_rejected += 1
+                rejections.append((item.line, f"duplicate submission_id {item.record.submission_id}: "
+                                              f"already stored from {first[0]} line {first[1]}"))
             else:
-                seen_ids.add(item.record.submission_id)
+                stored_at[item.record.submission_id] = (source_file, item.line)
                 fresh.append(item)
-        already_rejected = {row[0] for row in con.execute(
-            "SELECT line FROM rejected_annotations WHERE source_file = ?", [source_file]).fetchall()}
-        new_rejections = [r for r in parsed.rejections if r.line not in already_rejected]
+                n_valid += 1
+        new_rejections = sorted(r for r in rejections if r[0] not in already_rejected)
         single = _single_frame(fresh, source_file)
         ranking = _ranking_frame(fresh, source_file)
-        rejected = pd.DataFrame({
-            "source_file": pd.Series([source_file] * len(new_rejections), dtype=object),
-            "line": pd.Series([r.line for r in new_rejections], dtype="int64"),
-            "reason": pd.Series([r.reason for r in new_rejections], dtype=object),
-            "rejected_at": pd.Series([pd.Timestamp(now)] * len(new_rejections),
-                                     dtype="datetime64[us, UTC]"),
-        })
-        con.execute("BEGIN TRANSACTION")
-        try:
-            _insert(con, "raw_annotations_single", single, SINGLE_COLUMNS)
-            _insert(con, "raw_annotations_ranking", ranking, RANKING_COLUMNS)
-            _insert(con, "rejected_annotations", rejected, ["source_file", "line", "reason", "rejected_at"])
-            con.execute("DELETE FROM annotation_files WHERE source_file = ?", [source_file])
-            con.execute("INSERT INTO annotation_files VALUES (?, ?, ?, ?, ?, ?)",
-                        [source_file, fingerprint[0], fingerprint[1], len(parsed.records),
-                         len(parsed.rejections), now])
-            con.execute("COMMIT")
-        except Exception:
-            con.execute("ROLLBACK")
-            raise
+        _store_file(con, source_file, fingerprint[0], fingerprint[1], n_valid, len(rejections), now,
+                    single, ranking, _rejections_frame(new_rejections, source_file, now))
         report.single_added += len(single)
         report.ranking_added += len(ranking)
         report.rejected_added += len(new_rejections)

@@ -1,14 +1,25 @@
-"""Training as assets: the patient-level split and one CNN per labelling strategy, logged to MLflow."""
+"""Training as assets: the patient-level split and one CNN per labelling strategy, logged to MLflow.
+
+A model asset trains only when its training labels (`label_hash`: train + val slice ids and
+targets) differ from those of the strategy's newest registered version (`force: true` retrains
+anyway). Training stops by epochs or early stopping; the wall-clock cap (`max_minutes`, default
+`SAFETY_CAP_MINUTES`) is only a safety limit: a run that hits it is logged to MLflow as incomplete,
+never registered, and the asset fails. A registered version becomes `champion` only if its
+validation macro-F1 is >= the current champion's, re-scored on the same validation set.
+"""
 
 
 import subprocess
 import time
+import warnings
+from typing import Any
 
 import dagster as dg
 import numpy as np
 import pandas as pd
 import torch
 from dagster_duckdb import DuckDBResource
+from mlflow import data as mlflow_data
 
 from cmr_assets.classes import CLASS_NAMES
 from cmr_assets.duckdb_io import append_rows, read_table
@@ -38,6 +49,9 @@ from cmr_assets.training.provenance import provenance_tags
 from cmr_assets.training.split import class_mix_from_labels, split_by_scan
 
 GROUP = "training"
+# Wall-clock safety limit per model: far above a normal run (CPU ~4 min, GPU seconds), so under load
+# training still runs its epochs; reaching it marks the run incomplete (never registered).
+SAFETY_CAP_MINUTES = 60.0
 SLICE_COLUMNS = "slice_id, scan_id, slice_from_base, array_path, array_index"
 
 
@@ -55,31 +69,37 @@ def dataset_split(context: dg.AssetExecutionContext, config: SplitConfig,
                   duckdb: DuckDBResource) -> dg.MaterializeResult:
     """Scans to train/val/test, stratified by class mix; new scans are added, old ones keep their split.
 
-    Strata come from the ranking labels (never from the reference), so the split is the same for both models.
+    Strata come from the ranking labels (never from the reference), so the split is the same for both
+    models. A scan with no ranking label yet waits: it is assigned once its first labels arrive (its
+    class mix is then known), so new scans never disturb training before they are labelled.
     """
     with duckdb.get_connection() as con:
         slices = read_table(con, "slices", "slice_id, scan_id")
         labels = read_table(con, "labels_ranking", "slice_id, label")
         existing = read_table(con, "dataset_split")
-        new_scans = sorted(set(slices["scan_id"]) - set(existing.get("scan_id", [])))
+        unassigned = set(slices["scan_id"]) - set(existing.get("scan_id", []))
+        labelled = slices.merge(labels.dropna(subset=["label"]), on="slice_id") if len(labels) else \
+            slices.iloc[0:0].assign(label=pd.Series(dtype=object))
+        new_scans = sorted(unassigned & set(labelled["scan_id"]))
+        waiting = len(unassigned) - len(new_scans)
         if new_scans:
-            labelled = slices.merge(labels.dropna(subset=["label"]), on="slice_id")
-            labelled["label"] = labelled["label"].map({n: i for i, n in enumerate(CLASS_NAMES)})
+            labelled = labelled.assign(label=labelled["label"].map({n: i for i, n in enumerate(CLASS_NAMES)}))
             mix = class_mix_from_labels(labelled[labelled["scan_id"].isin(new_scans)])
-            unlabelled = pd.DataFrame({"scan_id": sorted(set(new_scans) - set(mix["scan_id"]))})
-            mix = pd.concat([mix, unlabelled.assign(**{n: 0 for n in CLASS_NAMES})], ignore_index=True)
             assigned = split_by_scan(mix, (config.train, config.val, config.test), config.seed)
             append_rows(con, "dataset_split", assigned)
         split = read_table(con, "dataset_split")
-    counts = split.groupby("split").size()
-    context.log.info(f"split: {dict(counts)} scans ({len(new_scans)} newly assigned)")
+    counts = split.groupby("split").size() if len(split) else pd.Series(dtype=int)
+    context.log.info(f"split: {dict(counts)} scans ({len(new_scans)} newly assigned, {waiting} waiting for labels)")
     return dg.MaterializeResult(metadata={
-        "new_scans": len(new_scans), **{f"scans_{k}": int(v) for k, v in counts.items()},
-        "split_hash": frame_hash(split, ["scan_id", "split"])})
+        "new_scans": len(new_scans), "scans_waiting_for_labels": waiting,
+        **{f"scans_{k}": int(v) for k, v in counts.items()},
+        "split_hash": frame_hash(split, ["scan_id", "split"]) if len(split) else "empty"})
 
 
 class ModelConfig(dg.Config):
-    """Training settings; 0 / empty means the device's default (small CNN on CPU, ResNet-18 on CUDA)."""
+    """Training settings; 0 / empty means the device's default (small CNN on CPU, ResNet-18 on CUDA)
+    and, for `max_minutes`, the safety cap `SAFETY_CAP_MINUTES`. `force` retrains even when the
+    training labels equal those of the newest registered version."""
 
     architecture: str = ""
     input_size: int = 0
@@ -91,11 +111,13 @@ class ModelConfig(dg.Config):
     soft_labels: bool = False
     label_column: str = "label"
     device: str = "auto"
+    force: bool = False
 
     def train_config(self) -> TrainConfig:
         base = default_config(select_device(TrainConfig(device=self.device)))
         overrides = {"architecture": self.architecture, "input_size": self.input_size, "epochs": self.epochs,
-                     "batch_size": self.batch_size, "max_minutes": self.max_minutes, "lr": self.learning_rate}
+                     "batch_size": self.batch_size, "max_minutes": self.max_minutes or SAFETY_CAP_MINUTES,
+                     "lr": self.learning_rate}
         return TrainConfig(**{**base.__dict__, **{k: v for k, v in overrides.items() if v},
                               "seed": self.seed, "soft_labels": self.soft_labels, "device": self.device})
 
@@ -114,6 +136,18 @@ def _targets(rows: pd.DataFrame, soft: bool) -> torch.Tensor:
     return torch.from_numpy(rows["target"].to_numpy().copy())
 
 
+def _training_datasets(train: pd.DataFrame, val: pd.DataFrame, strategy: str, label_column: str,
+                       source: str) -> dict[str, Any]:
+    """The rows training learnt from, as MLflow datasets (slice ids, scans, labels; not the pixels)."""
+    columns = ["slice_id", "scan_id", label_column, "target"]
+    with warnings.catch_warnings():  # a local path matches MLflow's local-artifact source twice; same source
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+        return {context: mlflow_data.from_pandas(rows[columns].reset_index(drop=True), source=source,
+                                                 targets="target", name=f"labels_{strategy}-{which}",
+                                                 digest=label_hash(rows, rows.iloc[0:0]))
+                for context, which, rows in (("training", "train", train), ("validation", "val", val))}
+
+
 def train_strategy_model(context: dg.AssetExecutionContext, strategy: str, config: ModelConfig,
                          data_paths: DataPathsResource, duckdb: DuckDBResource,
                          mlflow: MlflowResource) -> dg.MaterializeResult:
@@ -129,6 +163,15 @@ def train_strategy_model(context: dg.AssetExecutionContext, strategy: str, confi
         raise dg.Failure(f"model_{strategy}: no split or no labels_{strategy} yet; materialise them first")
     train = labelled_rows(slices, split, labels, "train", config.label_column)
     val = labelled_rows(slices, split, labels, "val", config.label_column)
+    training_labels = label_hash(train, val)
+    split_hash = frame_hash(split, ["scan_id", "split"])
+    newest = mlflow.newest_label_hash(strategy)
+    if newest == training_labels and not config.force:
+        context.log.info(f"model_{strategy}: training labels {training_labels} unchanged since the newest "
+                         "registered version; not retrained (config force: true retrains anyway)")
+        return dg.MaterializeResult(metadata={"retrained": False, "label_hash": training_labels,
+                                              "reason": "training labels unchanged since the newest registered "
+                                                        "version"})
     train_config = config.train_config()
     train_images = load_slice_images(paths.root, train)
     val_images = load_slice_images(paths.root, val)
@@ -139,53 +182,86 @@ def train_strategy_model(context: dg.AssetExecutionContext, strategy: str, confi
                          f"{m.images_per_s:.0f} images/s, {time.perf_counter() - started:.0f} s")
 
     context.log.info(f"training {strategy} model: {len(train)} train / {len(val)} val images, "
-                     f"{train_config.architecture} at {train_config.input_size} px")
+                     f"{train_config.architecture} at {train_config.input_size} px, up to {train_config.epochs} "
+                     f"epochs (patience {train_config.patience}, safety cap {train_config.max_minutes:g} min)")
     try:
         result = train_classifier(torch.from_numpy(train_images), _targets(train, config.soft_labels),
                                   torch.from_numpy(val_images), torch.from_numpy(val["target"].to_numpy().copy()),
                                   train_config, on_epoch)
     except (TrainingDataError, TrainingResourceError) as error:
         raise dg.Failure(f"model_{strategy}: {error}") from error
+    complete = result.stop_reason != "time_cap"
     deployable = DeployableClassifier(result.model, train_config.input_size, train_config.crop_fraction).eval()
+    val_targets = val["target"].to_numpy()
     ood_calibration = deployable.calibrate_ood(train_images, train["target"].to_numpy(), val_images)
     provenance = provenance_tags(scans[scans["scan_id"].isin(set(train["scan_id"]) | set(val["scan_id"]))],
                                  annotators.get("annotator_id", []))
     context.log.info(f"{strategy}: provenance {provenance}; OOD calibration {ood_calibration}")
     val_proba = predict_slices(deployable, val_images)
-    val_metrics = classification_metrics(val["target"].to_numpy(), val_proba)
-    split_hash = frame_hash(split, ["scan_id", "split"])
+    val_metrics = classification_metrics(val_targets, val_proba)
     counts = train[config.label_column].value_counts()
     params = {
         "architecture": train_config.architecture, "input_size": train_config.input_size,
         "crop_fraction": train_config.crop_fraction,
         "epochs": train_config.epochs, "batch_size": train_config.batch_size, "learning_rate": train_config.lr,
+        "patience": train_config.patience, "max_minutes": train_config.max_minutes,
         "seed": train_config.seed, "soft_labels": train_config.soft_labels, "label_column": config.label_column,
-        "label_hash": label_hash(train, val),
+        "label_hash": training_labels,
         "data_hash": array_hash(train_images), "split_hash": split_hash, "git_commit": _git_commit(),
         "device": result.device, "n_train": len(train), "n_val": len(val),
         **{f"n_train_{name}": int(counts.get(name, 0)) for name in CLASS_NAMES},
     }
+    lineage = {"dagster.run_id": context.run_id, "dagster.asset_key": context.asset_key.to_user_string(),
+               "dagster.job": context.job_name or "", "label_hash": training_labels, "split_hash": split_hash,
+               "stop_reason": result.stop_reason}
     cm_png = confusion_matrix_png(val_metrics["confusion_matrix"]["matrix"], title=f"{strategy}: validation")
     logged = mlflow.log_trained_model(
         strategy=strategy, model=deployable, params=params, history=result.history,
-        metrics={"best_val_macro_f1": result.best_val_macro_f1, "val_accuracy": val_metrics["accuracy"],
-                 "train_images_per_s": result.images_per_s, "train_seconds": result.seconds,
-                 "best_epoch": result.best_epoch, **ood_calibration},
+        metrics={"best_val_macro_f1": result.best_val_macro_f1, "val_macro_f1": val_metrics["macro_f1"],
+                 "val_accuracy": val_metrics["accuracy"], "train_images_per_s": result.images_per_s,
+                 "train_seconds": result.seconds, "best_epoch": result.best_epoch,
+                 "epochs_run": len(result.history), **ood_calibration},
         version_tags=provenance,
         input_example=input_example(val_images if len(val_images) else train_images),
-        pictures={"validation_confusion_matrix.png": cm_png})
-    decision = mlflow.promote_if_better(strategy, logged.version, result.best_val_macro_f1, split_hash)
-    context.log.info(f"registered {logged.registered_model} v{logged.version}: {decision['decision']}")
+        pictures={"validation_confusion_matrix.png": cm_png}, tags=lineage, register=complete,
+        datasets=_training_datasets(train, val, strategy, config.label_column, str(paths.duckdb)))
+    run_link = dg.MetadataValue.url(mlflow.run_url(logged.run_id))
+    if not complete:
+        raise dg.Failure(
+            description=f"model_{strategy}: training reached the {train_config.max_minutes:g}-minute safety cap "
+                        f"after {len(result.history)} of {train_config.epochs} epochs; logged as incomplete MLflow "
+                        f"run {logged.run_id}, not registered (the champion is unchanged)",
+            metadata={"mlflow_run_id": logged.run_id, "mlflow_run": run_link, "epochs_run": len(result.history),
+                      "label_hash": training_labels})
+
+    def rescore(model_uri: str) -> float:
+        """The champion's macro-F1 on this run's validation images and labels."""
+        return float(classification_metrics(val_targets, predict_slices(mlflow.load_model(model_uri),
+                                                                        val_images))["macro_f1"])
+
+    decision = mlflow.promote_if_better(strategy, logged.version, float(val_metrics["macro_f1"]), split_hash,
+                                        rescore)
+    before = decision["champion_before"] or {}
+    context.log.info(f"registered {logged.registered_model} v{logged.version}: {decision['decision']} "
+                     f"(val macro-F1 {val_metrics['macro_f1']:.4f} vs champion "
+                     f"{before.get('val_macro_f1_rescored', before.get('val_macro_f1'))}, {decision['comparison']})")
     history = pd.DataFrame(result.history)
     return dg.MaterializeResult(metadata={
+        "retrained": True,
         "registered_model": logged.registered_model, "version": logged.version, "run_id": logged.run_id,
         "model_uri": logged.model_uri, "champion_decision": decision["decision"],
-        "mlflow_run": dg.MetadataValue.url(mlflow.run_url(logged.run_id)),
+        "champion_version": decision["champion_version"], "promotion_comparison": decision["comparison"],
+        **({"champion_val_macro_f1_rescored": float(before["val_macro_f1_rescored"])}
+           if "val_macro_f1_rescored" in before else {}),
+        "mlflow_run": run_link,
+        "mlflow_model_version": dg.MetadataValue.url(mlflow.model_version_url(logged.registered_model,
+                                                                               logged.version)),
+        "val_macro_f1": float(val_metrics["macro_f1"]),
         "best_val_macro_f1": float(result.best_val_macro_f1), "val_accuracy": float(val_metrics["accuracy"]),
-        "device": result.device, "train_seconds": float(result.seconds),
+        "device": result.device, "train_seconds": float(result.seconds), "epochs_run": len(result.history),
         "images_per_s": float(result.images_per_s), "stop_reason": result.stop_reason,
-        "n_train": len(train), "n_val": len(val), "label_hash": params["label_hash"], **provenance,
-        "ood_val_flagged": ood_calibration["ood_val_flagged"],
+        "n_train": len(train), "n_val": len(val), "label_hash": params["label_hash"], "split_hash": split_hash,
+        **provenance, "ood_val_flagged": ood_calibration["ood_val_flagged"],
         "history": table(history.round(4)), "validation_confusion": picture(cm_png, "validation confusion"),
     })
 

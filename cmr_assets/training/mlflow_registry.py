@@ -5,10 +5,14 @@ One experiment (`settings.MLFLOW_EXPERIMENT`), one registered model per labellin
 - every newly logged version gets `challenger`, set only after the model is fully logged and
   registered, so an interrupted run never leaves an alias on a half-logged model (at worst an
   un-aliased version that nothing loads);
-- `champion` moves to a new version only when its validation macro-F1 is >= the champion's on the
-  same data split (`split_hash` tag). A champion scored on a different split (new data, new
-  split) is not comparable and is replaced; so is a champion without a `val_macro_f1` tag.
+- `champion` moves to a new version only when its validation macro-F1 is >= the champion's. With a
+  `rescore` function (what training passes) the champion is scored again on the new version's
+  validation set, so both numbers come from the same images and labels, whatever changed since
+  (split, labels). Without one, the champion's tagged score counts when it was measured on the
+  same split (`split_hash` tag); a champion from another split or without a score is replaced.
   The decision and both numbers are tagged on the version and on its run.
+- a run that did not complete (training stopped by its safety time cap) is logged with
+  `cmr.complete=false` and no model is registered, so it can never become `challenger` or `champion`.
 
 Models are logged with MLflow's default PyTorch format for this version ("pt2", torch.export: no
 pickle on load). The export is traced in eval mode on CPU with a batch of 2 so the batch dimension
@@ -20,8 +24,11 @@ Public API:
 - `check_tracking_store(uri) -> None`
 - `ensure_experiment(client, name, artifact_location) -> experiment_id`
 - `log_trained_model(tracking_uri, artifact_location, strategy, model, params, history, metrics,
-  input_example, pictures, tags=None, experiment_name=MLFLOW_EXPERIMENT) -> LoggedModel`
-- `promote_if_better(client, model_name, new_version, new_val_macro_f1, split_hash) -> dict`
+  input_example, pictures, tags=None, experiment_name=MLFLOW_EXPERIMENT, register=True,
+  datasets=None) -> LoggedModel` (`datasets`: context -> `mlflow.data` dataset, logged as run inputs;
+  metrics are attached to the logged model and to the `validation` dataset)
+- `promote_if_better(client, model_name, new_version, new_val_macro_f1, split_hash, rescore=None) -> dict`
+- `newest_version_label_hash(client, model_name) -> str | None`
 - `load_champion(model_name_or_uri, tracking_uri=None, map_location="cpu") -> torch.nn.Module`
 - `log_evaluation_run(tracking_uri, artifact_location, report, report_files, pictures, tags=None,
   experiment_name=MLFLOW_EXPERIMENT) -> run_id`
@@ -37,7 +44,7 @@ import sqlite3
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -195,7 +202,8 @@ def log_trained_model(tracking_uri: str, artifact_location: str, strategy: str, 
                       params: Mapping[str, Any], history: Sequence[Mapping[str, Any]],
                       metrics: Mapping[str, Any], input_example: np.ndarray,
                       pictures: Mapping[str, bytes], tags: Mapping[str, str] | None = None,
-                      experiment_name: str = MLFLOW_EXPERIMENT,
+                      experiment_name: str = MLFLOW_EXPERIMENT, register: bool = True,
+                      datasets: Mapping[str, Any] | None = None,
                       version_tags: Mapping[str, str] | None = None) -> LoggedModel:
     """One training run: params, per-epoch metrics (step = `epoch` key, else list position), final
     metrics, pictures under `pictures/`, the model with signature/input example/pinned requirements,
@@ -203,7 +211,9 @@ def log_trained_model(tracking_uri: str, artifact_location: str, strategy: str, 
     `challenger` on the new version.
 
     The model is copied to CPU in eval mode for export; the caller's module is left untouched.
-    Call `promote_if_better` afterwards to decide on `champion`.
+    Call `promote_if_better` afterwards to decide on `champion`. With `register=False` (an
+    incomplete run) only the run is logged, tagged `cmr.complete=false`: no model, no version,
+    no alias; the returned `model_uri` and `version` are empty.
     """
     if strategy not in REGISTERED_MODEL_NAMES:
         raise ValueError(f"strategy: expected one of {sorted(REGISTERED_MODEL_NAMES)}, got {strategy!r}")
@@ -220,26 +230,50 @@ def log_trained_model(tracking_uri: str, artifact_location: str, strategy: str, 
 
     with _tracking_uri(tracking_uri), mlflow.start_run(
             experiment_id=experiment_id, run_name=f"train-{strategy}",
-            tags={"strategy": strategy, "kind": "training", **(tags or {}), **(version_tags or {})}) as run:
+            tags={"strategy": strategy, "kind": "training", "cmr.complete": str(register).lower(),
+                  **(tags or {}), **(version_tags or {})}) as run:
         mlflow.log_params({k: _param_value(v) for k, v in {"strategy": strategy, **params}.items()})
+        for context, dataset in (datasets or {}).items():
+            mlflow.log_input(dataset, context=context)
         for position, epoch_metrics in enumerate(history):
             step = int(epoch_metrics.get("epoch", position))
             values = _finite_metrics({k: v for k, v in epoch_metrics.items() if k != "epoch"})
             if values:
                 mlflow.log_metrics(values, step=step)
-        mlflow.log_metrics(_finite_metrics(metrics))
         _log_pictures(pictures, "pictures")
+        final_metrics = _finite_metrics(metrics)
+        validation = (datasets or {}).get("validation")
+        if not register:
+            mlflow.log_metrics(final_metrics, dataset=validation)
+            return LoggedModel(run_id=run.info.run_id, model_uri="", registered_model=registered_model, version="")
         info = mlflow.pytorch.log_model(
             export_model, name="model", signature=signature, input_example=example,
             pip_requirements=_pip_requirements(), registered_model_name=registered_model)
+        # the final numbers belong to this model (MLflow 3 logged-model metrics) and to its validation data
+        mlflow.log_metrics(final_metrics, model_id=info.model_id, dataset=validation)
         version = str(info.registered_model_version)
         client.set_model_version_tag(registered_model, version, "strategy", strategy)
+        for key in ("label_hash", "split_hash", "dagster.run_id", "dagster.asset_key"):
+            if (tags or {}).get(key):
+                client.set_model_version_tag(registered_model, version, key, tags[key])
         for key, value in (version_tags or {}).items():
             client.set_model_version_tag(registered_model, version, key, value)
         client.set_registered_model_alias(registered_model, CHALLENGER, version)
         mlflow.set_tags({"registered_model": registered_model, "registered_version": version})
     return LoggedModel(run_id=run.info.run_id, model_uri=info.model_uri,
                        registered_model=registered_model, version=version)
+
+
+def newest_version_label_hash(client: mlflow.MlflowClient, model_name: str) -> str | None:
+    """The `label_hash` param of the run behind the newest registered version (None without one)."""
+    try:
+        versions = client.search_model_versions(f"name = '{model_name}'")
+    except MlflowException:
+        return None
+    if not versions:
+        return None
+    newest = max(versions, key=lambda v: int(v.version))
+    return client.get_run(newest.run_id).data.params.get("label_hash") if newest.run_id else None
 
 
 def _tag_float(tags: Mapping[str, str], key: str) -> float | None:
@@ -251,13 +285,21 @@ def _tag_float(tags: Mapping[str, str], key: str) -> float | None:
 
 
 def promote_if_better(client: mlflow.MlflowClient, model_name: str, new_version: str | int,
-                      new_val_macro_f1: float, split_hash: str) -> dict[str, Any]:
-    """Move `champion` to `new_version` when its validation macro-F1 is >= the champion's on the same split.
+                      new_val_macro_f1: float, split_hash: str,
+                      rescore: Callable[[str], float] | None = None) -> dict[str, Any]:
+    """Move `champion` to `new_version` when its validation macro-F1 is >= the champion's.
 
-    Returns {"decision", "champion_version", "new": {version, val_macro_f1, split_hash},
-    "champion_before": {...} or None}. Decisions: `first_champion`, `promoted` (>= on the same
-    split), `kept_champion` (worse), `replaced_other_split` (champion scored on another split, or
-    without a score: not comparable). Tags go on the version and its run.
+    `rescore(model_uri) -> macro-F1` scores the current champion on the new version's validation
+    set; then both scores come from the same images and labels (`comparison`
+    `rescored_on_same_validation`). Without `rescore` (or when the champion cannot be loaded) the
+    champion's tagged score counts on the same split (`tagged_score_same_split`); a champion from
+    another split or without a score is not comparable and is replaced (`not_comparable`).
+
+    Returns {"decision", "champion_version", "comparison", "new": {version, val_macro_f1,
+    split_hash}, "champion_before": {...} or None}. Decisions: `first_champion`, `already_champion`,
+    `promoted` (>=), `kept_champion` (worse), `replaced_other_split`. Tags go on the version and its
+    run: the decision, both scores (`val_macro_f1`, `champion_val_macro_f1_before` as tagged,
+    `champion_val_macro_f1_rescored`) and `comparison`.
     """
     if not math.isfinite(new_val_macro_f1):
         raise ValueError(f"new_val_macro_f1: must be a finite number, got {new_val_macro_f1}")
@@ -267,6 +309,8 @@ def promote_if_better(client: mlflow.MlflowClient, model_name: str, new_version:
     except MlflowException:
         current = None
     champion_before = None
+    comparison = "none"
+    rescored: float | None = None
     if current is None:
         decision = "first_champion"
     else:
@@ -274,14 +318,25 @@ def promote_if_better(client: mlflow.MlflowClient, model_name: str, new_version:
         old_split = current.tags.get("split_hash")
         champion_before = {"version": str(current.version), "val_macro_f1": old_score,
                            "split_hash": old_split}
+        if str(current.version) != new_version and rescore is not None:
+            try:
+                rescored = float(rescore(f"models:/{model_name}/{current.version}"))
+            except Exception:  # an unloadable champion cannot be compared; fall back to its tags
+                rescored = None
+            if rescored is not None and not math.isfinite(rescored):
+                rescored = None
         if str(current.version) == new_version:
             decision = "already_champion"
+        elif rescored is not None:
+            champion_before["val_macro_f1_rescored"] = rescored
+            comparison = "rescored_on_same_validation"
+            decision = "promoted" if new_val_macro_f1 >= rescored else "kept_champion"
         elif old_score is None or old_split != split_hash:
+            comparison = "not_comparable"
             decision = "replaced_other_split"
-        elif new_val_macro_f1 >= old_score:
-            decision = "promoted"
         else:
-            decision = "kept_champion"
+            comparison = "tagged_score_same_split"
+            decision = "promoted" if new_val_macro_f1 >= old_score else "kept_champion"
     if decision != "kept_champion":
         client.set_registered_model_alias(model_name, CHAMPION, new_version)
     champion_version = new_version if decision != "kept_champion" else champion_before["version"]
@@ -290,9 +345,11 @@ def promote_if_better(client: mlflow.MlflowClient, model_name: str, new_version:
         "val_macro_f1": repr(float(new_val_macro_f1)),
         "split_hash": split_hash,
         "promotion_decision": decision,
+        "promotion_comparison": comparison,
         "champion_version_before": champion_before["version"] if champion_before else "none",
         "champion_val_macro_f1_before": (repr(champion_before["val_macro_f1"]) if champion_before
                                          and champion_before["val_macro_f1"] is not None else "none"),
+        "champion_val_macro_f1_rescored": repr(rescored) if rescored is not None else "none",
     }
     for key, value in decision_tags.items():
         client.set_model_version_tag(model_name, new_version, key, value)
@@ -303,6 +360,7 @@ def promote_if_better(client: mlflow.MlflowClient, model_name: str, new_version:
     return {
         "decision": decision,
         "champion_version": champion_version,
+        "comparison": comparison,
         "new": {"version": new_version, "val_macro_f1": float(new_val_macro_f1), "split_hash": split_hash},
         "champion_before": champion_before,
     }

@@ -79,11 +79,12 @@ def register_champion(tracking_uri: str, strategy: str, label_hash: str, artifac
 
 
 def evaluate(paths: DataPaths, tracking_uri: str) -> dg.RunRequest | dg.SkipReason:
-    context = dg.build_schedule_context(
-        scheduled_execution_time=NIGHT,
-        resources={"data_paths": DataPathsResource(root=str(paths.root)),
-                   "mlflow": MlflowResource(tracking_uri=tracking_uri)})
-    return nightly_retrain_schedule(context)
+    # a schedule context needs a persistent instance, and must be closed (it enters the instance)
+    with dg.instance_for_test() as instance, dg.build_schedule_context(
+            instance=instance, scheduled_execution_time=NIGHT,
+            resources={"data_paths": DataPathsResource(root=str(paths.root)),
+                       "mlflow": MlflowResource(tracking_uri=tracking_uri)}) as context:
+        return nightly_retrain_schedule(context)
 
 
 def test_strategies_to_retrain() -> None:
@@ -122,7 +123,8 @@ def test_schedule_skips_when_labels_unchanged_and_retrains_what_changed(data_pat
     write_tables(data_paths, tables)
     changed = evaluate(data_paths, mlflow_store)
     assert isinstance(changed, dg.RunRequest)
-    assert changed.tags["cmr/labels_changed"] == "single" and changed.run_key == "retrain-20250302-single"
+    assert changed.tags["cmr/labels_changed"] == "single" and changed.run_key.startswith("nightly-20250302-")
+    assert changed.asset_selection == [dg.AssetKey("model_single"), dg.AssetKey("evaluation_report")]
 
 
 def test_schedule_skips_without_a_split(data_paths, mlflow_store) -> None:

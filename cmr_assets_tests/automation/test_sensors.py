@@ -43,13 +43,14 @@ def selected_keys(job_name: str) -> set[str]:
     return {key.to_user_string() for key in job.asset_layer.executable_asset_keys}
 
 
-def test_annotation_sensor_targets_ingestion_labels_models_and_evaluation() -> None:
-    assert annotation_files_sensor.job_name == "relabel_and_retrain"
-    keys = selected_keys("relabel_and_retrain")
-    assert {"raw_annotations_single", "raw_annotations_ranking", "labels_single", "labels_ranking",
-            "observer_agreement", "model_single", "model_ranking", "evaluation_report"} <= keys
-    assert not keys & {"synthetic_cohort", "raw_scans", "slices", "labelling_tasks_single",
-                       "labelling_tasks_ranking", "simulated_annotations_single"}
+def test_annotation_sensor_relabels_without_training() -> None:
+    assert annotation_files_sensor.job_name == "relabel"
+    keys = selected_keys("relabel")
+    assert keys == {"raw_annotations_single", "raw_annotations_ranking", "labels_single", "labels_ranking",
+                    "observer_agreement", "dataset_split"}
+    assert selected_keys("retrain_models") == {"model_single", "model_ranking", "evaluation_report"}
+    assert defs.resolve_job_def("retrain_models").tags["cmr/lane"] == "retrain"
+    assert defs.resolve_job_def("relabel").tags["cmr/lane"] == "relabel"
 
 
 def test_new_annotation_file_triggers_exactly_one_run_then_skips(data_paths, instance) -> None:
@@ -58,7 +59,7 @@ def test_new_annotation_file_triggers_exactly_one_run_then_skips(data_paths, ins
     touch(write_annotation_file([single()], data_paths.annotations_incoming, "single", "sim-expert-1"), 1_000)
     result, cursor = tick(annotation_files_sensor, data_paths, instance, None)
     assert isinstance(result, dg.RunRequest) and result.run_key and cursor
-    assert result.job_name in (None, "relabel_and_retrain") and result.tags["cmr/new_files"] == "1"
+    assert result.job_name in (None, "relabel") and result.tags["cmr/new_files"] == "1"
     again, same_cursor = tick(annotation_files_sensor, data_paths, instance, cursor)
     assert isinstance(again, dg.SkipReason) and same_cursor == cursor
 
@@ -134,3 +135,16 @@ def test_files_already_ingested_start_no_run_but_a_new_one_does(data_paths, inst
     touch(write_annotation_file([single("s-000002", "scan1-01")], incoming, "single", "sim-expert-1"), 2_000)
     fired, _ = tick(annotation_files_sensor, data_paths, instance, cursor)
     assert isinstance(fired, dg.RunRequest)
+
+
+def test_rejected_symlink_counts_as_handled_and_subfolders_are_not_watched(data_paths, instance, tmp_path) -> None:
+    incoming = data_paths.annotations_incoming
+    outside = write_annotation_file([single()], tmp_path / "elsewhere", "single", "sim-expert-1")
+    (incoming / "link.jsonl").symlink_to(outside)
+    with duckdb.connect(str(data_paths.duckdb)) as con:
+        con.execute("CREATE TABLE tasks_single (task_id VARCHAR, annotator_id VARCHAR, slice_id VARCHAR, kind VARCHAR)")
+        con.execute("CREATE TABLE tasks_ranking (batch_id VARCHAR, annotator_id VARCHAR, slice_ids VARCHAR[])")
+        assert ingest_annotation_files(incoming, con, ROSTER).files_rejected == ["link.jsonl"]
+    write_annotation_file([single("s-000002", "scan1-01")], incoming / "nested", "single", "sim-expert-1")
+    skipped, _ = tick(annotation_files_sensor, data_paths, instance, None)
+    assert isinstance(skipped, dg.SkipReason) and "already ingested" in skipped.skip_message

@@ -117,14 +117,22 @@ def test_idempotent_and_source_files_untouched(con, tmp_path: Path) -> None:
     assert files.values.tolist() == [["bad.jsonl", 0, 1], [path.name, 2, 0]]
 
 
-def test_duplicate_submission_ids_are_ignored(con, tmp_path: Path) -> None:
+def test_duplicate_submission_ids_are_stored_once_and_each_repeat_rejected(con, tmp_path: Path) -> None:
     record = single()
     write_annotation_file([record], tmp_path, "single", "sim-expert-1")
     copy = tmp_path / "copy-of-session.jsonl"
     copy.write_text(json.dumps(record.to_json_dict()) + "\n" + json.dumps(record.to_json_dict()) + "\n")
     report = ingest_annotation_files(tmp_path, con, ROSTER)
-    assert (report.single_added, report.duplicates_ignored) == (1, 2)
+    assert (report.single_added, report.duplicates_rejected, report.rejected_added) == (1, 2, 2)
     assert count(con, "raw_annotations_single") == 1
+    stored = con.execute("SELECT source_file, line FROM raw_annotations_single").fetchall()
+    reasons = con.execute("SELECT source_file, line, reason FROM rejected_annotations").fetchall()
+    # files are read by name: the copy's first line is stored, the other two places are rejected
+    assert stored == [("copy-of-session.jsonl", 1)] and len(reasons) == 2
+    assert all(reason == f"duplicate submission_id {record.submission_id}: already stored from "
+                         "copy-of-session.jsonl line 1" for _, _, reason in reasons)
+    files = dict(con.execute("SELECT source_file, n_valid FROM annotation_files").fetchall())
+    assert sorted(files.values()) == [0, 1]
 
 
 def test_partly_written_file_is_read_again_when_complete(con, tmp_path: Path) -> None:
@@ -160,3 +168,73 @@ def test_missing_campaign_tables_is_a_clear_error(tmp_path: Path) -> None:
     write_annotation_file([single()], tmp_path, "single", "sim-expert-1")
     with pytest.raises(ValueError, match="tasks_single, tasks_ranking missing"):
         ingest_annotation_files(tmp_path, duckdb.connect(), ROSTER)
+
+
+def rejections(con: duckdb.DuckDBPyConnection) -> list[tuple[str, int, str]]:
+    return [tuple(row) for row in con.execute(
+        "SELECT source_file, line, reason FROM rejected_annotations ORDER BY source_file, line").fetchall()]
+
+
+def test_symlink_to_a_file_elsewhere_is_rejected_not_read(con, tmp_path: Path) -> None:
+    incoming, elsewhere = tmp_path / "incoming", tmp_path / "elsewhere"
+    incoming.mkdir()
+    outside = write_annotation_file([single()], elsewhere, "single", "sim-expert-1")
+    (incoming / "link.jsonl").symlink_to(outside)
+    (incoming / "dir.jsonl").mkdir()
+    write_annotation_file([single("s-000002", "scan1-01")], incoming, "single", "sim-expert-1")
+    assert [p.name for p in list_annotation_files(incoming)] == [
+        p.name for p in incoming.iterdir() if p.name.startswith("single-")]
+    report = ingest_annotation_files(incoming, con, ROSTER)
+    assert report.single_added == 1 and sorted(report.files_rejected) == ["dir.jsonl", "link.jsonl"]
+    assert count(con, "raw_annotations_single") == 1
+    assert con.execute("SELECT task_id FROM raw_annotations_single").fetchall() == [("s-000002",)]
+    assert rejections(con) == [("dir.jsonl", 0, "not a regular file"),
+                               ("link.jsonl", 0, "symbolic link: not followed")]
+    again = ingest_annotation_files(incoming, con, ROSTER)  # recorded once, not looked at again
+    assert (again.rejected_added, again.files_skipped_unchanged, again.files_read) == (0, 3, 0)
+    assert len(rejections(con)) == 2
+
+
+def test_fifo_is_rejected_without_blocking(con, tmp_path: Path) -> None:
+    import os
+
+    os.mkfifo(tmp_path / "pipe.jsonl")
+    report = ingest_annotation_files(tmp_path, con, ROSTER)  # would hang if the FIFO were opened blocking
+    assert report.files_rejected == ["pipe.jsonl"]
+    assert rejections(con) == [("pipe.jsonl", 0, "not a regular file")]
+
+
+def test_oversized_line_and_file_are_rejected_with_a_row(con, tmp_path: Path, monkeypatch) -> None:
+    from cmr_assets.labelling import annotation_format
+
+    huge_line = json.dumps({**single().to_json_dict(), "tool_version": "x" * (annotation_format.MAX_LINE_BYTES + 1)})
+    good = single("s-000002", "scan1-01")
+    (tmp_path / "long-line.jsonl").write_text(huge_line + "\n" + json.dumps(good.to_json_dict()) + "\n")
+    (tmp_path / "growing.jsonl").write_text("x" * (annotation_format.MAX_LINE_BYTES + 10))  # no newline yet
+    monkeypatch.setattr(annotation_format, "MAX_FILE_BYTES", 200_000)
+    monkeypatch.setattr(annotation_format.read_annotation_bytes, "__defaults__", (200_000,))
+    (tmp_path / "big.jsonl").write_bytes(b"\n" * 200_001)
+    report = ingest_annotation_files(tmp_path, con, ROSTER)
+    assert report.single_added == 1 and report.files_rejected == ["big.jsonl"]
+    rows = rejections(con)
+    assert rows[0] == ("big.jsonl", 0, "file of 200001 bytes exceeds the limit of 200000 bytes")
+    assert rows[1] == ("growing.jsonl", 1, f"line longer than {annotation_format.MAX_LINE_BYTES} bytes")
+    assert rows[2] == ("long-line.jsonl", 1, f"line longer than {annotation_format.MAX_LINE_BYTES} bytes")
+    assert len(rows) == 3
+    with open(tmp_path / "growing.jsonl", "a") as handle:  # the long line completes: still one row
+        handle.write("\n")
+    assert ingest_annotation_files(tmp_path, con, ROSTER).rejected_added == 0
+    assert len(rejections(con)) == 3
+
+
+def test_repeated_submission_id_across_files_gets_a_rejection_row(con, tmp_path: Path) -> None:
+    record = single()
+    original = write_annotation_file([record], tmp_path, "single", "sim-expert-1")
+    ingest_annotation_files(tmp_path, con, ROSTER)
+    (tmp_path / "replay.jsonl").write_text(json.dumps(record.to_json_dict()) + "\n")
+    report = ingest_annotation_files(tmp_path, con, ROSTER)
+    assert (report.single_added, report.duplicates_rejected, report.rejected_added) == (0, 1, 1)
+    assert rejections(con) == [("replay.jsonl", 1, f"duplicate submission_id {record.submission_id}: "
+                                                   f"already stored from {original.name} line 1")]
+    files = dict(con.execute("SELECT source_file, n_valid FROM annotation_files").fetchall())
+    assert files == {original.name: 1, "replay.jsonl": 0}  # the replay is not counted valid

@@ -211,3 +211,94 @@ def test_resource_defaults_follow_settings(monkeypatch):
     assert resource.resolved_tracking_uri() == "sqlite:////somewhere/else.db"
     assert resource.resolved_artifact_location().startswith("file://")
     assert MlflowResource(tracking_uri="sqlite:///x.db").resolved_tracking_uri() == "sqlite:///x.db"
+
+
+def _fresh_champion(store, score: float, split: str) -> str:
+    client = _client(store)
+    version = _new_version(store)
+    if client.get_registered_model(MODEL).aliases.get("champion"):
+        client.delete_registered_model_alias(MODEL, "champion")
+    assert promote_if_better(client, MODEL, version, score, split)["decision"] == "first_champion"
+    return version
+
+
+def test_champion_is_rescored_on_the_new_validation_set_before_comparing(store, logged):
+    client = _client(store)
+    champion = _fresh_champion(store, 0.90, "split-a")  # its tagged score is from another split
+    asked = []
+
+    def rescore(uri: str) -> float:
+        asked.append(uri)
+        return 0.60
+
+    worse = _new_version(store)
+    decision = promote_if_better(client, MODEL, worse, 0.55, "split-b", rescore=rescore)
+    assert asked == [f"models:/{MODEL}/{champion}"]
+    assert (decision["decision"], decision["comparison"]) == ("kept_champion", "rescored_on_same_validation")
+    assert client.get_model_version_by_alias(MODEL, "champion").version == int(champion)
+    tags = client.get_model_version(MODEL, worse).tags
+    assert float(tags["val_macro_f1"]) == 0.55 and float(tags["champion_val_macro_f1_rescored"]) == 0.60
+    assert float(tags["champion_val_macro_f1_before"]) == 0.90
+    assert tags["promotion_comparison"] == "rescored_on_same_validation"
+
+    better = _new_version(store)  # a lower number than the champion's old tag, but better on the same data
+    decision = promote_if_better(client, MODEL, better, 0.61, "split-b", rescore=lambda uri: 0.60)
+    assert decision["decision"] == "promoted" and decision["champion_before"]["val_macro_f1_rescored"] == 0.60
+    assert client.get_model_version_by_alias(MODEL, "champion").version == int(better)
+
+
+def test_unloadable_champion_falls_back_to_the_tagged_comparison(store, logged):
+    client = _client(store)
+    champion = _fresh_champion(store, 0.90, "split-a")
+
+    def broken(uri: str) -> float:
+        raise OSError("artifact gone")
+
+    same_split = _new_version(store)
+    decision = promote_if_better(client, MODEL, same_split, 0.50, "split-a", rescore=broken)
+    assert (decision["decision"], decision["comparison"]) == ("kept_champion", "tagged_score_same_split")
+    assert client.get_model_version_by_alias(MODEL, "champion").version == int(champion)
+    assert client.get_model_version(MODEL, same_split).tags["champion_val_macro_f1_rescored"] == "none"
+
+
+def test_incomplete_run_is_logged_but_never_registered(store, logged):
+    client = _client(store)
+    aliases_before = client.get_registered_model(MODEL).aliases
+    versions_before = len(client.search_model_versions(f"name='{MODEL}'"))
+    result = log_trained_model(**store, strategy="ranking", model=TinyNet(), params={"label_hash": "h-incomplete"},
+                               history=[{"epoch": 1, "val_macro_f1": 0.4}], metrics={"epochs_run": 1},
+                               input_example=np.zeros((1, 1, 16, 16), np.float32), pictures={},
+                               tags={"stop_reason": "time_cap"}, register=False)
+    assert (result.version, result.model_uri) == ("", "")
+    assert len(client.search_model_versions(f"name='{MODEL}'")) == versions_before
+    assert client.get_registered_model(MODEL).aliases == aliases_before
+    run = client.get_run(result.run_id)
+    assert run.data.tags["cmr.complete"] == "false" and run.data.metrics["epochs_run"] == 1.0
+    assert mlflow_registry.newest_version_label_hash(client, MODEL) != "h-incomplete"
+
+
+def test_lineage_tags_datasets_and_metrics_on_the_logged_model(store, logged):
+    import pandas as pd
+    from mlflow import data as mlflow_data
+
+    rows = pd.DataFrame({"slice_id": ["a-00", "a-01"], "target": [0, 1]})
+    datasets = {context: mlflow_data.from_pandas(rows, targets="target", name=f"labels-{context}", digest=context)
+                for context in ("training", "validation")}
+    lineage = {"dagster.run_id": "run-123", "dagster.asset_key": "model_ranking", "label_hash": "h-lineage",
+               "split_hash": "split-c"}
+    result = log_trained_model(**store, strategy="ranking", model=TinyNet(), params={"label_hash": "h-lineage"},
+                               history=[], metrics={"val_macro_f1": 0.7},
+                               input_example=np.zeros((1, 1, 16, 16), np.float32), pictures={}, tags=lineage,
+                               datasets=datasets)
+    client = _client(store)
+    run = client.get_run(result.run_id)
+    assert {k: run.data.tags[k] for k in lineage} == lineage and run.data.tags["cmr.complete"] == "true"
+    inputs = {d.dataset.name: {t.key: t.value for t in d.tags} for d in run.inputs.dataset_inputs}
+    assert inputs["labels-training"]["mlflow.data.context"] == "training"
+    assert inputs["labels-validation"]["mlflow.data.context"] == "validation"
+    version = client.get_model_version(MODEL, result.version)
+    assert {k: version.tags[k] for k in ("label_hash", "dagster.run_id", "dagster.asset_key")} == {
+        "label_hash": "h-lineage", "dagster.run_id": "run-123", "dagster.asset_key": "model_ranking"}
+    model = client.get_logged_model(version.model_id or result.model_uri.removeprefix("models:/"))
+    assert [(m.key, m.value) for m in model.metrics] == [("val_macro_f1", 0.7)]
+    assert mlflow_registry.newest_version_label_hash(client, MODEL) == "h-lineage"
