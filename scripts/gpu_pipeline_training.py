@@ -55,7 +55,8 @@ def main() -> int:
         result = train_classifier(part(f"{strategy}_train"), torch.from_numpy(targets), part(f"{strategy}_val"),
                                   torch.from_numpy(data[f"{strategy}_val_targets"]), run_config)
         wall = time.perf_counter() - started
-        proba = predict_proba(result.model, test_images, run_config.input_size, device=device)
+        proba = predict_proba(result.model, test_images, run_config.input_size, device=device,
+                              crop_fraction=run_config.crop_fraction)
         predictions[key] = proba.argmax(axis=1)
         results[key] = {
             "n_train": int(len(targets)), "epochs": len(result.history), "best_epoch": result.best_epoch,

@@ -107,7 +107,8 @@ def ranking_soft_labels(truth: np.ndarray, noise: float, rng: np.random.Generato
 
 def summarise(name: str, result: TrainResult, test_images: torch.Tensor, test_truth: np.ndarray,
               device: torch.device) -> dict[str, object]:
-    probs = predict_proba(result.model, test_images, result.config.input_size, device=device)
+    probs = predict_proba(result.model, test_images, result.config.input_size, device=device,
+                          crop_fraction=result.config.crop_fraction)
     predicted = probs.argmax(axis=1)
     steady = [h["images_per_s"] for h in result.history[1:]] or [result.images_per_s]
     return {

@@ -7,9 +7,11 @@ Why it looks the way it does: the whole image set is small (a few thousand 128x1
 ~50 MB), so it is moved to the device ONCE, resized once to ``input_size``, and every step works on
 device tensors (index, convert to float, augment, normalise) with no host round trip; the loss is
 accumulated on the device and read with a single transfer per epoch. On CUDA it trains under bf16
-autocast with channels_last; on CPU it sets the thread count. Augmentation is a small random affine
-(rotation +-10 deg, scale 0.9-1.1, translation +-5%) plus gamma/contrast/brightness jitter, done
-on the batch with ``affine_grid``/``grid_sample``. Loss is class-weighted cross-entropy with
+autocast with channels_last; on CPU it sets the thread count. The network sees the central
+``crop_fraction`` of the field of view (``models.crop_and_resize``, shared with the registered
+model). Augmentation is strong on purpose, because the default cohort is synthetic and real scans
+differ from it (see ``_augment`` and docs/real_images.md); it runs on the batch with
+``affine_grid``/``grid_sample``. Loss is class-weighted cross-entropy with
 probability targets, so hard labels (one-hot) and soft labels (aggregated class probabilities from
 the ranking strategy) share one code path. AdamW, linear warm-up then cosine decay; early stopping
 on validation macro-F1, whose best weights are restored. A ``max_minutes`` cap shortens the cosine

@@ -35,3 +35,17 @@ def test_normalise_batch_is_a_per_image_z_score() -> None:
     assert torch.allclose(out[0], torch.zeros(1, 8, 8))  # a constant image carries no signal
     assert out[1].mean().abs() < 1e-5
     assert (out[1].std() - 1).abs() < 1e-3
+
+
+def test_crop_and_resize_keeps_the_centre_of_the_field_of_view():
+    from cmr_assets.training.models import crop_and_resize
+
+    batch = torch.zeros(2, 1, 100, 100)
+    batch[:, :, 40:60, 40:60] = 200.0  # the heart in the middle
+    batch[:, :, :5, :] = 255.0  # chest wall at the top edge, outside the central 70%
+    cropped = crop_and_resize(batch, 35, crop_fraction=0.7)
+    assert cropped.shape == (2, 1, 35, 35)
+    assert cropped.max() == 200.0 and cropped[:, :, 17, 17].min() == 200.0
+    assert torch.equal(crop_and_resize(batch, 100), batch)
+    with pytest.raises(ValueError, match="crop_fraction"):
+        crop_and_resize(batch, 35, crop_fraction=1.5)
