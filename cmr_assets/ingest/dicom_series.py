@@ -3,9 +3,13 @@ pick the end-diastolic phase and decode + normalise its pixels.
 
 Why this shape: a PACS export is a folder of arbitrary names, nesting and junk. Everything here
 works from file content and DICOM geometry, never from names or SliceLocation (whose sign differs
-between scanners). Header reading uses `stop_before_pixels=True` and runs in a process pool; only
-the chosen phase of a scan is ever decoded. Every file that cannot be used becomes a `Rejection`
-(path relative to the source folder + reason) instead of stopping the run.
+between scanners). Headers are read once per file, in a process pool: a scan of the first 64 KiB
+(`_fast_header`) picks out the whitelisted elements as raw bytes for little-endian files with a
+preamble, and pydicom (`stop_before_pixels=True`) reads everything else (big endian, preamble-less,
+multi-frame, anything unusual), with the same result. Only the chosen phase of a scan is decoded,
+native and deflated pixels straight from the offset the header pass recorded. Every file that
+cannot be used becomes a `Rejection` (path relative to the source folder + reason) instead of
+stopping the run.
 
 Rules (documented choices):
 - Discovery: a file is DICOM if it has the 128-byte preamble + b"DICM"; a preamble-less file is
