@@ -71,10 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.set_defaults(func=_cmd_ingest)
 
     filt = sub.add_parser("filter", help="classify the slices of one series with the registered model")
-    filt.add_argument("series_dir", help="folder holding one short-axis cine series")
+    filt.add_argument("series_dir", help="folder holding one short-axis cine series (single-frame files or "
+                                         "Enhanced MR; localizers and other series beside it are skipped)")
     filt.add_argument("--model", default="ranking",
                       help="'ranking' or 'single' (the registry's champion) or an MLflow model URI")
-    filt.add_argument("--json", action="store_true", help="print JSON, one object per slice position")
+    filt.add_argument("--json", action="store_true",
+                      help="print JSON, one object per slice position, base first ('files' relative to "
+                           "SERIES_DIR; 'frames': 1-based frame numbers per multi-frame file)")
     filt.add_argument("--out", default=None, help="copy the kept DICOM files, unchanged, into this folder")
     filt.set_defaults(func=_cmd_filter)
 

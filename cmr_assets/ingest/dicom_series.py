@@ -3,9 +3,13 @@ pick the end-diastolic phase and decode + normalise its pixels.
 
 Why this shape: a PACS export is a folder of arbitrary names, nesting and junk. Everything here
 works from file content and DICOM geometry, never from names or SliceLocation (whose sign differs
-between scanners). Header reading uses `stop_before_pixels=True` and runs in a process pool; only
-the chosen phase of a scan is ever decoded. Every file that cannot be used becomes a `Rejection`
-(path relative to the source folder + reason) instead of stopping the run.
+between scanners). Headers are read once per file, in a process pool: a scan of the first 64 KiB
+(`_fast_header`) picks out the whitelisted elements as raw bytes for little-endian files with a
+preamble, and pydicom (`stop_before_pixels=True`) reads everything else (big endian, preamble-less,
+multi-frame, anything unusual), with the same result. Only the chosen phase of a scan is decoded,
+native and deflated pixels straight from the offset the header pass recorded. Every file that
+cannot be used becomes a `Rejection` (path relative to the source folder + reason) instead of
+stopping the run.
 
 Rules (documented choices):
 - Discovery: a file is DICOM if it has the 128-byte preamble + b"DICM"; a preamble-less file is
@@ -93,6 +97,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import _at_pixel_data, _read_file_meta_info, read_dataset
 from pydicom.pixels import apply_rescale, get_decoder, pixel_array
+from pydicom.tag import Tag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 logger = logging.getLogger(__name__)
@@ -638,6 +643,131 @@ def _read_deflated_header(handle: BinaryIO) -> tuple[pydicom.Dataset, tuple[int,
                                is_little_endian=True), where
 
 
+HEADER_SCAN_BYTES = 64 * 1024
+_SHORT_LENGTH_VRS = frozenset({b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT",
+                               b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"})
+_SCANNED_KEYWORDS = (
+    "SpecificCharacterSet", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "Modality",
+    "ManufacturerModelName", "Rows", "Columns", "SamplesPerPixel", "PhotometricInterpretation", "BitsAllocated",
+    "BitsStored", "PixelRepresentation", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
+    "SliceThickness", "SpacingBetweenSlices", "TriggerTime", "InstanceNumber", "SeriesNumber", "NumberOfFrames",
+    "RescaleSlope", "RescaleIntercept",
+)
+_SCANNED_TAGS = frozenset(tag_for_keyword(keyword) for keyword in _SCANNED_KEYWORDS)
+# Files holding these go to pydicom (their contents or presence matter); so do multi-frame files,
+# whose functional group sequences are read in full.
+_PYDICOM_TAGS = frozenset(tag_for_keyword(keyword) for keyword in ("ModalityLUTSequence", "DirectoryRecordSequence"))
+_NUMBER_OF_FRAMES = tag_for_keyword("NumberOfFrames")
+_PIXEL_TAG_INTS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
+_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+
+
+class _ScanGaveUp(Exception):
+    """The fast header scan met something it leaves to pydicom."""
+
+
+def _walk_elements(buf: bytes, pos: int, implicit: bool, collect: dict | None) -> tuple[int, int | None]:
+    """Walk little-endian data elements from `pos`: at top level (`collect` given) until a pixel data
+    tag, returning (its offset, tag); inside an item until the item delimiter, returning (the offset
+    after it, None). Wanted top-level elements go into `collect` as raw (unconverted) elements."""
+    size = len(buf)
+    while True:
+        if pos + 8 > size:
+            raise _ScanGaveUp("header longer than the scanned bytes")
+        group, element = struct.unpack_from("<HH", buf, pos)
+        tag = group << 16 | element
+        if collect is None and tag == _ITEM_END:
+            return pos + 8, None
+        if collect is not None and tag in _PIXEL_TAG_INTS:
+            return pos, tag
+        if group == 0xFFFE or (collect is not None and tag > 0x7FE00010) or tag in _PYDICOM_TAGS:
+            raise _ScanGaveUp("unusual element")
+        if implicit:
+            vr, length, start = None, struct.unpack_from("<I", buf, pos + 4)[0], pos + 8
+        else:
+            vr = buf[pos + 4:pos + 6]
+            if vr in _LONG_LENGTH_VRS:
+                length, start = struct.unpack_from("<I", buf, pos + 8)[0], pos + 12
+            elif vr in _SHORT_LENGTH_VRS:
+                length, start = struct.unpack_from("<H", buf, pos + 6)[0], pos + 8
+            else:
+                raise _ScanGaveUp("unknown VR")
+        if length == _UNDEFINED_LENGTH:
+            if tag in _SCANNED_TAGS or (vr is not None and vr != b"SQ"):
+                raise _ScanGaveUp("undefined length outside a sequence")
+            pos = _skip_sequence(buf, start, implicit)
+            continue
+        end = start + length
+        if end > size:
+            raise _ScanGaveUp("element runs past the scanned bytes")
+        if collect is not None and tag in _SCANNED_TAGS:
+            collect[tag] = RawDataElement(Tag(tag), vr.decode("ascii") if vr else None, length, buf[start:end],
+                                          start, implicit, True, True, False)
+        pos = end
+
+
+def _skip_sequence(buf: bytes, pos: int, implicit: bool) -> int:
+    """The offset after an undefined-length sequence that starts (with its first item) at `pos`."""
+    while True:
+        if pos + 8 > len(buf):
+            raise _ScanGaveUp("sequence runs past the scanned bytes")
+        group, element, length = struct.unpack_from("<HHI", buf, pos)
+        tag = group << 16 | element
+        if tag == _SEQUENCE_END:
+            return pos + 8
+        if tag != _ITEM:
+            raise _ScanGaveUp("malformed sequence")
+        if length == _UNDEFINED_LENGTH:
+            pos, _ = _walk_elements(buf, pos + 8, implicit, None)
+        else:
+            pos += 8 + length
+
+
+def _scan_header(buf: bytes, implicit: bool) -> tuple[pydicom.Dataset, int]:
+    """The wanted elements of a little-endian data set in `buf` (raw, as pydicom would hold them) and
+    the offset of its pixel data element; raises `_ScanGaveUp` for anything it leaves to pydicom."""
+    collected: dict = {}
+    offset, _ = _walk_elements(buf, 0, implicit, collected)
+    ds = pydicom.Dataset(collected)
+    if (_optional_int(ds, "NumberOfFrames") or 1) > 1:
+        raise _ScanGaveUp("multi-frame file")
+    return ds, offset
+
+
+def _fast_header(handle: BinaryIO, file_size: int) -> tuple | None:
+    """(dataset, transfer syntax, problem, where, deflate_start) from one read of a file's first bytes,
+    or None to let pydicom read the header. Covers files with a preamble in explicit or implicit VR
+    little endian, compressed syntaxes (their data set is explicit VR little endian) and deflated
+    files; big endian, preamble-less streams, multi-frame functional groups and anything unusual go
+    to pydicom, so results are the same either way."""
+    handle.seek(128 + 4)
+    meta = _read_file_meta_info(handle)
+    syntax = UID(str(meta.get("TransferSyntaxUID", "")))
+    if not syntax.is_transfer_syntax or not syntax.is_little_endian:
+        return None
+    data_start = handle.tell()
+    deflate_start = None
+    if syntax.is_deflated:
+        deflate_start = data_start
+        buf = zlib.decompressobj(-zlib.MAX_WBITS).decompress(handle.read(), DEFLATED_HEADER_BYTES)
+    else:
+        buf = handle.read(HEADER_SCAN_BYTES)
+    try:
+        ds, offset = _scan_header(buf, syntax.is_implicit_VR)
+    except (_ScanGaveUp, struct.error, UnicodeDecodeError):
+        return None
+    ds.file_meta = meta
+    if deflate_start is None:
+        handle.seek(data_start + offset)
+        problem, where = _pixel_element(handle, syntax, file_size)
+        return ds, syntax, problem, where, None
+    element = buf[offset:offset + 12]
+    where = None
+    if len(element) == 12 and element[4:6] in (b"OB", b"OW"):
+        where = (offset + 12, struct.unpack("<I", element[8:12])[0])
+    return ds, syntax, None, where, deflate_start
+
+
 def read_header(source_dir: Path, path: Path) -> DicomHeader | Rejection:
     """Read one single-frame file's header (no pixels) into a `DicomHeader`, or say why it is unusable.
 
@@ -660,9 +790,12 @@ def read_file(source_dir: Path, path: Path) -> list[DicomHeader] | Rejection:
             handle.seek(0)
             try:
                 with _quiet_pydicom():
-                    deflated = _read_deflated_header(handle) if has_preamble else None
+                    fast = _fast_header(handle, file_size) if has_preamble else None
+                    deflated = _read_deflated_header(handle) if has_preamble and fast is None else None
                     deflate_start = None
-                    if deflated is None:
+                    if fast is not None:
+                        ds, transfer_syntax, problem, where, deflate_start = fast
+                    elif deflated is None:
                         handle.seek(0)
                         ds = pydicom.dcmread(handle, stop_before_pixels=True, force=not has_preamble)
                         transfer_syntax = _transfer_syntax(ds)

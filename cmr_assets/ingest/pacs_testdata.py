@@ -9,7 +9,8 @@ Public API:
 - `LOSSLESS_SYNTAXES`: name -> transfer syntax UID of the lossless variants written here.
 - `select_phases(series_dir, phases) -> list[Path]`: the files of some phases (0 = smallest
   TriggerTime at each position), to keep tests fast.
-- `transcode(files, out_dir, syntax) -> list[Path]`: the same files (same names) re-encoded; pydicom's
+- `transcode(files, out_dir, syntax) -> list[Path]`: the same instances (same names and SOPInstanceUIDs)
+  re-encoded; pydicom's
   encoders for RLE, JPEG-LS (pyjpegls) and JPEG 2000 (pylibjpeg-openjpeg), `encode_jpeg_lossless` for
   JPEG Lossless SV1 (1.2.840.10008.1.2.4.70), which no installed package encodes.
 - `encode_jpeg_lossless(pixels, precision) -> bytes`: ITU T.81 process 14, predictor 1, one
@@ -212,7 +213,7 @@ def _compress(ds: Dataset, syntax: str) -> None:
         ds["PixelData"].VR = "OB"
         ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
         return
-    ds.compress(syntax)
+    ds.compress(syntax, generate_instance_uid=False)  # a lossless transcode is the same instance
 
 
 def transcode(files: Sequence[Path], out_dir: Path, syntax: str) -> list[Path]:

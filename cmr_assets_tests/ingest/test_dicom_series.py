@@ -213,3 +213,40 @@ def test_native_fast_decode_matches_pydicom(tmp_path: Path, layout: str) -> None
     fast, reference = _decode(tmp_path, header), _decode(tmp_path, replace(header, pixel_location=None))
     assert fast.dtype == reference.dtype == np.float32 and np.array_equal(fast, reference)
     assert header.monochrome1 == (layout == "monochrome1_implicit") and header.rescale == (2.0, -10.0)
+
+
+def test_fast_header_scan_gives_pydicoms_headers(tmp_path: Path, sunnybrook: Path, monkeypatch) -> None:
+    """The one-read header scan must give exactly what the pydicom path gives, file by file."""
+    from cmr_assets.ingest import dicom_series
+
+    files = write_series(tmp_path / "explicit", SeriesSpec(n_positions=2, n_phases=2, phi_marker="ZZ"))
+    for name, syntax, kwargs in (("implicit", ImplicitVRLittleEndian, {"implicit_vr": True}),
+                                 ("deflated", DeflatedExplicitVRLittleEndian, {}), ("rle", RLELossless, {})):
+        for path in files:
+            ds = pydicom.dcmread(path)
+            if syntax == RLELossless:
+                ds.compress(RLELossless, generate_instance_uid=False)
+            else:
+                ds.file_meta.TransferSyntaxUID = syntax
+            (tmp_path / name).mkdir(exist_ok=True)
+            ds.save_as(tmp_path / name / path.name, **kwargs)
+    real = sorted((sunnybrook / "SCD0000101").iterdir())[:3] + sorted(
+        (sunnybrook / "localizers" / "SCD0000101" / "Localizers_1").iterdir())[:2]
+    for path in real:  # GE files with an empty PerFrameFunctionalGroupsSequence, odd UIDs, nested sequences
+        (tmp_path / "real" / path.name).parent.mkdir(exist_ok=True)
+        (tmp_path / "real" / path.name).write_bytes(path.read_bytes())
+    paths = discover_files(tmp_path)
+    scanned = 0
+    real_fast = dicom_series._fast_header
+
+    def counting(handle, size):
+        nonlocal scanned
+        result = real_fast(handle, size)
+        scanned += result is not None
+        return result
+
+    monkeypatch.setattr(dicom_series, "_fast_header", counting)
+    fast = [dicom_series.read_file(tmp_path, p) for p in paths]
+    assert scanned == len(paths) == 4 * 4 + 5  # every file here took the fast scan
+    monkeypatch.setattr(dicom_series, "_fast_header", lambda handle, size: None)
+    assert [dicom_series.read_file(tmp_path, p) for p in paths] == fast

@@ -71,7 +71,10 @@ def test_lossless_transcodes_read_like_the_original(original: Path, reference: O
                                                     variant: str) -> None:
     syntax = LOSSLESS_SYNTAXES[variant]
     written = transcode(sorted(original.iterdir()), tmp_path / variant, syntax)
-    assert {pydicom.dcmread(p, stop_before_pixels=True).file_meta.TransferSyntaxUID for p in written} == {syntax}
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in written]
+    assert {h.file_meta.TransferSyntaxUID for h in headers} == {syntax}
+    assert [h.SOPInstanceUID for h in headers] == [
+        pydicom.dcmread(original / p.name, stop_before_pixels=True).SOPInstanceUID for p in written]
     for path in written[:3]:  # stored values survive the round trip exactly
         assert np.array_equal(pydicom.dcmread(path).pixel_array, pydicom.dcmread(original / path.name).pixel_array)
     series = read_series(tmp_path / variant)
