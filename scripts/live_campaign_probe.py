@@ -120,8 +120,10 @@ class RunSampler:
 
 
 def _annotate(base_url: str, name: str, until: float, interval_s: float, seed: int,
-              acknowledged: list[str], latencies: list[float], errors: list[str]) -> None:
-    """One annotator: log in, then answer both strategies in turn until `until` or no tasks are left."""
+              acknowledged: list[str], latencies: list[float], errors: list[str],
+              pause: tuple[float, float] | None = None) -> None:
+    """One annotator: log in, then answer both strategies in turn until `until` or no tasks are left;
+    `pause` = (start, end) on the monotonic clock: a break everybody takes (a quiet period)."""
     import re
 
     import httpx
@@ -133,6 +135,9 @@ def _annotate(base_url: str, name: str, until: float, interval_s: float, seed: i
         token = re.search(r'name="csrf-token" content="([^"]+)"', client.get("/").text).group(1)
         open_strategies = ["single", "ranking"]
         while open_strategies and time.monotonic() < until:
+            if pause and pause[0] <= time.monotonic() < pause[1]:
+                time.sleep(pause[1] - time.monotonic())
+                continue
             strategy = rng.choice(open_strategies)
             task = client.get(f"/api/{strategy}/next").json()["task"]
             if task is None:
@@ -234,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--annotators", type=int, default=3)
     parser.add_argument("--minutes", type=float, default=4.0, help="how long the annotators answer")
     parser.add_argument("--answer-interval-s", type=float, default=3.0)
+    parser.add_argument("--pause-minutes", type=float, default=0.0,
+                        help="a break every annotator takes halfway through (0: none); longer than the quiet "
+                             "period, it gives the retrain sensor a second chance")
     parser.add_argument("--quiet-minutes", type=float, default=1.0, help="CMR_RETRAIN_QUIET_MINUTES")
     parser.add_argument("--settle-timeout-minutes", type=float, default=8.0)
     parser.add_argument("--epochs", type=int, default=2)
@@ -256,16 +264,19 @@ def main(argv: list[str] | None = None) -> int:
     errors: list[str] = []
     try:
         with RunSampler() as sampler:
-            until = time.monotonic() + args.minutes * 60
+            start = time.monotonic()
+            until = start + (args.minutes + args.pause_minutes) * 60
+            pause = (start + args.minutes * 30, start + args.minutes * 30 + args.pause_minutes * 60) \
+                if args.pause_minutes else None
             base_url = f"http://127.0.0.1:{server.config.port}"
             clients = [threading.Thread(target=_annotate, args=(base_url, name, until, args.answer_interval_s, k,
-                                                                acknowledged, latencies, errors))
+                                                                acknowledged, latencies, errors, pause))
                        for k, name in enumerate(annotators)]
             for client in clients:
                 client.start()
             for client in clients:
                 client.join()
-            answered_s = args.minutes * 60 - max(0.0, until - time.monotonic())
+            answered_s = time.monotonic() - start
             print(f"probe: {len(acknowledged)} answers in {answered_s:.0f} s; waiting for automation to settle",
                   file=sys.stderr)
             # settled: the quiet period and a sensor tick have passed, and nothing is waiting or running
