@@ -39,9 +39,11 @@ Measured (training step, batch 64) on the 2-core development machine while share
 (load 4-6, so slow and noisy): 2 threads: small_cnn 70 images/s at 96 px, 36 at 128 px; resnet18
 14 and 9. 1 thread: small_cnn 152 and 81; resnet18 28 and 16 (oversubscribed OpenMP threads are
 slower than one). The CPU default (small_cnn, 96 px on the central 70% of the field of view,
-lr 1e-3, 20 epochs, 1 thread on 2 cores) trains the demo's ~2,050 domain-randomised slices (+690
-validation) at ~190 images/s, ~13 s per epoch; with the strong augmentation the validation
-macro-F1 was still rising at epoch 15 (0.66), hence 20 epochs (about the old 4-minute budget).
+lr 1e-3, 15 epochs, 1 thread on 2 cores) trains the demo's ~2,050 domain-randomised slices (+690
+validation) at ~190 images/s, ~13 s per epoch, 3-4 minutes per model (the old time budget). With
+the strong augmentation the validation macro-F1 is still rising at epoch 15 (0.66; 0.73 at epoch
+20, which did not improve the test or real-image figures in one demo run each, and costs 2.5 more
+minutes of demo): on a GPU, `gpu_config` trains longer.
 H100 (scripts/
 gpu_training_check.py, ``gpu_config``): resnet18 at 128 px, batch 256, ~20,000 images/s, 2,160
 images x ~20 epochs in 3-12 s per model (the first includes cuDNN autotuning).
@@ -89,7 +91,7 @@ class TrainConfig:
     architecture: str = "small_cnn"
     input_size: int = 96
     crop_fraction: float = 0.7  # central part of the field of view the network sees (see models.crop_and_resize)
-    epochs: int = 20
+    epochs: int = 15
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 1e-4
