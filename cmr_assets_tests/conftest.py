@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -213,3 +214,15 @@ def bad_input_folder(tmp_path: Path) -> BadInputFolder:
     expected[rel(duplicate)[0]] = "duplicate SOPInstanceUID"
 
     return BadInputFolder(root=root, good_series_uids=(good.series_uid, partly.series_uid), expected=expected)
+
+
+@contextmanager
+def pipeline_environment(root: Path) -> Iterator[pytest.MonkeyPatch]:
+    """Data folder, MLflow store and Dagster instance of one test pipeline, all under `root`."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CMR_DATA_DIR", str(root / "data"))
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        mp.setenv("MLFLOW_ARTIFACT_ROOT", (root / "artifacts").as_uri())
+        mp.setenv("DAGSTER_HOME", str(root / "dagster_home"))
+        (root / "dagster_home").mkdir(exist_ok=True)
+        yield mp

@@ -10,6 +10,7 @@ from cmr_assets.evaluation.report import validate_report
 from cmr_assets.inference.slice_filter import run_filter_cli
 from cmr_assets.ingest.synthetic import IDENTIFIER_MARKER
 from cmr_assets.settings import REGISTERED_MODEL_NAMES
+from cmr_assets_tests.conftest import pipeline_environment
 
 SUNNYBROOK = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "sunnybrook"
 TINY_RUN = {"ops": {
@@ -22,12 +23,7 @@ TINY_RUN = {"ops": {
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CMR_DATA_DIR", str(root / "data"))
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        mp.setenv("MLFLOW_ARTIFACT_ROOT", (root / "artifacts").as_uri())
-        mp.setenv("DAGSTER_HOME", str(root / "dagster_home"))
-        (root / "dagster_home").mkdir()
+    with pipeline_environment(root):
         from cmr_assets.pipeline_runs import run_job
 
         result = run_job("cmr_pipeline", TINY_RUN)

@@ -23,6 +23,7 @@ from cmr_assets.automation.sensors import annotation_files_sensor, labels_settle
 from cmr_assets.resources import DataPathsResource, MlflowResource
 from cmr_assets.settings import REGISTERED_MODEL_NAMES, DataPaths
 from cmr_assets_tests.app.conftest import FAST_HASH, PASSWORD, app_config, log_in
+from cmr_assets_tests.conftest import pipeline_environment
 from cmr_assets_tests.test_end_to_end import TINY_RUN
 
 MODELS = {"ops": {name: TINY_RUN["ops"][name] for name in ("model_single", "model_ranking")}}
@@ -33,12 +34,7 @@ ANNOTATORS = ("dr_a", "dr_b")
 def live(tmp_path_factory):
     """A tiny pipeline run (v1 of both models), with its environment kept for the module's tests."""
     root = tmp_path_factory.mktemp("live")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CMR_DATA_DIR", str(root / "data"))
-        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        mp.setenv("MLFLOW_ARTIFACT_ROOT", (root / "artifacts").as_uri())
-        mp.setenv("DAGSTER_HOME", str(root / "dagster_home"))
-        (root / "dagster_home").mkdir()
+    with pipeline_environment(root):
         from cmr_assets.definitions import build_definitions
         from cmr_assets.pipeline_runs import run_job
 
