@@ -75,12 +75,13 @@ def load_real_series(root: Path = REAL_DATA_DIR) -> list[RealSeries]:
     if not truth_csv.is_file():
         raise FileNotFoundError(f"{truth_csv}: the real-image check needs its truth table")
     out = []
-    for patient, contoured in sorted(_truth_by_patient(truth_csv).items()):
+    for number, (patient, contoured) in enumerate(sorted(_truth_by_patient(truth_csv).items()), start=1):
         series = read_series(Path(root) / patient)
         if len(series.slices) != len(contoured):
             raise ValueError(f"{root / patient}: {len(series.slices)} slice positions read, "
                              f"{TRUTH_FILE} lists {len(contoured)}")
-        out.append(RealSeries(name=patient, series=series, truth=slice_truth(contoured)))
+        # named by number: the folder names are the (public, anonymised) patient IDs, which stay out of reports
+        out.append(RealSeries(name=f"real {number}", series=series, truth=slice_truth(contoured)))
     return out
 
 

@@ -33,7 +33,7 @@ def real_series():
 
 
 def test_shipped_real_data_reads_with_truth_from_contours(real_series):
-    assert [s.name for s in real_series] == ["SCD0000101", "SCD0000201"]
+    assert [s.name for s in real_series] == ["real 1", "real 2"]  # no patient ID leaves ingestion
     assert [len(s.series.slices) for s in real_series] == [12, 13]
     assert real_series[0].truth == (BASE,) * 2 + (LV,) * 9 + (APEX,)
     assert real_series[1].truth == (BASE,) * 2 + (LV,) * 9 + (APEX,) * 2
