@@ -16,6 +16,8 @@ fraction gets at least one scan when there are enough scans).
 Public API:
 - ``SPLITS = ("train", "val", "test")``
 - ``split_by_scan(scan_class_mix, fractions=(0.6, 0.2, 0.2), seed=0) -> DataFrame(scan_id, split)``
+- ``split_new_scans_by_study(scan_class_mix, study_of_scan, existing, fractions, seed)``: the same,
+  with every scan of one study (a repeated cine of one patient) in the split of its study.
 - ``class_mix_from_labels(labels) -> DataFrame(scan_id, too_basal, lv, too_apical)``: per-scan
   counts from a slice-level label table (columns ``scan_id``, ``label``), the usual input of
   ``split_by_scan``.
@@ -119,3 +121,28 @@ def split_by_scan(
         assigned[chosen] += 1
         split_of[row] = SPLITS[chosen]
     return pd.DataFrame({"scan_id": mix["scan_id"].to_numpy(), "split": split_of})
+
+
+def split_new_scans_by_study(scan_class_mix: pd.DataFrame, study_of_scan: pd.Series, existing: pd.DataFrame,
+                             fractions: Sequence[float] = (0.6, 0.2, 0.2), seed: int = 0) -> pd.DataFrame:
+    """Assign new scans so that all scans of one study share a split (no patient on both sides).
+
+    ``study_of_scan`` maps scan_id -> study key (missing or empty: the scan is its own study);
+    ``existing`` holds earlier assignments (scan_id, split), which never change. A new scan of a
+    study that already has a split follows it; the remaining studies are split as units by
+    ``split_by_scan`` on their summed class mix. Returns ``DataFrame(scan_id, split)`` for the scans
+    of ``scan_class_mix``, sorted by scan_id.
+    """
+    mix = _validated_mix(scan_class_mix)
+    study = mix["scan_id"].map(study_of_scan).fillna("").astype(str)
+    study = study.where(study != "", "scan:" + mix["scan_id"].astype(str))
+    mix = mix.assign(study=study.to_numpy())
+    known = existing.assign(study=existing["scan_id"].map(study_of_scan)).dropna(subset=["study"]) \
+        if len(existing) else pd.DataFrame(columns=["scan_id", "split", "study"])
+    study_split = known.drop_duplicates("study").set_index("study")["split"]
+    follows = mix["study"].isin(study_split.index)
+    fresh = mix[~follows].groupby("study", as_index=False)[list(CLASS_NAMES)].sum()
+    by_study = split_by_scan(fresh.rename(columns={"study": "scan_id"}), fractions, seed)
+    study_split = pd.concat([study_split, by_study.set_index("scan_id")["split"]])
+    out = pd.DataFrame({"scan_id": mix["scan_id"], "split": mix["study"].map(study_split).to_numpy()})
+    return out.sort_values("scan_id", ignore_index=True)

@@ -76,3 +76,21 @@ def test_class_mix_from_slice_labels() -> None:
     ]
     with pytest.raises(ValueError, match="outside 0..2"):
         class_mix_from_labels(labels.assign(label=[0, 1, 5, 1, 2]))
+
+
+def test_scans_of_one_study_share_a_split_and_new_ones_follow_it():
+    from cmr_assets.training.split import split_new_scans_by_study
+
+    scans = [f"s{k:02d}" for k in range(30)]
+    mix = pd.DataFrame({"scan_id": scans, "too_basal": 1, "lv": [8 + k % 3 for k in range(30)], "too_apical": 1})
+    study = pd.Series({s: f"study{k // 2}" for k, s in enumerate(scans)})  # two cines per study
+    study["s29"] = None  # no study key: its own study
+    first = split_new_scans_by_study(mix[mix["scan_id"] < "s20"], study, pd.DataFrame(columns=["scan_id", "split"]))
+    assert first.groupby(first["scan_id"].map(study))["split"].nunique().max() == 1
+    assert set(first["split"]) == {"train", "val", "test"}
+    later = split_new_scans_by_study(mix[mix["scan_id"] >= "s20"], study, first)
+    assert later.groupby(later["scan_id"].map(study).fillna("own"))["split"].nunique().max() == 1
+    # a scan whose study already has a split follows it
+    extra = pd.DataFrame({"scan_id": ["s99"], "too_basal": [1], "lv": [9], "too_apical": [1]})
+    follow = split_new_scans_by_study(extra, pd.concat([study, pd.Series({"s99": "study3"})]), first)
+    assert follow["split"].iloc[0] == first.set_index("scan_id").loc["s06", "split"]
