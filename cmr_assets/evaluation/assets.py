@@ -10,6 +10,7 @@ from cmr_assets.evaluation.metrics import classification_metrics, paired_compari
 from cmr_assets.evaluation.plots import confusion_matrix_png, rank_score_distribution_png, roc_curves_png
 from cmr_assets.evaluation.real_check import (
     REAL_DATA_DIR,
+    decisions_png,
     load_real_series,
     real_image_check,
     synthetic_vs_real_png,
@@ -63,8 +64,10 @@ def _test_stacks(test: pd.DataFrame, images, reference: pd.DataFrame, n_scans: i
     return stacks
 
 
-def champions_on_real_images(context: dg.AssetExecutionContext, mlflow: MlflowResource) -> dict:
-    """`real_image_check` of the report: each strategy's champion on the shipped real DICOM."""
+def champions_on_real_images(context: dg.AssetExecutionContext, mlflow: MlflowResource,
+                             figures: dict[str, bytes], test_stacks: list) -> dict:
+    """`real_image_check` of the report: each strategy's champion on the shipped real DICOM; its
+    pictures (decisions per slice, synthetic beside real) are added to `figures`."""
     try:
         real_series = load_real_series(REAL_DATA_DIR)
     except (OSError, ValueError) as error:
@@ -79,10 +82,12 @@ def champions_on_real_images(context: dg.AssetExecutionContext, mlflow: MlflowRe
         results[strategy] = {"model": {"registered_model": name, "version": version.version,
                                        "training_data": version.tags.get(TRAINING_DATA_TAG, "unknown")},
                              **check}
+        figures[f"real_image_check_{strategy}.png"] = decisions_png(check, real_series)
         summary = check["summary"]
         context.log.info(f"{strategy} champion v{version.version} on real images: LV recall model "
                          f"{summary['lv_recall_model']:.3f}, filter {summary['lv_recall_filter']:.3f} "
                          f"({summary['n_lv']} contoured slices), {summary['n_ood']} slices out of distribution")
+    figures["synthetic_vs_real.png"] = synthetic_vs_real_png(test_stacks, real_series)
     return {"data": "real_data/sunnybrook (Sunnybrook Cardiac Data, CC0; 2 patients, ED phase)",
             "strategies": results}
 
@@ -129,10 +134,7 @@ def evaluation_report(context: dg.AssetExecutionContext, data_paths: DataPathsRe
             label_kappa_vs_reference=label_kappa_vs_reference(labels[strategy], reference),
             model={"registered_model": name, "version": version.version, "run_id": version.run_id})
         context.log.info(f"{strategy}: test accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}")
-    real_check = champions_on_real_images(context, mlflow)
-    if real_check.get("strategies"):
-        figures["synthetic_vs_real.png"] = synthetic_vs_real_png(
-            _test_stacks(test, images, reference), load_real_series(REAL_DATA_DIR))
+    real_check = champions_on_real_images(context, mlflow, figures, _test_stacks(test, images, reference))
     predictions = {s: probas[s].argmax(axis=1) for s in STRATEGIES}
     comparison = paired_comparison(y_true, predictions["ranking"], predictions["single"], groups=test["scan_id"])
     figures["roc_curves.png"] = roc_curves_png(y_true, probas)

@@ -14,6 +14,8 @@ filter's own code path (`read_series` -> model -> monotone step -> keep/remove):
 Public API:
 - `REAL_DATA_DIR`, `RealSeries`, `load_real_series(root) -> list[RealSeries]`
 - `real_image_check(model, series) -> dict` (JSON-ready; `summary` + `slices`)
+- `decisions_png(check, series, title, path=None) -> bytes`: every real slice with its truth, the
+  model's class and the filter's decision.
 - `MATCHED_LEVELS`, `synthetic_vs_real_png(synthetic, series, path=None) -> bytes`: the "look before
   you claim" montage, real rows above synthetic rows at matched levels; `phantom_stacks(seed, n)`.
 """
@@ -141,3 +143,23 @@ def synthetic_vs_real_png(synthetic: list[tuple[str, np.ndarray, np.ndarray]], s
             images.append(stack[k])
             titles.append(f"{name} {levels[k]:+.2f}")
     return montage(images, titles, ncols=len(MATCHED_LEVELS), path=path)
+
+
+_SHORT = {"too_basal": "basal", "lv": "LV", "too_apical": "apical", BASE: "base?", APEX: "apex?"}
+
+
+def decisions_png(check: dict[str, Any], series: list[RealSeries], path: str | Path | None = None) -> bytes:
+    """The real slices base -> apex, one row per series, titled truth / model class / filter decision."""
+    rows = iter(check["slices"])
+    width = max(len(item.series.slices) for item in series)
+    images, titles = [], []
+    for item in series:
+        for s in item.series.slices:
+            row = next(rows)
+            images.append(s.image_128)
+            titles.append(f"{_SHORT[row['truth']]}: {_SHORT[row['model_class']]}, "
+                          f"{'keep' if row['keep'] else 'remove'}" + (" OOD" if row["ood"] else ""))
+        blank = width - len(item.series.slices)  # pad so each series starts a row
+        images += [np.zeros_like(item.series.slices[0].image_128)] * blank
+        titles += [""] * blank
+    return montage(images, titles, ncols=width, path=path)

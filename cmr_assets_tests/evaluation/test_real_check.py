@@ -73,3 +73,13 @@ def test_synthetic_vs_real_montage_matches_levels(real_series, tmp_path):
 
     width, height = Image.open(tmp_path / "m.png").size
     assert width > height * len(MATCHED_LEVELS) / 3 * 0.8  # 3 rows of 7 images
+
+
+def test_decisions_picture_has_one_row_per_series(real_series, tmp_path):
+    from PIL import Image
+
+    from cmr_assets.evaluation.real_check import decisions_png
+
+    png = decisions_png(real_image_check(ConstantModel(1), real_series), real_series, path=tmp_path / "d.png")
+    width, height = Image.open(tmp_path / "d.png").size
+    assert png.startswith(b"\x89PNG") and width > 3 * height  # 2 rows of 13
