@@ -1,9 +1,11 @@
 """Numerical thorax phantom: what a short-axis SSFP cine slice looks like at a given LV level.
 
-Why: the synthetic cohort must look like real cine CMR so that labelling, ranking and the CNNs
-face the same visual cues as on real scans (dark myocardial ring around bright blood with the RV
-crescent beside it; outflow tract, aortic root and thin-walled atria above the base; liver,
-diaphragm and lung beyond the apex; bright fat, dark lung, coil shading, Rician noise).
+Why: the synthetic cohort must teach what transfers to real cine CMR. The class cues are drawn
+from anatomy (dark myocardial ring around bright blood with the RV crescent beside it, papillary
+muscles and a ragged endocardium; outflow tract, aortic root and atria above the base; liver,
+stomach, diaphragm and lung beyond the apex), and everything else is randomised per scan in the
+manner of SynthSeg (Billot et al. 2023): tissue signals, shapes, distractor structures, smooth
+deformation, slice profile, bias field, blur and noise (docs/real_images.md lists the ranges).
 
 Pure numpy/scipy, no I/O. The anatomy is described in the *heart frame* of one slice plane:
 in-plane millimetre coordinates ``(x, y)`` centred on the LV long axis, ``x`` pointing toward the
@@ -11,11 +13,14 @@ RV; the level along the axis is ``level_mm`` (0 = LV base plane, ``lv_length_mm`
 The DICOM geometry that places these planes in patient space lives in ``synthetic.py``.
 
 Public API
-- ``Anatomy``, ``sample_anatomy(rng) -> Anatomy``: one patient's heart and thorax.
+- ``Tissue``, ``sample_tissue(rng)``: per-scan tissue signals (``RANDOM_CONTRAST_SHARE`` random).
+- ``Anatomy``, ``Blob``, ``sample_anatomy(rng) -> Anatomy``: one patient's heart, thorax, distractors.
 - ``Acquisition``, ``sample_acquisition(rng) -> Acquisition``: scanner-side effects.
-- ``PlaneGrid``: pixel coordinates of a stack's planes in the heart frame + anatomical directions.
-- ``render_position(anatomy, grid, level_mm, contractions) -> list[np.ndarray]``: noise-free
-  signal (blood ~ 1), one image per cardiac phase.
+- ``PlaneGrid``: pixel coordinates of a stack's planes in the heart frame + anatomical directions;
+  ``deform(grid, amplitude_mm, rng)``: the same plane with a smooth random displacement.
+- ``render_position(anatomy, grid, level_mm, contractions, partial_volume_mm=0) -> list[np.ndarray]``:
+  noise-free signal (blood ~ 1), one image per cardiac phase, averaged over the slice profile.
+- ``smooth_field(shape, cells, rng)``, ``bias_field(shape, acquisition, rng)``: smooth random fields.
 - ``apply_artefact(image, kind, grid, rng)``, ``ARTEFACT_KINDS``: ghosting, banding, signal void.
 - ``acquire(image, acquisition, grid, rng) -> np.ndarray``: blur, shading, Rician noise, scale.
 """

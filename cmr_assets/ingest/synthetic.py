@@ -28,8 +28,8 @@ follows the usual display (anterior up, patient left on the right) rotated by up
 End-diastole has TriggerTime 0 (the smallest); later phases show a contracted LV.
 
 Storage and time budget (measured on the shared 2-core dev machine, default cohort, seed 0:
-300 scans, 3,660 slice positions, 10,980 files): 348 MB (355 MB on disk) in 128 s with workers=2
-while the load average was 4.3-7.7 from other jobs (~13 ms wall per file single-process then).
+300 scans, 3,640 slice positions, 10,920 files): 411 MB in 140 s with workers=2 during `make demo`
+(the domain-randomised phantom; 128 s for the earlier clean phantom).
 Matrix sizes 160-256 weighted toward 160-192 (``MATRIX_SIZES``/``MATRIX_WEIGHTS``), 20% of series
 with a rectangular FOV. Per series the transfer syntax is Deflated Explicit VR Little Endian (82%,
 zlib level 1, ~0.47 of raw), Explicit VR Little Endian (8%) or RLE Lossless (10%, ~0.51 of raw,
@@ -38,7 +38,9 @@ plain pydicom 3, no plugins. ``_SeriesEncoder`` encodes the shared header once p
 halved write time; its output is byte-identical to ``dcmwrite`` (tested).
 
 Other public helpers: ``render_scan(plan) -> np.ndarray`` (stored values, positions x phases x rows
-x cols, base first) and ``write_scan(plan, scan_dir) -> (files, bytes)``.
+x cols, base first), ``stored_slices(plan)`` (the end-diastolic slices as ingestion stores them,
+without DICOM: for experiments and tests), ``write_scan(plan, scan_dir) -> (files, bytes)`` and
+``SYNTHETIC_MODEL_NAME`` (the ManufacturerModelName that provenance recognises).
 ``workers > 1`` uses a "spawn" multiprocessing pool (safe under Dagster's threads): scripts that
 call ``generate_cohort`` need the usual ``if __name__ == "__main__":`` guard.
 """
