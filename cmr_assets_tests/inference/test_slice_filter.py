@@ -94,3 +94,17 @@ def test_decide_names_the_frames_of_a_multiframe_file():
     assert [d.files for d in decisions] == [["enhanced.dcm"]] * 3
     assert [d.frames for d in decisions] == [{"enhanced.dcm": [4, 1]}, {"enhanced.dcm": [5, 2]},
                                              {"enhanced.dcm": [6, 3]}]
+
+
+def test_cli_says_when_a_whole_series_is_out_of_distribution(monkeypatch, capsys, tmp_path):
+    from cmr_assets.inference import slice_filter
+
+    probabilities = np.array([[0.9, 0.05, 0.05], [0.1, 0.8, 0.1], [0.05, 0.05, 0.9]])
+    monkeypatch.setattr(slice_filter, "load_champion", lambda *args, **kwargs: object())
+    monkeypatch.setattr(slice_filter, "model_version_tags", lambda *args, **kwargs: {"cmr.training_data": "real"})
+    for scores, says in (([1.5, 0.5, 2.0], True), ([0.2, 0.5, 2.0], False)):
+        monkeypatch.setattr(slice_filter, "filter_series",
+                            lambda *args, scores=scores: decide(_series(3), probabilities, np.array(scores)))
+        assert slice_filter.run_filter_cli(tmp_path) == 0
+        err = capsys.readouterr().err
+        assert ("every slice is kept" in err) == says and "synthetic" not in err
