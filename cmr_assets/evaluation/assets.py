@@ -1,9 +1,13 @@
 """The evaluation report: both models on one common test set, beside what their labels cost."""
 
+import functools
+from collections.abc import Callable
+from typing import Any
 
 import dagster as dg
 import pandas as pd
 from dagster_duckdb import DuckDBResource
+from mlflow import MlflowClient
 
 from cmr_assets.duckdb_io import read_table
 from cmr_assets.evaluation.metrics import classification_metrics, paired_comparison
@@ -64,21 +68,20 @@ def _test_stacks(test: pd.DataFrame, images, reference: pd.DataFrame, n_scans: i
     return stacks
 
 
-def champions_on_real_images(context: dg.AssetExecutionContext, mlflow: MlflowResource,
-                             figures: dict[str, bytes], test_stacks: list) -> dict:
-    """`real_image_check` of the report: each strategy's champion on the shipped real DICOM; its
-    pictures (decisions per slice, synthetic beside real) are added to `figures`."""
+def champions_on_real_images(context: dg.AssetExecutionContext, client: MlflowClient,
+                             load: Callable[[str], Any], figures: dict[str, bytes], test_stacks: list) -> dict:
+    """`real_image_check` of the report: each strategy's champion (loaded with `load(model_uri)`) on the
+    shipped real DICOM; its pictures (decisions per slice, synthetic beside real) are added to `figures`."""
     try:
         real_series = load_real_series(REAL_DATA_DIR)
     except (OSError, ValueError) as error:
         context.log.warning(f"real-image check skipped: {error}")
         return {"data": str(REAL_DATA_DIR), "error": str(error), "strategies": {}}
-    client = mlflow.client()
     results = {}
     for strategy in STRATEGIES:
         name = REGISTERED_MODEL_NAMES[strategy]
         version = client.get_model_version_by_alias(name, "champion")
-        check = real_image_check(mlflow.load_model(f"models:/{name}/{version.version}"), real_series)
+        check = real_image_check(load(f"models:/{name}/{version.version}"), real_series)
         results[strategy] = {"model": {"registered_model": name, "version": version.version,
                                        "training_data": version.tags.get(TRAINING_DATA_TAG, "unknown")},
                              **check}
@@ -120,10 +123,11 @@ def evaluation_report(context: dg.AssetExecutionContext, data_paths: DataPathsRe
     raw = {"single": latest_answer_per_task(raw_single), "ranking": raw_ranking}
     probas, per_strategy, figures = {}, {}, {}
     client = mlflow.client()
+    load = functools.cache(mlflow.load_model)  # the champion is often the challenger: loaded once
     for strategy in STRATEGIES:
         name = REGISTERED_MODEL_NAMES[strategy]
         version = client.get_model_version_by_alias(name, "challenger")
-        model = mlflow.load_model(f"models:/{name}/{version.version}")
+        model = load(f"models:/{name}/{version.version}")
         probas[strategy] = predict_slices(model, images)
         metrics = classification_metrics(y_true, probas[strategy])
         figures[f"confusion_{strategy}.png"] = confusion_matrix_png(
@@ -134,7 +138,7 @@ def evaluation_report(context: dg.AssetExecutionContext, data_paths: DataPathsRe
             label_kappa_vs_reference=label_kappa_vs_reference(labels[strategy], reference),
             model={"registered_model": name, "version": version.version, "run_id": version.run_id})
         context.log.info(f"{strategy}: test accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}")
-    real_check = champions_on_real_images(context, mlflow, figures, _test_stacks(test, images, reference))
+    real_check = champions_on_real_images(context, client, load, figures, _test_stacks(test, images, reference))
     predictions = {s: probas[s].argmax(axis=1) for s in STRATEGIES}
     comparison = paired_comparison(y_true, predictions["ranking"], predictions["single"], groups=test["scan_id"])
     figures["roc_curves.png"] = roc_curves_png(y_true, probas)

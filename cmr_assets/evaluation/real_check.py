@@ -14,7 +14,7 @@ filter's own code path (`read_series` -> model -> monotone step -> keep/remove):
 Public API:
 - `REAL_DATA_DIR`, `RealSeries`, `load_real_series(root) -> list[RealSeries]`
 - `real_image_check(model, series) -> dict` (JSON-ready; `summary` + `slices`)
-- `decisions_png(check, series, title, path=None) -> bytes`: every real slice with its truth, the
+- `decisions_png(check, series, path=None) -> bytes`: every real slice with its truth, the
   model's class and the filter's decision.
 - `MATCHED_LEVELS`, `synthetic_vs_real_png(synthetic, series, path=None) -> bytes`: the "look before
   you claim" montage, real rows above synthetic rows at matched levels; `phantom_stacks(seed, n)`.

@@ -67,9 +67,12 @@ def series_verdict(ood_scores: np.ndarray) -> str:
     return "out_of_distribution" if np.mean(ood_scores > 1.0) > SERIES_OOD_FRACTION else "in_distribution"
 
 
+SERIES_OOD_REASON = "kept: series out of distribution, model cannot judge it"
+
+
 def _reason(label: str, slice_ood: bool, verdict: str) -> str:
     if verdict == "out_of_distribution":
-        return "kept: series out of distribution, model cannot judge it"
+        return SERIES_OOD_REASON
     if slice_ood:
         return "kept: slice out of distribution, model cannot judge it"
     return "kept: LV myocardium" if label == "lv" else f"removed: {label.replace('_', ' ')}"
@@ -84,14 +87,15 @@ def decide(series: OrderedSeries, probabilities: np.ndarray,
     decisions = []
     for s, p, label_index, score in zip(series.slices, probabilities, monotone, scores, strict=True):
         label = CLASS_NAMES[int(label_index)]
-        slice_ood = bool(score > 1.0) or verdict == "out_of_distribution"
+        beyond = bool(score > 1.0)
+        slice_ood = beyond or verdict == "out_of_distribution"
         decisions.append(SliceDecision(
             slice_from_base=s.slice_from_base, position_mm=round(float(s.position_mm), 2),
             predicted_class=label, model_class=CLASS_NAMES[int(np.argmax(p))],
             probabilities={name: round(float(v), 4) for name, v in zip(CLASS_NAMES, p, strict=True)},
             keep=label == "lv" or slice_ood, ood=slice_ood,
             ood_score=None if np.isnan(score) else round(float(score), 3),
-            reason=_reason(label, bool(score > 1.0), verdict), files=list(s.files),
+            reason=_reason(label, beyond, verdict), files=list(s.files),
             frames={path: list(numbers) for path, numbers in s.frames.items()}))
     return decisions
 
@@ -156,8 +160,7 @@ def run_filter_cli(series_dir: Path, model: str = "ranking", as_json: bool = Fal
     warning = synthetic_only_warning(tags)
     if warning:
         print(warning, file=sys.stderr)
-    verdict = series_verdict(np.array([np.nan if d.ood_score is None else d.ood_score for d in decisions]))
-    if verdict == "out_of_distribution":
+    if decisions and decisions[0].reason == SERIES_OOD_REASON:  # decide's verdict, on the unrounded scores
         print(f"cmr-assets filter: WARNING: {series_dir} is unlike the model's training data "
               "(most slices out of distribution): every slice is kept", file=sys.stderr)
     if as_json:

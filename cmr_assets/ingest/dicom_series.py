@@ -64,6 +64,8 @@ Public API:
 - `split_stacks(headers) -> list[list[DicomHeader]]`
 - `plan_series(headers, context="") -> (SeriesPlan | None, rejections)` for the images of one stack
 - `plan_all_series(headers) -> (plans, rejections)`: duplicates + stacks + planning + selection
+- `stored_images(stack, pixel_spacing) -> (images, array)`: normalise per scan and build the 128 px
+  array (also used by the synthetic cohort's `stored_slices`)
 - `render_series(source_dir, plan) -> RenderedSeries` (decode, normalise, resize; raises
   `SeriesDecodeError`)
 - `read_series(series_dir, workers=1) -> OrderedSeries`: one series folder, base first, with
@@ -1199,11 +1201,16 @@ def resize_field_of_view(image: np.ndarray, pixel_spacing: tuple[float, float],
     return canvas
 
 
+def stored_images(stack: np.ndarray, pixel_spacing: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 images at native size, uint8 `(n, 128, 128)` array) of a rescaled stack, as the store keeps them."""
+    images = normalise_stack(stack)
+    return images, np.stack([resize_field_of_view(image, pixel_spacing) for image in images])
+
+
 def render_series(source_dir: Path, plan: SeriesPlan) -> RenderedSeries:
     """Decode the chosen phase of every position, normalise per scan and build the 128 px array."""
     stack = np.stack([_decode(source_dir, position.chosen) for position in plan.positions])
-    images = normalise_stack(stack)
-    array = np.stack([resize_field_of_view(image, plan.pixel_spacing) for image in images])
+    images, array = stored_images(stack, plan.pixel_spacing)
     return RenderedSeries(plan=plan, images=tuple(images), array=array)
 
 

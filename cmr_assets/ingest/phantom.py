@@ -55,7 +55,7 @@ class Tissue:
 
 @dataclass(frozen=True)
 class Blob:
-    """A distractor structure (vessel, bowel loop, lymph node, breast tissue) in heart-frame mm."""
+    """A distractor structure (vessel, bowel loop, lymph node) in heart-frame mm."""
 
     x: float
     y: float
@@ -341,7 +341,9 @@ def _thorax(anatomy: Anatomy, grid: PlaneGrid, level_mm: float) -> np.ndarray:
         major = (np.cos(blob.angle), np.sin(blob.angle))
         local = replace(grid, x=grid.x[near], y=grid.y[near])
         mask = _soft(_ellipse_distance(local, (blob.x, blob.y), blob.half_axes, major), px)
-        image[near] += mask * regions[blob.region][near] * (blob.value - image[near])
+        patch = image[near]
+        _paint(patch, mask * regions[blob.region][near], blob.value)
+        image[near] = patch
     if anatomy.arms_mm > 0:
         for side in (lateral, -lateral):
             arm_centre = _offset((centre, 1.0), (side, anatomy.body_half_width_mm + anatomy.arms_mm))
@@ -434,7 +436,7 @@ def render_position(anatomy: Anatomy, grid: PlaneGrid, level_mm: float, contract
     thorax, which changes little across a slab and costs most to draw, is drawn at the centre.
     """
     offsets = (0.0,) if partial_volume_mm <= 0 else (-partial_volume_mm / 2, 0.0, partial_volume_mm / 2)
-    thorax = _thorax(anatomy, grid, level_mm)  # slow to draw and nearly constant across a slab: drawn once
+    thorax = _thorax(anatomy, grid, level_mm)
     images = [np.zeros_like(grid.x) for _ in contractions]
     for offset in offsets:
         for image, contraction in zip(images, contractions, strict=True):

@@ -73,7 +73,7 @@ from pydicom.uid import (
 )
 
 from cmr_assets.classes import CLASS_NAMES
-from cmr_assets.ingest.dicom_series import normalise_stack, resize_field_of_view
+from cmr_assets.ingest.dicom_series import stored_images
 from cmr_assets.ingest.phantom import (
     ARTEFACT_KINDS,
     Acquisition,
@@ -354,8 +354,8 @@ def stored_slices(plan: ScanPlan) -> np.ndarray:
     """End-diastolic slices as ingestion stores them (uint8, one window per scan, 128 px field of view),
     rendered without writing DICOM: for experiments, tests and benchmarks that need images fast."""
     end_diastole = render_scan(replace(plan, n_phases=1, trigger_times_ms=(0.0,), contractions=(0.0,)))[:, 0]
-    images = normalise_stack(end_diastole.astype(np.float32) * plan.rescale_slope + plan.rescale_intercept)
-    return np.stack([resize_field_of_view(image, plan.pixel_spacing) for image in images])
+    return stored_images(end_diastole.astype(np.float32) * plan.rescale_slope + plan.rescale_intercept,
+                         plan.pixel_spacing)[1]
 
 
 def _series_dataset(plan: ScanPlan) -> Dataset:

@@ -269,8 +269,8 @@ def _augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """
     n, device = batch.shape[0], batch.device
 
-    def uniform(low: float, high: float, *shape: int) -> torch.Tensor:
-        return torch.rand(n, *shape, device=device, generator=generator) * (high - low) + low
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return torch.rand(n, device=device, generator=generator) * (high - low) + low
 
     any_angle = uniform(0.0, 1.0) < ANY_ANGLE_SHARE
     angle = torch.where(any_angle, uniform(-180.0, 180.0), uniform(-25.0, 25.0)) * (math.pi / 180.0)

@@ -123,6 +123,12 @@ def split_by_scan(
     return pd.DataFrame({"scan_id": mix["scan_id"].to_numpy(), "split": split_of})
 
 
+def _studies(scan_ids: pd.Series, study_of_scan: pd.Series) -> np.ndarray:
+    """The study key of each scan; a scan without one is its own study."""
+    study = scan_ids.map(study_of_scan).fillna("").astype(str)
+    return study.where(study != "", "scan:" + scan_ids.astype(str)).to_numpy()
+
+
 def split_new_scans_by_study(scan_class_mix: pd.DataFrame, study_of_scan: pd.Series, existing: pd.DataFrame,
                              fractions: Sequence[float] = (0.6, 0.2, 0.2), seed: int = 0) -> pd.DataFrame:
     """Assign new scans so that all scans of one study share a split (no patient on both sides).
@@ -134,11 +140,9 @@ def split_new_scans_by_study(scan_class_mix: pd.DataFrame, study_of_scan: pd.Ser
     of ``scan_class_mix``, sorted by scan_id.
     """
     mix = _validated_mix(scan_class_mix)
-    study = mix["scan_id"].map(study_of_scan).fillna("").astype(str)
-    study = study.where(study != "", "scan:" + mix["scan_id"].astype(str))
-    mix = mix.assign(study=study.to_numpy())
-    known = existing.assign(study=existing["scan_id"].map(study_of_scan)).dropna(subset=["study"]) \
-        if len(existing) else pd.DataFrame(columns=["scan_id", "split", "study"])
+    mix = mix.assign(study=_studies(mix["scan_id"], study_of_scan))
+    known = existing.assign(study=_studies(existing["scan_id"], study_of_scan)) if len(existing) else \
+        pd.DataFrame(columns=["scan_id", "split", "study"])
     study_split = known.drop_duplicates("study").set_index("study")["split"]
     follows = mix["study"].isin(study_split.index)
     fresh = mix[~follows].groupby("study", as_index=False)[list(CLASS_NAMES)].sum()
