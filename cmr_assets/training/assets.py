@@ -15,9 +15,7 @@ import warnings
 from typing import Any
 
 import dagster as dg
-import numpy as np
 import pandas as pd
-import torch
 from dagster_duckdb import DuckDBResource
 from mlflow import data as mlflow_data
 
@@ -34,17 +32,15 @@ from cmr_assets.training.core import (
     TrainingResourceError,
     default_config,
     select_device,
-    train_classifier,
 )
 from cmr_assets.training.dataset import (
-    PROBABILITY_COLUMNS,
     array_hash,
     frame_hash,
     label_hash,
     labelled_rows,
-    load_slice_images,
 )
-from cmr_assets.training.packaging import DeployableClassifier, input_example, predict_slices
+from cmr_assets.training.fitting import fit_classifier
+from cmr_assets.training.packaging import input_example, predict_slices
 from cmr_assets.training.provenance import provenance_tags
 from cmr_assets.training.split import class_mix_from_labels, split_new_scans_by_study
 
@@ -134,12 +130,6 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def _targets(rows: pd.DataFrame, soft: bool) -> torch.Tensor:
-    if soft:
-        return torch.from_numpy(rows[PROBABILITY_COLUMNS].to_numpy(dtype=np.float32).copy())
-    return torch.from_numpy(rows["target"].to_numpy().copy())
-
-
 def _training_datasets(train: pd.DataFrame, val: pd.DataFrame, strategy: str, label_column: str,
                        source: str) -> dict[str, Any]:
     """The rows training learnt from, as MLflow datasets (slice ids, scans, labels; not the pixels)."""
@@ -177,8 +167,6 @@ def train_strategy_model(context: dg.AssetExecutionContext, strategy: str, confi
                                               "reason": "training labels unchanged since the newest registered "
                                                         "version"})
     train_config = config.train_config()
-    train_images = load_slice_images(paths.root, train)
-    val_images = load_slice_images(paths.root, val)
     started = time.perf_counter()
 
     def on_epoch(m) -> None:
@@ -189,20 +177,17 @@ def train_strategy_model(context: dg.AssetExecutionContext, strategy: str, confi
                      f"{train_config.architecture} at {train_config.input_size} px, up to {train_config.epochs} "
                      f"epochs (patience {train_config.patience}, safety cap {train_config.max_minutes:g} min)")
     try:
-        result = train_classifier(torch.from_numpy(train_images), _targets(train, config.soft_labels),
-                                  torch.from_numpy(val_images), torch.from_numpy(val["target"].to_numpy().copy()),
-                                  train_config, on_epoch)
+        fitted = fit_classifier(paths.root, train, val, train_config, on_epoch)
     except (TrainingDataError, TrainingResourceError) as error:
         raise dg.Failure(f"model_{strategy}: {error}") from error
+    result, deployable, val_metrics = fitted.result, fitted.deployable, fitted.val_metrics
+    train_images, val_images = fitted.train_images, fitted.val_images
     complete = result.stop_reason != "time_cap"
-    deployable = DeployableClassifier(result.model, train_config.input_size, train_config.crop_fraction).eval()
     val_targets = val["target"].to_numpy()
     ood_calibration = deployable.calibrate_ood(train_images, train["target"].to_numpy(), val_images)
     provenance = provenance_tags(scans[scans["scan_id"].isin(set(train["scan_id"]) | set(val["scan_id"]))],
                                  annotators.get("annotator_id", []))
     context.log.info(f"{strategy}: provenance {provenance}; OOD calibration {ood_calibration}")
-    val_proba = predict_slices(deployable, val_images)
-    val_metrics = classification_metrics(val_targets, val_proba)
     counts = train[config.label_column].value_counts()
     params = {
         "architecture": train_config.architecture, "input_size": train_config.input_size,
