@@ -53,6 +53,20 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return run_benchmarks(quick=args.quick)
 
 
+def _cmd_record_results(args: argparse.Namespace) -> int:
+    from cmr_assets.evaluation.results_record import readme_block, record_results, write_record
+    from cmr_assets.settings import DataPaths
+
+    try:
+        document = record_results(DataPaths.default().reports, args.name, args.note)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"cmr-assets record-results: {error}", file=sys.stderr)
+        return 2
+    path = write_record(document, Path(args.results_dir))
+    print(f"wrote {path}; README block:\n\n{readme_block(document)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cmr-assets",
@@ -84,6 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("simulate-experts", help="write simulated expert annotation files for current tasks")
     sim.add_argument("--seed", type=int, default=0)
     sim.set_defaults(func=_cmd_simulate)
+
+    record = sub.add_parser("record-results", help="copy the last run's reports into docs/results/NAME.json "
+                                                    "and print its README table")
+    record.add_argument("name", help="lowercase name of the record, e.g. demo-cpu-2026-12-01")
+    record.add_argument("--note", default="", help="one line on how the run was made")
+    record.add_argument("--results-dir", default=str(PROJECT_ROOT / "docs" / "results"),
+                        help="where records go (default docs/results)")
+    record.set_defaults(func=_cmd_record_results)
 
     bench = sub.add_parser("bench", help="benchmarks against plain baselines; writes reports/benchmarks.json")
     bench.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")

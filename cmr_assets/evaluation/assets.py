@@ -35,8 +35,9 @@ from cmr_assets.labels.agreement import label_accuracy
 from cmr_assets.labels.raw_annotations import latest_answer_per_task, read_raw_annotations
 from cmr_assets.metadata import picture
 from cmr_assets.resources import DataPathsResource, MlflowResource
+from cmr_assets.run_context import git_commit, machine_info
 from cmr_assets.settings import REGISTERED_MODEL_NAMES
-from cmr_assets.training.dataset import evaluation_rows, load_slice_images
+from cmr_assets.training.dataset import evaluation_rows, frame_hash, load_slice_images
 from cmr_assets.training.packaging import predict_slices
 from cmr_assets.training.provenance import TRAINING_DATA_TAG
 
@@ -107,6 +108,20 @@ def champions_on_real_images(context: dg.AssetExecutionContext, client: MlflowCl
     figures["synthetic_vs_real.png"] = synthetic_vs_real_png(test_stacks, real_series)
     return {"data": "real_data/sunnybrook (Sunnybrook Cardiac Data, CC0; 2 patients, ED phase)",
             "strategies": results}
+
+
+TRAINING_PROVENANCE = ("architecture", "input_size", "epochs", "patience", "batch_size", "learning_rate", "seed",
+                       "soft_labels", "device", "label_hash", "split_hash", "git_commit")
+
+
+def _provenance(client: MlflowClient, split: pd.DataFrame, per_strategy: dict[str, StrategyEvaluation]) -> dict:
+    """Commit, machine, split and each evaluated model's training settings, for the report."""
+    training = {}
+    for strategy, evaluation in per_strategy.items():
+        params = client.get_run(evaluation.model["run_id"]).data.params
+        training[strategy] = {key: params.get(key) for key in TRAINING_PROVENANCE}
+    return {"git_commit": git_commit(), "machine": machine_info(),
+            "split_hash": frame_hash(split, ["scan_id", "split"]), "training": training}
 
 
 def _repeated_summary(context: dg.AssetExecutionContext, reports_dir: Path, test: pd.DataFrame,
@@ -183,7 +198,8 @@ def evaluation_report(context: dg.AssetExecutionContext, data_paths: DataPathsRe
     report = build_evaluation_report(per_strategy, comparison, agreement, len(test),
                                      pictures={f: f for f in figures},
                                      reference_source=str(reference["source"].iloc[0]),
-                                     real_image_check=real_check, repeated=repeated, learning_curves=curves)
+                                     real_image_check=real_check, repeated=repeated, learning_curves=curves,
+                                     provenance=_provenance(client, split, per_strategy))
     json_path, md_path = write_report(report, paths.reports)
     run_id = mlflow.log_evaluation_run(report=report, report_files=[json_path, md_path], pictures=figures)
     return dg.MaterializeResult(metadata={

@@ -114,13 +114,15 @@ def build_evaluation_report(per_strategy: Mapping[str, StrategyEvaluation], comp
                             reference_source: str | None = None,
                             real_image_check: Mapping[str, Any] | None = None,
                             repeated: Mapping[str, Any] | None = None,
-                            learning_curves: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                            learning_curves: Mapping[str, Any] | None = None,
+                            provenance: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Assemble the report dict (contract keys + detail); checks both models saw the same test set.
 
     `repeated` is `repeats.summarise_repeats(...)` over all repeats (repeat 0 = these models): its
     means and intervals join each strategy block (`test_accuracy_ci95`, ...) and `comparison`
     (`repeats`, `accuracy_diff_mean`, `accuracy_diff_ci95`, `per_repeat`). `learning_curves` is the
-    `learning_curves` asset's document, kept as is.
+    `learning_curves` asset's document, kept as is. `provenance` (commit, machine, split, training
+    settings) makes the figures reproducible.
     """
     missing = [s for s in STRATEGIES if s not in per_strategy]
     if missing:
@@ -147,6 +149,7 @@ def build_evaluation_report(per_strategy: Mapping[str, StrategyEvaluation], comp
         "pictures": dict(pictures or {}),
         "real_image_check": dict(real_image_check) if real_image_check is not None else None,
         "learning_curves": dict(learning_curves) if learning_curves is not None else None,
+        "provenance": dict(provenance or {}),
     }
     if repeated is not None:
         for strategy in STRATEGIES:

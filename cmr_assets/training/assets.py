@@ -9,7 +9,6 @@ validation macro-F1 is >= the current champion's, re-scored on the same validati
 """
 
 
-import subprocess
 import time
 import warnings
 from typing import Any
@@ -25,7 +24,7 @@ from cmr_assets.evaluation.metrics import classification_metrics
 from cmr_assets.evaluation.plots import confusion_matrix_png
 from cmr_assets.metadata import picture, table
 from cmr_assets.resources import DataPathsResource, MlflowResource
-from cmr_assets.settings import PROJECT_ROOT
+from cmr_assets.run_context import git_commit
 from cmr_assets.training.core import (
     TrainConfig,
     TrainingDataError,
@@ -122,14 +121,6 @@ class ModelConfig(dg.Config):
                               "seed": self.seed, "soft_labels": self.soft_labels, "device": self.device})
 
 
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
-                              text=True, timeout=5).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def _training_datasets(train: pd.DataFrame, val: pd.DataFrame, strategy: str, label_column: str,
                        source: str) -> dict[str, Any]:
     """The rows training learnt from, as MLflow datasets (slice ids, scans, labels; not the pixels)."""
@@ -196,7 +187,7 @@ def train_strategy_model(context: dg.AssetExecutionContext, strategy: str, confi
         "patience": train_config.patience, "max_minutes": train_config.max_minutes,
         "seed": train_config.seed, "soft_labels": train_config.soft_labels, "label_column": config.label_column,
         "label_hash": training_labels,
-        "data_hash": array_hash(train_images), "split_hash": split_hash, "git_commit": _git_commit(),
+        "data_hash": array_hash(train_images), "split_hash": split_hash, "git_commit": git_commit(),
         "device": result.device, "n_train": len(train), "n_val": len(val),
         **{f"n_train_{name}": int(counts.get(name, 0)) for name in CLASS_NAMES},
     }
