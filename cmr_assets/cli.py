@@ -27,6 +27,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(n_scans=args.n_scans, seed=args.seed)
 
 
+def _cmd_experiment(args: argparse.Namespace) -> int:
+    _default_dagster_home()
+    from cmr_assets.pipeline_runs import run_experiment
+
+    return run_experiment(args.repeats)
+
+
 def _cmd_ingest(args: argparse.Namespace) -> int:
     _default_dagster_home()
     from cmr_assets.pipeline_runs import run_ingest
@@ -78,6 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--n-scans", type=int, default=None, help="synthetic cohort size (default 300)")
     demo.add_argument("--seed", type=int, default=None, help="synthetic cohort seed (default 0)")
     demo.set_defaults(func=_cmd_demo)
+
+    experiment = sub.add_parser("experiment", help="repeat the strategy comparison on today's labels "
+                                                   "(after demo), redraw learning curves and the report")
+    experiment.add_argument("--repeats", type=int, default=5, help="repeats in all, incl. the registered "
+                                                                  "models (default 5)")
+    experiment.set_defaults(func=_cmd_experiment)
 
     ingest = sub.add_parser("ingest", help="ingest any folder of DICOM into the current data dir")
     ingest.add_argument("source_dir", help="folder to search for DICOM files (nested folders, any names)")

@@ -327,7 +327,12 @@ def _learning_curve_lines(curves: Mapping[str, Any] | None) -> list[str]:
     if not curves:
         return []
     model = curves.get("model")
-    note = (f"models: {model['architecture']}, {model['epochs']} epochs" if model else "no models trained")
+    if model:
+        length = f"{model['steps']} steps of {model['batch_size']}" if "steps" in model else f"{model['epochs']} epochs"
+        note = (f"models: {model['architecture']} at {model['input_size']} px, {length}"
+                + ("" if model.get("augment", True) else ", no augmentation"))
+    else:
+        note = "no models trained"
     return ["", f"## Learning curves (campaigns cut at each budget; {note})", "",
             *_table(["strategy", "h per expert", "images labelled", "label accuracy", "model test accuracy"], [
                 [p["strategy"], f"{p['hours_per_expert']:g}", _fmt(p["images_labelled"], "int"),
