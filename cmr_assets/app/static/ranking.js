@@ -48,7 +48,6 @@
     li.className = "divider item";
     li.tabIndex = 0;
     li.dataset.kind = "divider";
-    li.setAttribute("role", "separator");
     const label = document.createElement("span");
     label.className = "divider-label";
     li.append(label);
