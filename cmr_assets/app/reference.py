@@ -5,13 +5,14 @@ and be able to look again at any time. Examples come from the most trustworthy l
 the `reference_labels` table when the team gave one (or the synthetic truth), else aggregated labels
 that are confident (a class probability of at least `MIN_CONFIDENCE`). "Typical" means far from the
 class boundary in its own stack: the slice whose nearest slice of another class is furthest away.
-Slices in the annotator's own queue are never shown, so a reference image cannot prime an answer.
+Slices outside the annotator's own queue come first, so a reference image does not prime an
+answer; when the campaign gives every image to everyone (a small one), queue slices fill in.
 
 Public API:
 - `Candidate(slice_id, scan_id, slice_from_base, label, confidence)`
 - `candidates_from_rows(reference_rows, label_rows) -> tuple[Candidate, ...]`
-- `choose_examples(candidates, exclude, per_class=2) -> list[tuple[str, str]]` - (label, slice_id),
-  classes base -> apex, each from a different scan.
+- `choose_examples(candidates, avoid, per_class=2) -> list[tuple[str, str]]` - (label, slice_id),
+  classes base -> apex, each from a different scan, slices in `avoid` only when nothing else is left.
 """
 
 from __future__ import annotations
@@ -58,14 +59,14 @@ def _typicality(candidates: Iterable[Candidate]) -> dict[str, int]:
     return distance
 
 
-def choose_examples(candidates: Sequence[Candidate], exclude: set[str], per_class: int = 2) -> list[tuple[str, str]]:
-    """Up to `per_class` typical slices per class, each class from different scans, never one in `exclude`."""
-    usable = [c for c in candidates if c.slice_id not in exclude]
+def choose_examples(candidates: Sequence[Candidate], avoid: set[str], per_class: int = 2) -> list[tuple[str, str]]:
+    """Up to `per_class` typical slices per class, from different scans; slices in `avoid` last."""
     typicality = _typicality(candidates)
     chosen: list[tuple[str, str]] = []
     for label in CLASS_NAMES:
-        ranked = sorted((c for c in usable if c.label == label),
-                        key=lambda c: (-typicality[c.slice_id], -c.confidence, c.scan_id, c.slice_from_base))
+        ranked = sorted((c for c in candidates if c.label == label),
+                        key=lambda c: (c.slice_id in avoid, -typicality[c.slice_id], -c.confidence, c.scan_id,
+                                       c.slice_from_base))
         scans: set[str] = set()
         for candidate in ranked:
             if candidate.scan_id in scans:

@@ -373,7 +373,7 @@ class LabellingService:
         return listed
 
     def reference(self, annotator_id: str) -> list[tuple[str, tuple[int, int, int, int] | None]]:
-        """(class, heart box) of each reference example for this annotator (chosen outside their queue)."""
+        """(class, heart box) of each reference example for this annotator (outside their queue first)."""
         crops = self._tasks.snapshot().heart_crops
         return [(label, crops.get(slice_id)) for label, slice_id in self._reference_ids(annotator_id)]
 

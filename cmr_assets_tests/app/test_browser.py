@@ -200,6 +200,15 @@ def test_label_single_images_by_keyboard_with_undo(browser, served: tuple[Campai
         page.keyboard.press(key)
         expect(page.locator("#progress-text")).to_have_text(f"{done_after} of 6 done")
 
+    # window/level and zoom on the image itself, all in the browser
+    original = _pixels(page, "#image")
+    fitted = page.eval_on_selector("#image", "c => c.width")
+    page.keyboard.press("]")
+    page.keyboard.press("+")
+    assert _pixels(page, "#image") != original and page.eval_on_selector("#image", "c => c.width") < fitted
+    page.keyboard.press("r")
+    assert _pixels(page, "#image") == original
+
     press_and_wait("2", 1)                 # task 1: LV
     assert page.locator("#message").inner_text() == "Saved: LV."
     page.keyboard.press("a")               # task 2: artefact flag, then too basal
@@ -216,6 +225,14 @@ def test_label_single_images_by_keyboard_with_undo(browser, served: tuple[Campai
     assert [(r.task_id, r.label, r.artefact) for r in records] == [
         (tasks[0], "lv", False), (tasks[1], "too_basal", True), (tasks[1], "too_apical", False),
         (tasks[2], None, True)]
+
+    # the rest of the queue by keyboard alone, then the end-of-queue page
+    for done, key in ((4, "1"), (5, "2"), (6, "3")):
+        press_and_wait(key, done)
+    expect(page.locator("#finished-title")).to_have_text("All 6 images are done. Thank you!")
+    expect(page.locator("#finished-text")).to_contain_text("this session 6 in")
+    expect(page.locator("#image")).to_be_hidden()
+    assert page.locator("button.answer").first.is_disabled()
     page.close()
 
 
@@ -304,7 +321,8 @@ def test_window_level_for_the_batch_or_one_image_and_reset(browser, served: tupl
     page.locator("#strip li.card").nth(4).focus()
     page.keyboard.press("Shift+BracketLeft")
     changed = [after != before for after, before in zip(_pixels(page, "#strip canvas"), original, strict=True)]
-    focused_index = page.eval_on_selector_all("#strip li.card", "cards => cards.findIndex(c => c === document.activeElement)")
+    focused_index = page.eval_on_selector_all("#strip li.card",
+                                              "cards => cards.findIndex(c => c === document.activeElement)")
     assert changed == [i == focused_index for i in range(8)]
     page.keyboard.press("r")
     assert _pixels(page, "#strip canvas") == original

@@ -1,4 +1,4 @@
-"""Choosing reference-strip examples: typical, from different scans, never from the annotator's queue."""
+"""Choosing reference-strip examples: typical, from different scans, from outside the annotator's queue first."""
 
 from __future__ import annotations
 
@@ -11,14 +11,17 @@ def _scan(scan_id: str, n: int = 10) -> list[Candidate]:
 
 
 def test_typical_examples_from_distinct_scans() -> None:
-    chosen = choose_examples([*_scan("a"), *_scan("b")], exclude=set())
+    chosen = choose_examples([*_scan("a"), *_scan("b")], avoid=set())
     assert chosen == [("too_basal", "a-00"), ("too_basal", "b-00"), ("lv", "a-04"), ("lv", "b-04"),
                       ("too_apical", "a-09"), ("too_apical", "b-09")]
 
 
-def test_queue_slices_are_never_shown() -> None:
-    chosen = choose_examples([*_scan("a"), *_scan("b")], exclude={"a-00", "a-04", "b-04", "b-05"}, per_class=1)
+def test_queue_slices_are_avoided_while_others_are_left() -> None:
+    chosen = choose_examples([*_scan("a"), *_scan("b")], avoid={"a-00", "a-04", "b-04", "b-05"}, per_class=1)
     assert chosen == [("too_basal", "b-00"), ("lv", "a-05"), ("too_apical", "a-09")]
+    everything = {c.slice_id for c in _scan("a")}
+    assert choose_examples(_scan("a"), avoid=everything, per_class=1) == [
+        ("too_basal", "a-00"), ("lv", "a-04"), ("too_apical", "a-09")]
 
 
 def test_reference_rows_win_and_unconfident_labels_are_dropped() -> None:
