@@ -68,7 +68,7 @@ const Labelling = (() => {
     document.getElementById("progress-fill").style.width = `${share}%`;
     const left = progress.seconds_left_estimate;
     document.getElementById("eta-text").textContent = progress.done >= progress.total ? ""
-      : left === null ? "time left: after your first answer" : `about ${minutes(left)} left at your pace`;
+      : left === null ? "time left: after a first answer" : `~${minutes(left)} left at your pace`;
     renderTime();
   }
 

@@ -83,7 +83,7 @@
     submitButton.hidden = false;
     document.getElementById("finished").hidden = true;
     refresh();
-    cards[0].focus();
+    if (document.getElementById("reference").hidden) cards[0].focus(); // else the guide keeps the focus
     Labelling.showProgress(data.progress);
   }
 
