@@ -17,6 +17,9 @@ Behaviour:
 - Parallelism: up to `workers` spawned processes, one per `MIN_FILES_PER_WORKER` files (a
   small folder is read in this process: worker start-up would cost more than it saves).
 - Logs carry counts, rates, relative paths and reasons only (never tag values).
+- Each new scan's heart box (`heart_crop.py`) costs six more decodes: end-diastole and the phase
+  nearest end-systole at three mid-stack positions. A systolic image that does not decode costs
+  the box (stored NULL: the app shows the full view), never the scan.
 
 Public API:
 - `IngestReport` (dataclass; `as_dict()` for metadata)
