@@ -36,7 +36,8 @@ def _table(paths: DataPaths, sql: str) -> list[tuple]:
 def _snapshot(paths: DataPaths) -> dict[str, object]:
     files = {p.relative_to(paths.root).as_posix(): p.stat().st_mtime_ns
              for p in (paths.root / "slices").rglob("*") if p.is_file()}
-    tables = {t: sorted(_table(paths, f"SELECT * FROM {t}"), key=repr)
+    tables = {t: sorted((tuple(tuple(v) if isinstance(v, list) else v for v in row)  # heart_crop is a list
+                         for row in _table(paths, f"SELECT * FROM {t}")), key=repr)
               for t in ("scans", "slices", "rejected_files")}
     return {"files": files, "tables": tables}
 
