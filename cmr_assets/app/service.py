@@ -31,7 +31,7 @@ Public API:
   - `.submit_single(annotator_id, ticket_id, label, artefact) -> SubmitResult`
   - `.submit_ranking(annotator_id, ticket_id, order, dividers, artefact_indices) -> SubmitResult`
     (`order` and `artefact_indices` are presentation indices 0..7)
-  - `.undo(annotator_id, strategy) -> bool`
+  - `.undo(annotator_id, strategy) -> bool`, `.can_undo(annotator_id, strategy) -> bool`
   - `.recent(annotator_id, strategy) -> list[dict]` - newest first, for the review list
   - `.progress(annotator_id, strategy) -> Progress`
   - `.image_path(annotator_id, ticket_id, index) -> Path | None`
@@ -340,12 +340,23 @@ class LabellingService:
             raise SubmissionRejected(404, f"unknown strategy {strategy!r}")
         state = self._state(annotator_id)
         with state.lock:
-            answer = state.last_answer.get(strategy)
-            if answer is None or answer.ticket.task_id not in state.done[strategy]:
+            answer = self._undoable(state, strategy)
+            if answer is None:
                 return False
             state.done[strategy].discard(answer.ticket.task_id)
             state.undo_front[strategy].insert(0, answer.ticket.task_id)
             return True
+
+    @staticmethod
+    def _undoable(state: _AnnotatorState, strategy: str) -> Answer | None:
+        """The answer undo would take back: the last of this process, unless already taken back."""
+        answer = state.last_answer.get(strategy)
+        return answer if answer is not None and answer.ticket.task_id in state.done[strategy] else None
+
+    def can_undo(self, annotator_id: str, strategy: str) -> bool:
+        state = self._state(annotator_id)
+        with state.lock:
+            return self._undoable(state, strategy) is not None
 
     def recent(self, annotator_id: str, strategy: str) -> list[dict]:
         """The last answers, newest first: ticket, when, seconds spent, the answer in presentation
@@ -353,9 +364,8 @@ class LabellingService:
         state = self._state(annotator_id)
         with state.lock:
             answers = list(state.recent[strategy])
-            undoable = state.last_answer.get(strategy)
-            undoable_id = (undoable.ticket.ticket_id if undoable and undoable.ticket.task_id in state.done[strategy]
-                           else None)
+            undoable = self._undoable(state, strategy)
+            undoable_id = undoable.ticket.ticket_id if undoable else None
         listed, later_tasks = [], set()
         for answer in reversed(answers):
             record, ticket = answer.record, answer.ticket

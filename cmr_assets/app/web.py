@@ -394,7 +394,8 @@ def create_app(config: AppConfig) -> Starlette:
             "ticket": presentation.ticket_id,
             "images": [f"/img/{presentation.ticket_id}/{i}" for i in range(presentation.n_images)],
             "crops": list(presentation.crops), "initial": presentation.initial}
-        return {"task": task, "progress": progress_json(request, annotator, strategy)}
+        return {"task": task, "progress": progress_json(request, annotator, strategy),
+                "can_undo": service.can_undo(annotator, strategy)}
 
     def error(status: int, reason: str) -> JSONResponse:
         return JSONResponse({"error": reason}, status_code=status)

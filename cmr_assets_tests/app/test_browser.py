@@ -418,4 +418,10 @@ def test_keyboard_only_batch_then_undo_writes_a_superseding_record(browser, serv
     expect(page.locator("#strip")).to_be_hidden()
     _screenshot(page, "ranking-finished.png")
     assert len(_ranking_records(campaign)) == 4
+    page.reload()  # the server says what undo can still take back: the last batch, even after a reload
+    expect(page.locator("#finished-title")).to_be_visible()
+    expect(page.locator("#undo")).to_be_enabled()
+    page.keyboard.press("u")
+    expect(page.locator("#progress-text")).to_have_text("2 of 3 done")
+    expect(page.locator("#strip li.card")).to_have_count(8)
     page.close()

@@ -192,10 +192,11 @@ def test_ranking_undo_brings_the_batch_back_as_answered_and_the_new_record_super
     assert _api(client, token, "/api/ranking/undo", {}).status_code == 409  # nothing answered yet
     first = client.get("/api/ranking/next").json()["task"]
     order, dividers = [3, 1, 0, 2, 7, 6, 5, 4], [2, 6]
-    _api(client, token, "/api/ranking/submit", {"ticket": first["ticket"], "order": order, "dividers": dividers,
-                                                "artefacts": [5]})
+    submitted = _api(client, token, "/api/ranking/submit", {"ticket": first["ticket"], "order": order,
+                                                            "dividers": dividers, "artefacts": [5]}).json()
+    assert submitted["can_undo"] is True and client.get("/api/ranking/next").json()["can_undo"] is True
     undone = _api(client, token, "/api/ranking/undo", {}).json()
-    assert undone["progress"]["done"] == 0
+    assert undone["progress"]["done"] == 0 and undone["can_undo"] is False
     assert _api(client, token, "/api/ranking/undo", {}).status_code == 409  # one level
     again = undone["task"]
     assert again["initial"] == {"dividers": dividers, "artefacts": [order.index(5)]}
@@ -306,5 +307,5 @@ def test_no_campaign_yet(tmp_path: Path) -> None:
         assert client.get("/api/ranking/next").json() == {
             "task": None, "progress": {"done": 0, "total": 0, "seconds_used": 0.0, "budget_s": 18000.0,
                                        "session_done": 0, "session_seconds": 0.0, "seconds_per_task": None,
-                                       "seconds_left_estimate": None}}
+                                       "seconds_left_estimate": None}, "can_undo": False}
         assert client.get("/api/reference").json() == {"examples": []}

@@ -64,6 +64,7 @@
 
   // The progress line changes last, when the next batch is on screen and ready for input.
   async function show(data) {
+    undoButton.disabled = !data.can_undo;
     if (!data.task) {
       ticket = null;
       views.clear();
@@ -245,7 +246,6 @@
     try {
       const data = await Labelling.post(url, body);
       message.textContent = describe(data);
-      undoButton.disabled = url.endsWith("/undo") || (data.duplicate && undoButton.disabled);
       await show(data);
       await review.refresh();
     } catch (failure) {

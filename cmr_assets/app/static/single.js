@@ -16,6 +16,7 @@
 
   // The progress line changes last, when the next image is shown and keys are accepted again.
   async function show(data) {
+    undoButton.disabled = !data.can_undo;
     if (!data.task) {
       ticket = null;
       canvas.hidden = true;
@@ -35,13 +36,12 @@
     Labelling.showProgress(data.progress);
   }
 
-  async function send(url, body, describe, canUndoAfter) {
+  async function send(url, body, describe) {
     if (busy || (!ticket && url.endsWith("/submit"))) return;
     busy = true;
     try {
       const data = await Labelling.post(url, body);
       message.textContent = describe(data);
-      undoButton.disabled = !canUndoAfter(data);
       await show(data);
       await review.refresh();
     } catch (failure) {
@@ -55,13 +55,12 @@
   async function answer(label) {
     const flagged = artefact.checked || label === null;
     await send("/api/single/submit", { ticket, label, artefact: flagged },
-      (d) => d.duplicate ? "Already saved." : `Saved: ${label ? NAMES[label] : "unusable"}${flagged && label ? " (artefact)" : ""}.`,
-      (d) => !d.duplicate || !undoButton.disabled);
+      (d) => d.duplicate ? "Already saved." : `Saved: ${label ? NAMES[label] : "unusable"}${flagged && label ? " (artefact)" : ""}.`);
   }
 
   async function undo() {
     if (!undoButton.disabled) {
-      await send("/api/single/undo", {}, () => "Last answer undone: label this image again.", () => false);
+      await send("/api/single/undo", {}, () => "Last answer undone: label this image again.");
     }
   }
 
