@@ -162,7 +162,7 @@ def evaluation_report(context: dg.AssetExecutionContext, data_paths: DataPathsRe
     images = load_slice_images(paths.root, test)
     y_true = test["target"].to_numpy()
     agreement = agreement_summary(agreement_rows)
-    raw = {"single": latest_answer_per_task(raw_single), "ranking": raw_ranking}
+    raw = {"single": latest_answer_per_task(raw_single), "ranking": latest_answer_per_task(raw_ranking)}
     probas, per_strategy, figures = {}, {}, {}
     client = mlflow.client()
     load = functools.cache(mlflow.load_model)  # the champion is often the challenger: loaded once
