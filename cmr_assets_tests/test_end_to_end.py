@@ -81,6 +81,22 @@ def test_report_repeats_the_comparison_with_intervals_and_draws_learning_curves(
     assert sorted(r.data.params["strategy"] for r in repeat_runs) == ["ranking", "single"]
 
 
+def test_a_recorded_run_renders_its_readme_table(pipeline, tmp_path):
+    from cmr_assets.evaluation.results_record import readme_block, record_results, write_record
+
+    root, _ = pipeline
+    document = record_results(root / "data" / "reports", "tiny-run", note="test")
+    stored = json.loads(write_record(document, tmp_path).read_text())
+    assert stored["evaluation"]["provenance"]["training"]["ranking"]["epochs"] == "1"
+    block = readme_block(stored)
+    assert block.startswith("<!-- results: tiny-run -->") and block.endswith("<!-- /results -->")
+    assert "mean of 2 repeats" in block and "docs/results/tiny-run.json" in block
+    with pytest.raises(ValueError, match="name"):
+        record_results(root / "data" / "reports", "Bad Name")
+    with pytest.raises(FileNotFoundError, match="no evaluation report"):
+        record_results(tmp_path, "empty")
+
+
 def test_champions_carry_provenance_and_face_the_real_image_check(pipeline):
     root, _ = pipeline
     import mlflow

@@ -46,5 +46,5 @@ def labels_at_budget(strategy: str, raw: pd.DataFrame, tasks_single: pd.DataFram
     if strategy == "single":
         return apply_monotone(aggregate_single(latest_answer_per_task(raw), tasks_single), slices)
     if strategy == "ranking":
-        return apply_monotone(aggregate_ranking(raw, slices).labels, slices)
+        return apply_monotone(aggregate_ranking(latest_answer_per_task(raw), slices).labels, slices)
     raise ValueError(f"strategy: expected 'ranking' or 'single', got {strategy!r}")
