@@ -13,6 +13,7 @@ from cmr_assets.labelling.campaign import (
     design_ranking_batches,
     design_single_tasks,
     ranking_design_summary,
+    ranking_rounds_for_budget,
 )
 from cmr_assets.labelling.simulator import (
     SimulatorParams,
@@ -41,6 +42,9 @@ class CampaignConfig(dg.Config):
     adaptive_batches: int = 0  # ranking only: extra batches aimed at images the current labels leave uncertain
     batch_size: int = 8
     hours_per_expert: float = DEFAULT_HOURS_PER_ANNOTATOR
+    # Equal expert time: plan more work than the hours allow (single: further votes from other
+    # experts after every image has one; ranking: further rounds of batches), so the budget ends both.
+    fill_budget: bool = True
     seed: int = 0
 
 
@@ -75,19 +79,22 @@ def labelling_tasks_single(context: dg.AssetExecutionContext, config: CampaignCo
         todo = slices[~slices["slice_id"].isin(done)]
         if todo.empty:
             return dg.MaterializeResult(metadata={"new_tasks": 0, "tasks": len(existing)})
-        tasks = design_single_tasks(todo["slice_id"].tolist(), config.roster(),
-                                    config.intra_share, config.inter_share, config.seed)
+        tasks = design_single_tasks(todo["slice_id"].tolist(), config.roster(), config.intra_share,
+                                    config.inter_share, config.seed,
+                                    extra_vote_rounds=len(config.roster()) - 1 if config.fill_budget else 0)
         wave = _next_wave(existing, "task_id")
         tasks["task_id"] = _prefix_wave(tasks["task_id"], wave)
         append_rows(con, "tasks_single", tasks)
         total = con.execute("SELECT count(*) FROM tasks_single").fetchall()[0][0]
     context.log.info(f"designed {len(tasks)} single-image tasks (wave {wave}) for {len(todo)} new images")
-    budget = budget_check(tasks, SimulatorParams().seconds_per_single, config.hours_per_expert)
+    required = tasks[tasks["kind"] != "extra_vote"]
+    budget = budget_check(required, SimulatorParams().seconds_per_single, config.hours_per_expert)
     return dg.MaterializeResult(metadata={
         "new_tasks": len(tasks), "tasks": int(total), "wave": int(wave),
         "by_kind": table(tasks.groupby("kind").size().rename("tasks").reset_index()),
         "by_annotator": table(tasks.groupby("annotator_id").size().rename("tasks").reset_index()),
         "fits_budget": bool(budget.fits), "hours_needed": float(budget.total_hours_needed),
+        "extra_vote_tasks": int(len(tasks) - len(required)),
     })
 
 
@@ -107,7 +114,10 @@ def labelling_tasks_ranking(context: dg.AssetExecutionContext, config: CampaignC
         todo = slices[~slices["slice_id"].isin(done)]
         designed = []
         if not todo.empty:
-            designed.append(("random", design_ranking_batches(todo, config.roster(), config.min_views,
+            rounds = ranking_rounds_for_budget(len(todo), len(config.roster()), config.hours_per_expert,
+                                               SimulatorParams().seconds_per_batch, config.min_views,
+                                               config.batch_size) if config.fill_budget else config.min_views
+            designed.append(("random", design_ranking_batches(todo, config.roster(), rounds,
                                                               config.batch_size, config.seed)))
         labels = read_table(con, "labels_ranking", "slice_id, p_too_basal, p_lv, p_too_apical").dropna() \
             if config.adaptive_batches else pd.DataFrame()

@@ -27,6 +27,7 @@ from cmr_assets.labelling.simulator import (
     simulate_campaign_rows,
     simulate_ranking_campaign,
     simulate_single_campaign,
+    simulate_single_rows,
 )
 from cmr_assets.labels.aggregation import aggregate_ranking, aggregate_single
 
@@ -187,3 +188,15 @@ def test_rows_are_the_files_content_and_a_smaller_budget_is_a_prefix(cohort, tmp
     # the rows go straight into aggregation
     assert aggregate_single(short.single, tasks_single)["label"].notna().sum() > 850  # ~3 x 327 looks
     assert aggregate_ranking(short.ranking, slices).labels["label"].notna().sum() > 900
+
+
+def test_with_extra_votes_single_labelling_spends_the_whole_budget(cohort) -> None:
+    slices, reference = cohort
+    params = SimulatorParams()
+    tasks = design_single_tasks(slices["slice_id"], ROSTER, seed=0, extra_vote_rounds=2)
+    rows = simulate_single_rows(tasks, reference, params, seed=0)
+    hours = (rows["submitted_at"] - rows["started_at"]).dt.total_seconds().groupby(rows["annotator_id"]).sum() / 3600
+    assert (hours <= params.hours_per_expert).all() and (hours > params.hours_per_expert - 0.01).all()
+    kinds = rows["task_id"].map(tasks.set_index("task_id")["kind"])
+    assert set(tasks.loc[tasks["kind"] != "extra_vote", "task_id"]) <= set(rows["task_id"])  # required first
+    assert (kinds == "extra_vote").sum() > 500  # the time left bought further votes
