@@ -17,6 +17,7 @@ from cmr_assets.labelling.campaign import (
 )
 from cmr_assets.labelling.simulator import (
     SimulatorParams,
+    load_simulator_params,
     simulate_ranking_campaign,
     simulate_single_campaign,
 )
@@ -49,10 +50,13 @@ class CampaignConfig(dg.Config):
 
 
 class SimulationConfig(dg.Config):
-    """Simulated experts (the embedded default). Turn off when real experts label in the web app."""
+    """Simulated experts (the embedded default). Turn off when real experts label in the web app.
+    `params_file`: a parameter file from `cmr-assets calibrate-experts` (else `$CMR_SIMULATOR_PARAMS`,
+    else the built-in assumptions)."""
 
     enabled: bool = True
     seed: int = 0
+    params_file: str = ""
 
 
 def _next_wave(existing: pd.DataFrame, id_column: str) -> int:
@@ -156,7 +160,7 @@ def _simulate(context, config: SimulationConfig, duckdb: DuckDBResource, data_pa
             "simulated experts need the synthetic truth (table reference_labels is empty): "
             "simulate only the synthetic cohort, or set enabled: false and label in the web app")
     incoming = data_paths.paths().annotations_incoming
-    files = simulate(tasks, reference, SimulatorParams(), incoming, config.seed)
+    files = simulate(tasks, reference, load_simulator_params(config.params_file), incoming, config.seed)
     context.log.info(f"simulated experts wrote {len(files)} annotation files into {incoming}")
     return dg.MaterializeResult(metadata={"simulated": True, "files_written": len(files),
                                           "incoming_dir": dg.MetadataValue.path(str(incoming))})

@@ -37,15 +37,20 @@ Public API:
 - `ExpertPanel.build(reference, params, seed)` with `label_alone`, `perceive_side_by_side`,
   `rank_batches`, `flag_artefacts`: the vectorised perception, also used to calibrate and test the kappas.
 - `fit_class_boundaries(position01, labels)`: the two cut points on position01 that the truth uses.
+- `params_to_json(params, **extra) -> dict`, `params_from_json(obj) -> SimulatorParams`,
+  `load_simulator_params(path="") -> SimulatorParams`: the parameter file `calibrate-experts` writes
+  and the simulated campaigns read (`path`, else `$CMR_SIMULATOR_PARAMS`, else the defaults).
 - `reference_like_cohort(n_scans, seed)`: (slices, reference) frames with the geometry of the
   default synthetic cohort, for calibration and tests without writing DICOM.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -111,6 +116,45 @@ class SimulatorParams:
     @property
     def n_experts(self) -> int:
         return len(self.basal_boundary_bias)
+
+
+PARAMS_FILE_FORMAT = "cmr_assets simulator params v1"
+SIMULATOR_PARAMS_ENV = "CMR_SIMULATOR_PARAMS"
+
+
+def params_to_json(params: SimulatorParams, **extra: object) -> dict:
+    """The parameter file's JSON object: every field (tuples as lists, times as ISO 8601) under
+    `params`, plus any `extra` sections (e.g. how they were fitted)."""
+    values = {}
+    for f in fields(params):
+        value = getattr(params, f.name)
+        values[f.name] = value.isoformat() if isinstance(value, datetime) else \
+            list(value) if isinstance(value, tuple) else value
+    return {"format": PARAMS_FILE_FORMAT, "params": values, **extra}
+
+
+def params_from_json(obj: dict) -> SimulatorParams:
+    """Parameters from a parameter file's object; fields it leaves out keep their defaults."""
+    if obj.get("format") != PARAMS_FILE_FORMAT:
+        raise ValueError(f"not a simulator parameter file (format {obj.get('format')!r}, "
+                         f"expected {PARAMS_FILE_FORMAT!r})")
+    known = {f.name for f in fields(SimulatorParams)}
+    unknown = sorted(set(obj["params"]) - known)
+    if unknown:
+        raise ValueError(f"unknown simulator parameter(s) {unknown}")
+    values = {}
+    for name, value in obj["params"].items():
+        values[name] = datetime.fromisoformat(value) if name == "campaign_start" else \
+            tuple(float(v) for v in value) if isinstance(value, list) else value
+    return replace(SimulatorParams(), **values)
+
+
+def load_simulator_params(path: str | Path = "") -> SimulatorParams:
+    """The simulated experts' parameters: from `path`, else from `$CMR_SIMULATOR_PARAMS`, else the defaults."""
+    chosen = str(path) or os.environ.get(SIMULATOR_PARAMS_ENV, "")
+    if not chosen:
+        return SimulatorParams()
+    return params_from_json(json.loads(Path(chosen).read_text(encoding="utf-8")))
 
 
 def fit_class_boundaries(position01: np.ndarray, labels: Sequence[str]) -> tuple[float, float]:
