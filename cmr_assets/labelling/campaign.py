@@ -11,6 +11,9 @@ Public API:
   -> `tasks_ranking(batch_id, annotator_id, slice_ids)`.
 - `design_adaptive_batches(slices, probabilities, annotators, n_batches, ...)` -> more ranking batches
   aimed at the images whose class is still uncertain (beyond the paper's random design).
+- `design_pilot_tasks(slices, annotators, minutes=30, seconds_per_single=11, seconds_per_batch=36, seed=0)`
+  -> `(tasks_single, tasks_ranking)`: a short pilot built for `calibrate-experts`: every image and
+  every batch seen by every expert, a share repeated by the same expert.
 - `ranking_design_summary(tasks_ranking, slice_ids)` -> `RankingDesignSummary` (views, experts per
   image, connectivity of the comparison graph): what the asset checks assert.
 - `comparison_graph_components(tasks_ranking, slice_ids)`: connected components via scipy.
@@ -315,6 +318,57 @@ def design_adaptive_batches(slices: pd.DataFrame, probabilities: pd.DataFrame, a
         "annotator_id": [roster[i % len(roster)] for i in range(n_batches)],
         "slice_ids": rows,
     })
+
+
+def _queued(annotator_idx: np.ndarray, phase: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Work order: each expert's tasks by phase (first looks, then repeats), shuffled within a
+    phase, expert queues interleaved so ids give each expert's work order."""
+    key = phase + rng.random(len(phase))
+    rank = pd.Series(key).groupby(annotator_idx).rank(method="first").to_numpy()
+    return np.lexsort((annotator_idx, rank))
+
+
+def design_pilot_tasks(slices: pd.DataFrame, annotators: Sequence[str], minutes: float = 30.0,
+                       seconds_per_single: float = 11.0, seconds_per_batch: float = 36.0, seed: int = 0
+                       ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Tasks of a pilot of `minutes` per expert per strategy that measures what the simulator's
+    parameters govern (`calibration.py`). Single: images from the basal and apical thirds of their
+    stacks (where the class boundaries lie, so looks can disagree), each labelled by every expert
+    and once more by one of them. Ranking: batches of the usual design, each ordered by every
+    expert and once more by one of them. Repeats are queued after all first looks. Sized so the
+    expected work fills `minutes`."""
+    roster = _check_annotators(annotators)
+    n_experts = len(roster)
+    rng = np.random.default_rng(seed)
+    frame = slices.drop_duplicates("slice_id").sort_values("slice_id", ignore_index=True)
+    looks_per_unit = 1 + 1 / n_experts  # every expert once, one of them twice
+
+    relative = _relative_position(frame)
+    near_ends = np.flatnonzero((relative <= 1 / 3) | (relative >= 2 / 3))
+    n_images = min(len(near_ends), max(2, round(minutes * 60.0 / seconds_per_single / looks_per_unit)))
+    images = frame["slice_id"].to_numpy(dtype=object)[rng.permutation(near_ends)[:n_images]]
+    owner = np.arange(n_images) % n_experts
+    experts = np.concatenate([np.tile(np.arange(n_experts), n_images), owner])
+    shown = np.concatenate([np.repeat(images, n_experts), images])
+    kinds = np.concatenate([np.where(experts[: n_images * n_experts] == np.repeat(owner, n_experts), "primary",
+                                     "inter_repeat"), np.full(n_images, "intra_repeat")])
+    order = _queued(experts, np.repeat([0.0, 1.0], [n_images * n_experts, n_images]), rng)
+    single = pd.DataFrame({
+        "task_id": [f"s-{i:06d}" for i in range(1, len(order) + 1)],
+        "annotator_id": np.asarray(roster, dtype=object)[experts[order]],
+        "slice_id": shown[order].astype(str), "kind": kinds[order].astype(str)})
+
+    first_round = design_ranking_batches(frame, roster, min_views=2, seed=seed).head(-(-len(frame) // 8))
+    n_sets = min(len(first_round), max(1, round(minutes * 60.0 / seconds_per_batch / looks_per_unit)))
+    sets = [list(members) for members in first_round["slice_ids"].head(n_sets)]
+    set_of = np.concatenate([np.repeat(np.arange(n_sets), n_experts), np.arange(n_sets)])
+    experts = np.concatenate([np.tile(np.arange(n_experts), n_sets), np.arange(n_sets) % n_experts])
+    order = _queued(experts, np.repeat([0.0, 1.0], [n_sets * n_experts, n_sets]), rng)
+    ranking = pd.DataFrame({
+        "batch_id": [f"r-{i:06d}" for i in range(1, len(order) + 1)],
+        "annotator_id": np.asarray(roster, dtype=object)[experts[order]],
+        "slice_ids": [list(rng.permutation(sets[k])) for k in set_of[order]]})
+    return single, ranking
 
 
 @dataclass(frozen=True)
