@@ -30,18 +30,27 @@ Public API:
   statistics of annotation rows (`raw_annotations` columns).
 - `fit_simulator_params(observed, base=SimulatorParams(), seed=0) -> Calibration`: the fitted
   `params`, the pilot's and the fitted model's statistics.
+- `calibrate_from_files(paths, base=None, seed=0) -> Calibration`: the same from annotation files
+  or folders of them (`*.jsonl`), as `cmr-assets calibrate-experts` reads them;
+  `Calibration.write(path)` writes the parameter file the simulated campaigns accept.
+
+How well a 30-minute pilot pins each parameter: docs/methods.md (`scripts/calibration_recovery.py`).
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from cmr_assets.classes import CLASS_INDEX
 from cmr_assets.labelling.campaign import annotator_ids, design_pilot_tasks
-from cmr_assets.labelling.simulator import ExpertPanel, SimulatorParams, reference_like_cohort
+from cmr_assets.labelling.simulator import ExpertPanel, SimulatorParams, params_to_json, reference_like_cohort
+from cmr_assets.labels.raw_annotations import annotation_file_rows
 
 BATCH = 8
 _UPPER = np.triu_indices(BATCH, 1)
@@ -201,17 +210,28 @@ class _PilotModel:
         members = [sorted(ids) for ids in tasks_ranking["slice_ids"]]
         self.ranking_expert = tasks_ranking["annotator_id"].map(number).to_numpy()
         self.ranking_images = index.get_indexer(np.concatenate(members)).reshape(len(members), BATCH)
+        # unit impressions and zero biases, rescaled and shifted for each candidate (`_panel`)
+        self.unit_panel = ExpertPanel.build(self.reference, replace(
+            base, personal_impression_sd=1.0, basal_boundary_bias=(0.0,) * base.n_experts,
+            apical_boundary_bias=(0.0,) * base.n_experts), seed)
         single_pairs = _pairs(self.single_expert, self.single_image)
         ranking_pairs = _pairs(self.ranking_expert, pd.factorize(pd.Series(["|".join(m) for m in members]))[0])
         self.single_pairs, self.ranking_pairs = single_pairs, ranking_pairs
 
+    def _panel(self, params: SimulatorParams) -> ExpertPanel:
+        """`ExpertPanel.build(reference, params, seed)` without redrawing or refitting anything."""
+        unit = self.unit_panel
+        return replace(unit, params=params, impression=unit.impression * params.personal_impression_sd,
+                       thresholds=unit.thresholds + np.column_stack([params.basal_boundary_bias,
+                                                                     params.apical_boundary_bias]))
+
     def single(self, params: SimulatorParams) -> _Looks:
-        panel = ExpertPanel.build(self.reference, params, self.seed)
+        panel = self._panel(params)
         classes = panel.label_alone(self.single_expert, self.single_image, np.random.default_rng([self.seed, 1]))
         return _Looks(self.single_expert, classes, None, *self.single_pairs)
 
     def ranking(self, params: SimulatorParams) -> _Looks:
-        panel = ExpertPanel.build(self.reference, params, self.seed)
+        panel = self._panel(params)
         order, divider_a, divider_b = panel.rank_batches(self.ranking_expert, self.ranking_images,
                                                          np.random.default_rng([self.seed, 2]))
         ranks = np.argsort(order, axis=1)  # each member's place in the order
@@ -238,6 +258,13 @@ class Calibration:
         return {"fitted": {k: list(v) if isinstance(v, tuple) else v for k, v in fitted.items()},
                 "observed": self.observed.as_dict(), "predicted": self.predicted,
                 "method": "simulated moments on the pilot design (cmr_assets/labelling/calibration.py)"}
+
+    def write(self, path: Path) -> Path:
+        """The parameter file (`simulator.params_to_json`, with this fit under `calibration`)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(params_to_json(self.params, calibration=self.report()), indent=2) + "\n",
+                        encoding="utf-8")
+        return path
 
 
 FITTED = ("personal_impression_sd", "single_look_noise_sd", "basal_boundary_bias", "apical_boundary_bias",
@@ -329,3 +356,18 @@ def fit_simulator_params(observed: PilotStatistics, base: SimulatorParams | None
     predicted = {k: v for k, v in fitted.as_dict().items() if k != "annotators" and not k.startswith("n_")
                  and "seconds" not in k and k != "duration_log_sd"}
     return Calibration(params=params, observed=observed, predicted=predicted)
+
+
+def calibrate_from_files(paths: Iterable[Path], base: SimulatorParams | None = None, seed: int = 0) -> Calibration:
+    """Fit to the annotation files in `paths` (files, or folders whose `*.jsonl` are read)."""
+    files = sorted({f for p in map(Path, paths) for f in (sorted(p.glob("*.jsonl")) if p.is_dir() else [p])})
+    single, ranking = annotation_file_rows(files)
+    observed = pilot_statistics(single, ranking)
+    if not (observed.n_single_intra_pairs and observed.n_single_inter_pairs and observed.n_ranking_intra_pairs
+            and observed.n_ranking_inter_pairs):
+        raise ValueError(
+            f"{len(files)} annotation files hold {observed.n_single_intra_pairs} / {observed.n_single_inter_pairs} "
+            f"intra / inter single-image repeats and {observed.n_ranking_intra_pairs} / "
+            f"{observed.n_ranking_inter_pairs} repeated batches: a pilot needs all four "
+            "(campaign.design_pilot_tasks designs one)")
+    return fit_simulator_params(observed, base, seed)
