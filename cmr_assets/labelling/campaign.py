@@ -6,7 +6,7 @@ Public API:
   extra_vote_rounds=0)` -> `tasks_single(task_id, annotator_id, slice_id, kind)`; kind
   primary/intra_repeat/inter_repeat/extra_vote.
 - `ranking_rounds_for_budget(n_images, n_experts, hours_per_expert, seconds_per_batch, min_views=3,
-  batch_size=8)`: rounds of batches that fill the experts' hours (at least `min_views`).
+  batch_size=8, max_rounds=10)`: rounds of batches that fill the experts' hours (at least `min_views`).
 - `design_ranking_batches(slices, annotators, min_views=3, batch_size=8, seed=0)`
   -> `tasks_ranking(batch_id, annotator_id, slice_ids)`.
 - `design_adaptive_batches(slices, probabilities, annotators, n_batches, ...)` -> more ranking batches
@@ -228,13 +228,18 @@ def _assign_experts(batches: np.ndarray, n_rounds_batches: list[int], n: int, n_
     return expert_of
 
 
+MAX_RANKING_ROUNDS = 10
+
+
 def ranking_rounds_for_budget(n_images: int, n_experts: int, hours_per_expert: float, seconds_per_batch: float,
-                              min_views: int = 3, batch_size: int = 8) -> int:
+                              min_views: int = 3, batch_size: int = 8, max_rounds: int = MAX_RANKING_ROUNDS) -> int:
     """Rounds of batches (every image once per round) the experts' hours can buy, at least
-    `min_views`: designing them all lets the budget, not the design, end the ranking campaign."""
+    `min_views`: designing them all lets the budget, not the design, end the ranking campaign.
+    At most `max_rounds` (10 views per image; only a cohort of a few scans gets there, where the
+    single-image strategy cannot spend its hours either: one vote per expert and image)."""
     per_round = -(-n_images // batch_size)
     affordable = n_experts * hours_per_expert * 3600.0 / seconds_per_batch
-    return max(min_views, int(np.ceil(affordable / max(per_round, 1))))
+    return max(min_views, min(max_rounds, int(np.ceil(affordable / max(per_round, 1)))))
 
 
 def design_ranking_batches(slices: pd.DataFrame, annotators: Sequence[str], min_views: int = 3,

@@ -187,3 +187,4 @@ def test_ranking_rounds_fill_the_budget() -> None:
     assert ranking_rounds_for_budget(3440, 3, 5.0, 36.0) == 4
     assert ranking_rounds_for_budget(3440, 3, 0.5, 36.0) == 3  # never fewer than min_views
     assert ranking_rounds_for_budget(3440, 3, 10.0, 36.0, min_views=2) == 7
+    assert ranking_rounds_for_budget(72, 3, 5.0, 36.0) == 10  # a tiny cohort: capped, not 167 rounds
