@@ -148,7 +148,8 @@ def labels_single(context: dg.AssetExecutionContext, duckdb: DuckDBResource) -> 
 
 @dg.asset(group_name=GROUP, deps=["raw_annotations_ranking"], pool="duckdb", kinds={"duckdb"})
 def labels_ranking(context: dg.AssetExecutionContext, duckdb: DuckDBResource) -> dg.MaterializeResult:
-    """One label per slice from ranked batches: Plackett-Luce latent axis cut by an ordered logit."""
+    """One label per slice from ranked batches: a Plackett-Luce latent axis cut by an ordered logit
+    gives each image a prior, its own divider votes (Dawid-Skene weighted) the evidence."""
     with duckdb.get_connection() as con:
         _, raw_ranking = read_raw_annotations(con)
         slices = read_table(con, "slices", "slice_id, scan_id, slice_from_base, n_slices, position_mm")
