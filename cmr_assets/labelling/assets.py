@@ -16,7 +16,6 @@ from cmr_assets.labelling.campaign import (
     ranking_rounds_for_budget,
 )
 from cmr_assets.labelling.simulator import (
-    SimulatorParams,
     load_simulator_params,
     simulate_ranking_campaign,
     simulate_single_campaign,
@@ -45,6 +44,7 @@ class CampaignConfig(dg.Config):
     hours_per_expert: float = DEFAULT_HOURS_PER_ANNOTATOR
     # Equal expert time: plan more work than the hours allow (single: further votes from other
     # experts after every image has one; ranking: further rounds of batches), so the budget ends both.
+    # Expected task times come from the simulator's parameters ($CMR_SIMULATOR_PARAMS, e.g. a pilot's).
     fill_budget: bool = True
     seed: int = 0
 
@@ -92,7 +92,7 @@ def labelling_tasks_single(context: dg.AssetExecutionContext, config: CampaignCo
         total = con.execute("SELECT count(*) FROM tasks_single").fetchall()[0][0]
     context.log.info(f"designed {len(tasks)} single-image tasks (wave {wave}) for {len(todo)} new images")
     required = tasks[tasks["kind"] != "extra_vote"]
-    budget = budget_check(required, SimulatorParams().seconds_per_single, config.hours_per_expert)
+    budget = budget_check(required, load_simulator_params().seconds_per_single, config.hours_per_expert)
     return dg.MaterializeResult(metadata={
         "new_tasks": len(tasks), "tasks": int(total), "wave": int(wave),
         "by_kind": table(tasks.groupby("kind").size().rename("tasks").reset_index()),
@@ -119,7 +119,7 @@ def labelling_tasks_ranking(context: dg.AssetExecutionContext, config: CampaignC
         designed = []
         if not todo.empty:
             rounds = ranking_rounds_for_budget(len(todo), len(config.roster()), config.hours_per_expert,
-                                               SimulatorParams().seconds_per_batch, config.min_views,
+                                               load_simulator_params().seconds_per_batch, config.min_views,
                                                config.batch_size) if config.fill_budget else config.min_views
             designed.append(("random", design_ranking_batches(todo, config.roster(), rounds,
                                                               config.batch_size, config.seed)))
@@ -135,7 +135,7 @@ def labelling_tasks_ranking(context: dg.AssetExecutionContext, config: CampaignC
             batches["batch_id"] = _prefix_wave(batches["batch_id"], wave)
             append_rows(con, "tasks_ranking", batches)
             context.log.info(f"designed {len(batches)} {kind} ranking batches (wave {wave})")
-            budget = budget_check(batches, SimulatorParams().seconds_per_batch, config.hours_per_expert)
+            budget = budget_check(batches, load_simulator_params().seconds_per_batch, config.hours_per_expert)
             metadata.update({f"{kind}_batches": len(batches), f"{kind}_wave": int(wave),
                              f"{kind}_hours_needed": float(budget.total_hours_needed)})
         total = con.execute("SELECT count(*) FROM tasks_ranking").fetchall()[0][0] if designed else len(existing)
