@@ -173,7 +173,8 @@ def strategy_sensitivity_png(frame: pd.DataFrame, default: tuple[float, float, f
         if z.min() < 0 < z.max():
             ax.contour(x, y, z, levels=[0.0], colors="black", linewidths=2)
         for (i, j), value in np.ndenumerate(z):
-            ax.text(x[j], y[i], f"{value:+.1f}", ha="center", va="center", fontsize=7)
+            ax.text(x[j], y[i], f"{value:+.1f}", ha="center", va="center", fontsize=7,
+                    color="white" if abs(value) > 0.6 * limit else "black")
         if default is not None and default[2] == divider:
             ax.plot(default[0], default[1], marker="s", mfc="none", color="black", markersize=26, mew=2)
         ax.set_xlabel("side-by-side fresh noise sd (position01)")
