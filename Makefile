@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: install demo test test-slow lint ui bench gpu-check clean-data
+.PHONY: install demo experiment test test-slow lint ui bench gpu-check clean-data
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ install: $(STAMP)
 
 demo: install
 	$(BIN)/cmr-assets demo
+
+experiment: install
+	$(BIN)/cmr-assets experiment --repeats 5
 
 test: install
 	bash scripts/ensure_chromium.sh

@@ -4,8 +4,6 @@ Why: a figure without its machine and load is meaningless on a shared 2-core box
 benchmark states "ours vs the plain way" the same way so the table and the JSON read alike.
 
 Public API:
-- `machine_info() -> dict`: cpu model, cores (total and usable), memory, load average, Python,
-  torch/numpy/pydicom/choix versions, platform.
 - `peak_rss_mb() -> float`: this process's peak resident memory so far (VmHWM, else ru_maxrss).
 - `comparison(name, unit, ours, baseline, higher_is_better, aim, aim_ratio, detail) -> dict`: one
   row "ours vs baseline" with `ratio = ours / baseline` and whether the aim is met.
@@ -13,53 +11,10 @@ Public API:
 
 from __future__ import annotations
 
-import importlib.metadata
-import os
-import platform
 import resource
 import sys
 from pathlib import Path
 from typing import Any
-
-
-def _cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def _memory_gib() -> float | None:
-    try:
-        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def _version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def machine_info() -> dict[str, Any]:
-    """The machine and software a run measured; load average because the machine may be shared."""
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {
-        "cpu_model": _cpu_model(),
-        "cpu_cores": os.cpu_count(),
-        "cpu_cores_usable": usable,
-        "memory_gib": _memory_gib(),
-        "load_average_1_5_15": [round(v, 2) for v in os.getloadavg()],
-        "python": platform.python_version(),
-        "python_implementation": sys.implementation.name,
-        "platform": platform.platform(),
-        "versions": {name: _version(name) for name in ("torch", "numpy", "scipy", "pydicom", "choix", "duckdb",
-                                                        "pandas")},
-    }
 
 
 def peak_rss_mb() -> float:

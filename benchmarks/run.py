@@ -30,8 +30,8 @@ from typing import Any
 
 from tabulate import tabulate
 
-from benchmarks.common import machine_info
 from benchmarks.end_to_end import read_demo_profile
+from cmr_assets.run_context import machine_info
 from cmr_assets.settings import DataPaths
 
 REPORT_NAME = "benchmarks.json"

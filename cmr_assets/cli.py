@@ -27,6 +27,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(n_scans=args.n_scans, seed=args.seed)
 
 
+def _cmd_experiment(args: argparse.Namespace) -> int:
+    _default_dagster_home()
+    from cmr_assets.pipeline_runs import run_experiment
+
+    return run_experiment(args.repeats)
+
+
 def _cmd_ingest(args: argparse.Namespace) -> int:
     _default_dagster_home()
     from cmr_assets.pipeline_runs import run_ingest
@@ -73,6 +80,20 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return run_benchmarks(quick=args.quick)
 
 
+def _cmd_record_results(args: argparse.Namespace) -> int:
+    from cmr_assets.evaluation.results_record import readme_block, record_results, write_record
+    from cmr_assets.settings import DataPaths
+
+    try:
+        document = record_results(DataPaths.default().reports, args.name, args.note)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"cmr-assets record-results: {error}", file=sys.stderr)
+        return 2
+    path = write_record(document, Path(args.results_dir))
+    print(f"wrote {path}; README block:\n\n{readme_block(document)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cmr-assets",
@@ -84,6 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--n-scans", type=int, default=None, help="synthetic cohort size (default 300)")
     demo.add_argument("--seed", type=int, default=None, help="synthetic cohort seed (default 0)")
     demo.set_defaults(func=_cmd_demo)
+
+    experiment = sub.add_parser("experiment", help="repeat the strategy comparison on today's labels "
+                                                   "(after demo), redraw learning curves and the report")
+    experiment.add_argument("--repeats", type=int, default=5, help="repeats in all, incl. the registered "
+                                                                  "models (default 5)")
+    experiment.set_defaults(func=_cmd_experiment)
 
     ingest = sub.add_parser("ingest", help="ingest any folder of DICOM into the current data dir")
     ingest.add_argument("source_dir", help="folder to search for DICOM files (nested folders, any names)")
@@ -117,6 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
                            help="parameter file whose unfitted fields to keep (default: built-in)")
     calibrate.add_argument("--seed", type=int, default=0, help="seed of the stand-in cohort the pilot is simulated on")
     calibrate.set_defaults(func=_cmd_calibrate)
+
+    record = sub.add_parser("record-results", help="copy the last run's reports into docs/results/NAME.json "
+                                                    "and print its README table")
+    record.add_argument("name", help="lowercase name of the record, e.g. demo-cpu-2026-12-01")
+    record.add_argument("--note", default="", help="one line on how the run was made")
+    record.add_argument("--results-dir", default=str(PROJECT_ROOT / "docs" / "results"),
+                        help="where records go (default docs/results)")
+    record.set_defaults(func=_cmd_record_results)
 
     bench = sub.add_parser("bench", help="benchmarks against plain baselines; writes reports/benchmarks.json")
     bench.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")

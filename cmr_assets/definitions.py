@@ -33,6 +33,11 @@ simulate_experts = dg.define_asset_job(
     description="Simulated experts write annotation files for the current tasks (the sensor picks them up).",
 )
 
+strategy_experiment = dg.define_asset_job(
+    "strategy_experiment", selection=["strategy_repeats", "learning_curves", "evaluation_report"],
+    description="The strategy comparison again on today's labels: repeats, learning curves, report.",
+)
+
 cmr_pipeline = dg.define_asset_job(
     PIPELINE_JOB, selection=dg.AssetSelection.all(),
     description="Raw scans -> slices -> labelling -> labels -> two models -> evaluation report.",
@@ -44,7 +49,7 @@ def build_definitions() -> dg.Definitions:
     return dg.Definitions(
         assets=[*ingest_assets, *labelling_assets, *labels_assets, *training_assets, *evaluation_assets],
         asset_checks=[*ingest_checks, *labels_checks],
-        jobs=[cmr_pipeline, simulate_experts, relabel_job, ingest_new_scans_job, retrain_job],
+        jobs=[cmr_pipeline, simulate_experts, strategy_experiment, relabel_job, ingest_new_scans_job, retrain_job],
         sensors=[annotation_files_sensor, labels_settled_sensor, new_scans_sensor],
         schedules=[nightly_retrain_schedule],
         resources={"data_paths": DataPathsResource(), "duckdb": duckdb_resource(), "mlflow": MlflowResource(),

@@ -1,4 +1,5 @@
-"""Runs the CLI starts: the whole graph (`demo`), ingestion of a folder, simulated experts.
+"""Runs the CLI starts: the whole graph (`demo`), the repeated strategy comparison (`experiment`),
+ingestion of a folder, simulated experts.
 
 Each one executes Dagster jobs in this process against the project's instance (DAGSTER_HOME),
 so the runs, their logs and the materialisations appear in the Dagster UI like any other run.
@@ -104,6 +105,16 @@ def run_demo(n_scans: int | None = None, seed: int | None = None) -> int:
           f"(peak {profile['peak_rss_mb']:.0f} MB); run {result.run_id}")
     print(f"  DuckDB:  {paths.duckdb}\n  report:  {paths.reports / 'evaluation.md'}\n"
           f"  UI:      make ui  (Dagster http://127.0.0.1:3000, MLflow http://127.0.0.1:5000)")
+    return 0 if result.success else 1
+
+
+def run_experiment(repeats: int) -> int:
+    """Repeat the strategy comparison `repeats` times on today's labels, redraw the learning curves
+    and the report (after `demo`: the registered models are repeat 0)."""
+    config = {"ops": {"strategy_repeats": {"config": {"repeats": repeats}}}}
+    result = run_job("strategy_experiment", config)
+    paths = DataPaths.default()
+    print(f"experiment {'succeeded' if result.success else 'FAILED'}; report: {paths.reports / 'evaluation.md'}")
     return 0 if result.success else 1
 
 

@@ -83,6 +83,12 @@ class MlflowResource(dg.ConfigurableResource):
             tracking_uri=self.resolved_tracking_uri(), artifact_location=self.resolved_artifact_location(),
             experiment_name=self.experiment_name, **kwargs)
 
+    def log_run(self, **kwargs: Any) -> str:
+        """`mlflow_registry.log_run` on this store: a plain run (pass run_name, params, metrics, ...)."""
+        return mlflow_registry.log_run(
+            tracking_uri=self.resolved_tracking_uri(), artifact_location=self.resolved_artifact_location(),
+            experiment_name=self.experiment_name, **kwargs)
+
     def load_champion(self, strategy: str) -> Any:
         """The `champion` torch module of a strategy's registered model."""
         return mlflow_registry.load_champion(settings.REGISTERED_MODEL_NAMES[strategy],

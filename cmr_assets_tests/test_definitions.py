@@ -21,7 +21,7 @@ GROUPS = {
     "labels": {"reference_labels", "raw_annotations_single", "raw_annotations_ranking", "labels_single",
                "labels_ranking", "observer_agreement", "strategy_sensitivity"},
     "training": {"dataset_split", "model_single", "model_ranking"},
-    "evaluation": {"evaluation_report"},
+    "evaluation": {"evaluation_report", "strategy_repeats", "learning_curves"},
 }
 PRODUCT_GRAPH = {"synthetic_cohort", "raw_scans", "slices", "labelling_tasks_single", "labelling_tasks_ranking",
                  "raw_annotations_single", "raw_annotations_ranking", "labels_single", "labels_ranking",
@@ -53,7 +53,7 @@ def test_lineage_edges_of_the_product_graph() -> None:
     assert "labels_ranking" in parents("dataset_split")
     assert {"dataset_split", "labels_single"} <= parents("model_single")
     assert {"dataset_split", "labels_ranking"} <= parents("model_ranking")
-    assert {"model_single", "model_ranking"} <= parents("evaluation_report")
+    assert {"model_single", "model_ranking", "strategy_repeats", "learning_curves"} <= parents("evaluation_report")
 
 
 def test_pipeline_job_covers_every_asset() -> None:

@@ -17,6 +17,8 @@ TINY_RUN = {"ops": {
     "synthetic_cohort": {"config": {"n_scans": 6, "workers": 1}},
     "model_single": {"config": {"epochs": 1, "max_minutes": 0.5}},
     "model_ranking": {"config": {"epochs": 1, "max_minutes": 0.5, "soft_labels": True}},
+    "strategy_repeats": {"config": {"epochs": 1, "max_minutes": 0.5, "repeats": 2}},
+    "learning_curves": {"config": {"epochs": 1, "max_minutes": 0.5, "hours_per_expert": [0.02, 5.0]}},
 }}
 
 
@@ -48,6 +50,35 @@ def test_report_has_the_contract_keys_and_both_models_are_champions(pipeline):
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     for name in REGISTERED_MODEL_NAMES.values():
         assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+
+
+def test_report_repeats_the_comparison_with_intervals_and_draws_learning_curves(pipeline):
+    root, _ = pipeline
+    reports = root / "data" / "reports"
+    report = json.loads((reports / "evaluation.json").read_text())
+    comparison = report["comparison"]
+    assert comparison["repeats"] == 2 and [r["repeat"] for r in comparison["per_repeat"]] == [0, 1]
+    low, high = comparison["accuracy_diff_ci95"]
+    assert -1.0 <= low <= high <= 1.0 and isinstance(comparison["accuracy_diff_mean"], float)
+    for strategy in ("ranking", "single"):
+        low, high = report["strategies"][strategy]["test_accuracy_ci95"]
+        assert 0.0 <= low <= report["strategies"][strategy]["test_accuracy_mean"] <= high <= 1.0
+    assert {"kappa_intra_ci95", "kappa_inter_ci95"} <= set(report["agreement"])
+    points = report["learning_curves"]["points"]
+    assert sorted((p["strategy"], p["hours_per_expert"]) for p in points) == [
+        ("ranking", 0.02), ("ranking", 5.0), ("single", 0.02), ("single", 5.0)]
+    by_budget = {(p["strategy"], p["hours_per_expert"]): p for p in points}
+    for strategy in ("ranking", "single"):  # a tiny budget labels fewer images than the whole campaign
+        assert by_budget[(strategy, 0.02)]["images_labelled"] < by_budget[(strategy, 5.0)]["images_labelled"]
+    assert (reports / "learning_curves.png").stat().st_size > 0 and (reports / "strategy_repeats.png").exists()
+    markdown = (reports / "evaluation.md").read_text()
+    assert "Repeated comparison (2 repeats" in markdown and "Learning curves" in markdown
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    repeat_runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                     filter_string="tags.kind = 'strategy_repeat'")
+    assert sorted(r.data.params["strategy"] for r in repeat_runs) == ["ranking", "single"]
 
 
 def test_champions_carry_provenance_and_face_the_real_image_check(pipeline):

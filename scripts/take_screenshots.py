@@ -5,16 +5,20 @@ slices of the synthetic CMR cohort as ingested by the pipeline, not test fixture
 a throw-away folder (its own CMR_DATA_DIR, DAGSTER_HOME and MLflow store), so the project's data/ and
 mlflow/ are never touched:
 
-1. copy (hard links) the first N scans of an existing cohort and `cmr-assets ingest` them;
+1. copy (hard links) the first N scans of an existing cohort and `cmr-assets ingest` them (the
+   heart crop is found there), with the cohort's truth table when it has one;
 2. design both campaigns for one person (`labelling_tasks_single`, `labelling_tasks_ranking` with
-   `annotators: [dr_lee]`), as a recorded Dagster run;
+   `annotators: [dr_lee]`) and map the truth onto the slices (`reference_labels`, the reference
+   strip's source), as a recorded Dagster run;
 3. `cmr-assets annotators add dr_lee --password-stdin`, start `cmr-assets serve-labelling`, log in
-   with Playwright in headless Debian chromium (`scripts/ensure_chromium.sh` installs it), rank a
-   batch partially (one image dragged, dividers placed), answer two single images, and save
-   `ranking.png` (1920x620) and `single.png` (1280x860); stop the server.
+   with Playwright in headless Debian chromium (`scripts/ensure_chromium.sh` installs it), save the
+   first-visit reference strip (`reference.png`), rank a batch partially (one image dragged,
+   dividers placed), answer two single images, and save `ranking.png` (1366x768: the 8 cards on one
+   row of a laptop screen) and `single.png` (1280x860); stop the server.
 
-Usage: .venv/bin/python scripts/take_screenshots.py [--cohort data/scans/synthetic] [--n-scans 6]
-       [--out docs/screenshots] [--work /tmp/some-empty-dir] [--port 8799]
+Usage: .venv/bin/python scripts/take_screenshots.py [--cohort data/scans/synthetic]
+       [--truth data/reference/synthetic_truth.csv] [--n-scans 6] [--out docs/screenshots]
+       [--work /tmp/some-empty-dir] [--port 8799]
 The work folder is deleted at the end unless --work was given.
 """
 
@@ -42,18 +46,19 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ANNOTATOR = "dr_lee"
-RANKING_VIEWPORT = {"width": 1920, "height": 620}
+RANKING_VIEWPORT = {"width": 1366, "height": 768}
 SINGLE_VIEWPORT = {"width": 1280, "height": 860}
 TASK_ASSETS = ("labelling_tasks_single", "labelling_tasks_ranking")
+REFERENCE_ASSET = "reference_labels"
 
 # Runs in a child process so that Dagster and the settings read the work folder's environment.
 DESIGN_CAMPAIGNS = """
 import json, sys
 import dagster as dg
 from cmr_assets.definitions import PIPELINE_JOB, build_definitions
-assets, annotator = json.loads(sys.argv[1]), sys.argv[2]
+assets, annotator, extra = json.loads(sys.argv[1]), sys.argv[2], json.loads(sys.argv[3])
 job = build_definitions().resolve_job_def(PIPELINE_JOB).get_subset(
-    asset_selection={dg.AssetKey(name) for name in assets})
+    asset_selection={dg.AssetKey(name) for name in [*assets, *extra]})
 config = {"ops": {name: {"config": {"annotators": [annotator]}} for name in assets}}
 result = job.execute_in_process(run_config=config, instance=dg.DagsterInstance.get(), raise_on_error=False)
 sys.exit(0 if result.success else 1)
@@ -78,8 +83,9 @@ def run(command: list[str], env: dict[str, str], stdin: str | None = None) -> No
                  f"\n{result.stderr[-4000:]}")
 
 
-def prepare_data(cohort: Path, n_scans: int, work: Path, env: dict[str, str], password: str) -> None:
-    """Ingest the first `n_scans` scans, design both campaigns for ANNOTATOR, register ANNOTATOR."""
+def prepare_data(cohort: Path, truth: Path, n_scans: int, work: Path, env: dict[str, str], password: str) -> None:
+    """Ingest the first `n_scans` scans, design both campaigns for ANNOTATOR, map the truth (when
+    there is one) onto the slices, register ANNOTATOR."""
     scans = sorted(p for p in cohort.iterdir() if p.is_dir())[:n_scans]
     if len(scans) < n_scans:
         sys.exit(f"{cohort}: {len(scans)} scan folders, {n_scans} wanted")
@@ -88,7 +94,12 @@ def prepare_data(cohort: Path, n_scans: int, work: Path, env: dict[str, str], pa
     for scan in scans:
         shutil.copytree(scan, source / scan.name, copy_function=os.link)
     run([str(CLI), "ingest", str(source)], env)
-    run([sys.executable, "-c", DESIGN_CAMPAIGNS, json.dumps(TASK_ASSETS), ANNOTATOR], env)
+    extra = []
+    if truth.is_file():
+        (work / "data" / "reference").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(truth, work / "data" / "reference" / "synthetic_truth.csv")
+        extra = [REFERENCE_ASSET]
+    run([sys.executable, "-c", DESIGN_CAMPAIGNS, json.dumps(TASK_ASSETS), ANNOTATOR, json.dumps(extra)], env)
     run([str(CLI), "annotators", "add", ANNOTATOR, "--password-stdin"], env, stdin=password + "\n")
 
 
@@ -116,19 +127,19 @@ def labelling_server(env: dict[str, str], port: int, log: Path) -> Iterator[str]
         server.wait(timeout=20)
 
 
-def wait_for_images(page, selector: str, timeout_s: float = 20.0) -> None:
-    """Poll until every image matching `selector` is decoded (wait_for_function would need eval, which
-    the app's CSP forbids)."""
+def wait_for_canvases(page, selector: str, count: int, timeout_s: float = 20.0) -> None:
+    """Poll until `count` canvases matching `selector` have drawn their image (wait_for_function would
+    need eval, which the app's CSP forbids)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if all(page.eval_on_selector_all(selector, "imgs => imgs.map(img => img.complete && img.naturalWidth > 0)")):
+        if sum(page.eval_on_selector_all(selector, "cs => cs.map(c => Boolean(c.dataset.src))")) >= count:
             return
         time.sleep(0.1)
-    sys.exit(f"images {selector} not loaded after {timeout_s:.0f} s")
+    sys.exit(f"{count} images {selector} not drawn after {timeout_s:.0f} s")
 
 
 def take_screenshots(base_url: str, password: str, out: Path) -> None:
-    """Log in as ANNOTATOR, put both pages in use and save ranking.png and single.png into `out`."""
+    """Log in as ANNOTATOR, put both pages in use and save reference.png, ranking.png and single.png."""
     from playwright.sync_api import expect, sync_playwright
 
     out.mkdir(parents=True, exist_ok=True)
@@ -144,8 +155,12 @@ def take_screenshots(base_url: str, password: str, out: Path) -> None:
 
         # ranking: the strip starts as divider, 8 images, divider; drag one image, place both dividers
         page.goto(f"{base_url}/label/ranking")
-        page.wait_for_selector("#strip li[data-kind=image] img")
-        wait_for_images(page, "#strip img")
+        wait_for_canvases(page, "#strip canvas", 8)
+        expect(page.locator("#reference")).to_be_visible()  # the first visit opens the reference strip
+        wait_for_canvases(page, "#reference-strip canvas", 1)
+        page.screenshot(path=str(out / "reference.png"))
+        page.keyboard.press("g")
+        expect(page.locator("#reference")).to_be_hidden()
         before = ranking_strip(page)
         drag_before(page, "#strip > li:nth-child(7)", "#strip > li:nth-child(2)")
         if ranking_strip(page) == before:
@@ -162,11 +177,10 @@ def take_screenshots(base_url: str, password: str, out: Path) -> None:
         # single: answer two images so progress shows, then the third one as presented
         page.set_viewport_size(SINGLE_VIEWPORT)
         page.goto(f"{base_url}/label/single")
-        page.wait_for_selector("#image[src*='/img/']")
+        page.wait_for_selector("#image[data-src*='/img/']")
         for done, key in enumerate(("2", "1"), start=1):
             page.keyboard.press(key)
             expect(page.locator("#progress-text")).to_contain_text(f"{done} of ")
-        wait_for_images(page, "#image")
         page.screenshot(path=str(out / "single.png"))
         browser.close()
 
@@ -175,9 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cohort", type=Path, default=PROJECT_ROOT / "data" / "scans" / "synthetic",
                         help="folder of scan folders to take scans from (default data/scans/synthetic)")
+    parser.add_argument("--truth", type=Path, default=PROJECT_ROOT / "data" / "reference" / "synthetic_truth.csv",
+                        help="the cohort's truth table, for the reference strip (default data/reference/...)")
     parser.add_argument("--n-scans", type=int, default=6, help="scans to ingest (default 6)")
     parser.add_argument("--out", type=Path, default=PROJECT_ROOT / "docs" / "screenshots",
-                        help="where ranking.png and single.png go (default docs/screenshots)")
+                        help="where the screenshots go (default docs/screenshots)")
     parser.add_argument("--work", type=Path, help="empty work folder to keep (default: a temporary one)")
     parser.add_argument("--port", type=int, default=8799, help="port of the labelling app (default 8799)")
     args = parser.parse_args(argv)
@@ -189,13 +205,13 @@ def main(argv: list[str] | None = None) -> int:
     password = secrets.token_urlsafe(16)
     env = work_environment(work)
     try:
-        prepare_data(args.cohort, args.n_scans, work, env, password)
+        prepare_data(args.cohort, args.truth, args.n_scans, work, env, password)
         with labelling_server(env, args.port, work / "server.log") as base_url:
             take_screenshots(base_url, password, args.out)
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
-    print(f"wrote {args.out / 'ranking.png'} and {args.out / 'single.png'}")
+    print(f"wrote reference.png, ranking.png and single.png to {args.out}")
     return 0
 
 

@@ -15,10 +15,15 @@ per-annotator lock (two annotators write in parallel; one annotator's double pos
 Restart-safe: an annotator's done tasks, submission ids and time used are re-read from their files
 in the incoming folder the first time they show up.
 
-Undo (single strategy): the last answer given in this server process goes back to the front of the
-queue; answering it again writes a new record for the same `task_id` with a later `submitted_at`,
-which supersedes the earlier one (pipeline rule: per annotator and task, the latest `submitted_at`
-wins). An undo that is never re-answered leaves the first answer standing.
+Undo (both strategies): the last answer given in this server process goes back to the front of the
+queue; answering it again writes a new record for the same task id (`task_id` / `batch_id`) with a
+later `submitted_at`, which supersedes the earlier one (pipeline rule: per annotator and task, the
+latest `submitted_at` wins). An undone batch comes back in the order, dividers and artefact flags
+of the answer being taken back, so only the mistake needs fixing. An undo that is never
+re-answered leaves the first answer standing.
+
+Review: the last `RECENT_ANSWERS` answers per strategy (read back from the files after a restart),
+with their images still addressable through their tickets.
 
 Public API:
 - `LabellingService(paths, tasks, budget_s, tool_version=WEB_TOOL_VERSION, ticket_ttl_s=1800)`
@@ -26,9 +31,12 @@ Public API:
   - `.submit_single(annotator_id, ticket_id, label, artefact) -> SubmitResult`
   - `.submit_ranking(annotator_id, ticket_id, order, dividers, artefact_indices) -> SubmitResult`
     (`order` and `artefact_indices` are presentation indices 0..7)
-  - `.undo_single(annotator_id) -> bool`
+  - `.undo(annotator_id, strategy) -> bool`, `.can_undo(annotator_id, strategy) -> bool`
+  - `.recent(annotator_id, strategy) -> list[dict]` - newest first, for the review list
   - `.progress(annotator_id, strategy) -> Progress`
   - `.image_path(annotator_id, ticket_id, index) -> Path | None`
+  - `.reference(annotator_id) -> list[(class, heart box)]` and
+    `.reference_image_path(annotator_id, index) -> Path | None` - the reference strip
 - `SubmissionRejected(status, reason)` - 400 bad payload, 404 unknown ticket, 409 conflict/stale.
 """
 
@@ -38,12 +46,14 @@ import logging
 import random
 import threading
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from cmr_assets import __version__
+from cmr_assets.app.reference import choose_examples
 from cmr_assets.app.tasks import TaskSource, resolve_slice_png
 from cmr_assets.classes import CLASS_NAMES
 from cmr_assets.labelling.annotation_format import (
@@ -59,6 +69,7 @@ log = logging.getLogger(__name__)
 
 WEB_TOOL_VERSION = f"cmr_assets {__version__} web"
 STRATEGIES = ("single", "ranking")
+RECENT_ANSWERS = 10
 
 
 class SubmissionRejected(Exception):
@@ -90,16 +101,28 @@ class Progress:
 
 @dataclass(frozen=True)
 class Presentation:
+    """A task on screen. `crops`: each image's heart box `[top, left, bottom, right]` (None: full
+    view); `initial`: for a batch brought back by undo, the answer taken back (`dividers`,
+    `artefacts` as presentation indices; the images come in that answer's order)."""
+
     ticket_id: str
     strategy: str
     n_images: int
     started_at: datetime
+    crops: tuple[tuple[int, int, int, int] | None, ...] = ()
+    initial: dict | None = None
 
 
 @dataclass(frozen=True)
 class SubmitResult:
     duplicate: bool
     path: Path | None  # the annotation file written (None for a duplicate)
+
+
+@dataclass(frozen=True)
+class Answer:
+    ticket: Ticket
+    record: SingleAnnotation | RankingAnnotation
 
 
 @dataclass
@@ -110,8 +133,11 @@ class _AnnotatorState:
     submitted_ids: set[str] = field(default_factory=set)
     open_tickets: dict[str, Ticket] = field(default_factory=dict)
     answered_tickets: dict[str, Ticket] = field(default_factory=dict)
-    undo_front: list[str] = field(default_factory=list)  # single task ids to present first
-    last_single: Ticket | None = None
+    undo_front: dict[str, list[str]] = field(default_factory=lambda: {s: [] for s in STRATEGIES})
+    last_answer: dict[str, Answer] = field(default_factory=dict)  # per strategy, this process only
+    recent: dict[str, deque[Answer]] = field(
+        default_factory=lambda: {s: deque(maxlen=RECENT_ANSWERS) for s in STRATEGIES})
+    reference_ids: list[tuple[str, str]] | None = None  # (class, slice id), chosen at first use
 
 
 class LabellingService:
@@ -157,6 +183,13 @@ class LabellingService:
                     state.done[record.strategy].add(task_id)
                     state.submitted_ids.add(record.submission_id)
                     state.seconds_used[record.strategy] += (record.submitted_at - record.started_at).total_seconds()
+                    ticket = Ticket(record.submission_id, annotator_id, record.strategy, task_id,
+                                    record.image_ids, record.started_at)
+                    state.answered_tickets[ticket.ticket_id] = ticket
+                    state.recent[record.strategy].append(Answer(ticket, record))
+        for strategy in STRATEGIES:  # files are named by time, but records inside may not be
+            ordered = sorted(state.recent[strategy], key=lambda answer: answer.record.submitted_at)
+            state.recent[strategy] = deque(ordered, maxlen=RECENT_ANSWERS)
         return state
 
     def _queue(self, annotator_id: str, strategy: str) -> dict[str, tuple[str, ...]]:
@@ -184,16 +217,33 @@ class LabellingService:
         now = self._clock()
         with state.lock:
             self._expire_tickets(state, now)
-            candidates = [*(state.undo_front if strategy == "single" else ()), *queue]
+            candidates = [*state.undo_front[strategy], *queue]
             task_id = next((t for t in candidates if t in queue and t not in state.done[strategy]), None)
             if task_id is None:
                 return None
             ticket_id = str(uuid.uuid4())
-            image_ids = list(queue[task_id])
-            random.Random(ticket_id).shuffle(image_ids)  # stored order must not hint at the answer
+            image_ids, initial = self._presentation_order(state, strategy, task_id, queue[task_id], ticket_id)
             state.open_tickets[ticket_id] = Ticket(ticket_id, annotator_id, strategy, task_id,
                                                    tuple(image_ids), now)
-            return Presentation(ticket_id, strategy, len(image_ids), now)
+        crops = self._tasks.snapshot().heart_crops
+        return Presentation(ticket_id, strategy, len(image_ids), now,
+                            tuple(crops.get(image_id) for image_id in image_ids), initial)
+
+    @staticmethod
+    def _presentation_order(state: _AnnotatorState, strategy: str, task_id: str, slice_ids: Sequence[str],
+                            ticket_id: str) -> tuple[list[str], dict | None]:
+        """Shuffled per ticket (the stored order must not hint at the answer), except a batch brought
+        back by undo: it comes in the order the annotator gave, with their dividers and flags."""
+        taken_back = state.last_answer.get(strategy)
+        if (task_id in state.undo_front[strategy] and taken_back is not None
+                and isinstance(taken_back.record, RankingAnnotation) and taken_back.ticket.task_id == task_id):
+            record = taken_back.record
+            order = list(record.order)
+            return order, {"dividers": list(record.dividers),
+                           "artefacts": [order.index(image_id) for image_id in record.artefact_ids]}
+        image_ids = list(slice_ids)
+        random.Random(ticket_id).shuffle(image_ids)
+        return image_ids, None
 
     def _expire_tickets(self, state: _AnnotatorState, now: datetime) -> None:
         for ticket_id, ticket in list(state.open_tickets.items()):
@@ -235,8 +285,10 @@ class LabellingService:
         state.submitted_ids.add(ticket.ticket_id)
         state.done[ticket.strategy].add(ticket.task_id)
         state.seconds_used[ticket.strategy] += (record.submitted_at - record.started_at).total_seconds()
-        if ticket.task_id in state.undo_front:
-            state.undo_front.remove(ticket.task_id)
+        if ticket.task_id in state.undo_front[ticket.strategy]:
+            state.undo_front[ticket.strategy].remove(ticket.task_id)
+        state.last_answer[ticket.strategy] = Answer(ticket, record)
+        state.recent[ticket.strategy].append(state.last_answer[ticket.strategy])
         return SubmitResult(False, path)
 
     def submit_single(self, annotator_id: str, ticket_id: str, label: str | None,
@@ -254,9 +306,7 @@ class LabellingService:
                 return SubmitResult(True, None)
             record = SingleAnnotation(ticket.ticket_id, annotator_id, ticket.task_id, ticket.image_ids,
                                       label, bool(artefact), ticket.started_at, now, self._tool_version)
-            result = self._commit(state, ticket, record)
-            state.last_single = ticket
-            return result
+            return self._commit(state, ticket, record)
 
     def submit_ranking(self, annotator_id: str, ticket_id: str, order: Sequence[int],
                        dividers: Sequence[int], artefact_indices: Sequence[int]) -> SubmitResult:
@@ -284,14 +334,74 @@ class LabellingService:
                                        ticket.started_at, now, self._tool_version)
             return self._commit(state, ticket, record)
 
-    def undo_single(self, annotator_id: str) -> bool:
-        """Put the last single answer of this process back at the front of the queue (one level)."""
+    def undo(self, annotator_id: str, strategy: str) -> bool:
+        """Put the last answer of this process back at the front of the queue (one level deep)."""
+        if strategy not in STRATEGIES:
+            raise SubmissionRejected(404, f"unknown strategy {strategy!r}")
         state = self._state(annotator_id)
         with state.lock:
-            ticket = state.last_single
-            if ticket is None or ticket.task_id not in state.done["single"]:
+            answer = self._undoable(state, strategy)
+            if answer is None:
                 return False
-            state.done["single"].discard(ticket.task_id)
-            state.undo_front.insert(0, ticket.task_id)
-            state.last_single = None
+            state.done[strategy].discard(answer.ticket.task_id)
+            state.undo_front[strategy].insert(0, answer.ticket.task_id)
             return True
+
+    @staticmethod
+    def _undoable(state: _AnnotatorState, strategy: str) -> Answer | None:
+        """The answer undo would take back: the last of this process, unless already taken back."""
+        answer = state.last_answer.get(strategy)
+        return answer if answer is not None and answer.ticket.task_id in state.done[strategy] else None
+
+    def can_undo(self, annotator_id: str, strategy: str) -> bool:
+        state = self._state(annotator_id)
+        with state.lock:
+            return self._undoable(state, strategy) is not None
+
+    def recent(self, annotator_id: str, strategy: str) -> list[dict]:
+        """The last answers, newest first: ticket, when, seconds spent, the answer in presentation
+        indices, whether a later answer to the same task superseded it, and whether undo takes it back."""
+        state = self._state(annotator_id)
+        with state.lock:
+            answers = list(state.recent[strategy])
+            undoable = self._undoable(state, strategy)
+            undoable_id = undoable.ticket.ticket_id if undoable else None
+        listed, later_tasks = [], set()
+        for answer in reversed(answers):
+            record, ticket = answer.record, answer.ticket
+            entry = {"ticket": ticket.ticket_id, "submitted_at": record.submitted_at.isoformat(),
+                     "seconds": round((record.submitted_at - record.started_at).total_seconds(), 1),
+                     "superseded": ticket.task_id in later_tasks, "undoable": ticket.ticket_id == undoable_id,
+                     "n_images": len(ticket.image_ids)}
+            if isinstance(record, RankingAnnotation):
+                entry.update(order=[ticket.image_ids.index(i) for i in record.order], dividers=list(record.dividers),
+                             artefacts=[ticket.image_ids.index(i) for i in record.artefact_ids])
+            else:
+                entry.update(label=record.label, artefact=record.artefact)
+            later_tasks.add(ticket.task_id)
+            listed.append(entry)
+        return listed
+
+    def reference(self, annotator_id: str) -> list[tuple[str, tuple[int, int, int, int] | None]]:
+        """(class, heart box) of each reference example for this annotator (outside their queue first)."""
+        crops = self._tasks.snapshot().heart_crops
+        return [(label, crops.get(slice_id)) for label, slice_id in self._reference_ids(annotator_id)]
+
+    def reference_image_path(self, annotator_id: str, index: int) -> Path | None:
+        examples = self._reference_ids(annotator_id)
+        if not 0 <= index < len(examples):
+            return None
+        return resolve_slice_png(self._tasks.snapshot(), examples[index][1])
+
+    def _reference_ids(self, annotator_id: str) -> list[tuple[str, str]]:
+        state = self._state(annotator_id)
+        with state.lock:
+            if state.reference_ids:
+                return state.reference_ids
+        snapshot = self._tasks.snapshot()
+        own = {task.slice_id for task in snapshot.single.get(annotator_id, ())}
+        own |= {slice_id for task in snapshot.ranking.get(annotator_id, ()) for slice_id in task.slice_ids}
+        examples = choose_examples(snapshot.reference_candidates, own)
+        with state.lock:
+            state.reference_ids = examples
+        return examples

@@ -6,8 +6,9 @@ read-only for a moment, retries briefly on a lock conflict, and copies the few c
 needs; `TaskSource` keeps the last good snapshot and refreshes it at most every `refresh_s` seconds.
 
 Public API:
-- `SingleTask`, `RankingTask`, `TaskSnapshot` - per-annotator queues (in task-id order) and
-  slice id -> PNG path.
+- `SingleTask`, `RankingTask`, `TaskSnapshot` - per-annotator queues (in task-id order), slice id ->
+  PNG path, slice id -> heart crop box (`[top, left, bottom, right]`, absent for slices ingested
+  before the crop existed) and the reference-strip candidates (`cmr_assets.app.reference`).
 - `load_task_snapshot(duckdb_path, slice_png_root, data_root) -> TaskSnapshot`
 - `resolve_slice_png(snapshot, slice_id) -> Path | None` - the image file, only if it lies inside
   the slice store.
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import duckdb
 
+from cmr_assets.app.reference import Candidate, candidates_from_rows
 from cmr_assets.settings import DataPaths
 
 log = logging.getLogger(__name__)
@@ -55,28 +57,70 @@ class TaskSnapshot:
     ranking: dict[str, tuple[RankingTask, ...]] = field(default_factory=dict)
     png_paths: dict[str, Path] = field(default_factory=dict)
     slice_png_root: Path = Path("/nonexistent")
+    heart_crops: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)
+    reference_candidates: tuple[Candidate, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Tables:
+    slices: list
+    single: list
+    ranking: list
+    reference: list
+    labels: list
 
 
 def _table_names(connection: duckdb.DuckDBPyConnection) -> set[str]:
     return {row[0] for row in connection.execute("SELECT table_name FROM information_schema.tables").fetchall()}
 
 
-def _read_tables(duckdb_path: Path) -> tuple[list, list, list]:
+def _column_names(connection: duckdb.DuckDBPyConnection, table: str) -> set[str]:
+    return {row[0] for row in connection.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [table]).fetchall()}
+
+
+CONFIDENT_LABELS_SQL = """
+SELECT l.slice_id, s.scan_id, s.slice_from_base, l.label, greatest(l.p_too_basal, l.p_lv, l.p_too_apical)
+FROM {table} l JOIN slices s USING (slice_id)
+WHERE l.label IS NOT NULL AND NOT coalesce(l.artefact_excluded, false)
+"""
+
+
+def _label_rows(connection: duckdb.DuckDBPyConnection, tables: set[str]) -> tuple[list, list]:
+    """Reference rows (no artefact) and confident-label rows for the reference strip; ranking labels
+    first (the better-founded of the two), single labels when there are no ranking labels."""
+    reference = (connection.execute("SELECT r.slice_id, s.scan_id, s.slice_from_base, r.label FROM "
+                                    "reference_labels r JOIN slices s USING (slice_id) "
+                                    "WHERE NOT coalesce(r.artefact, false)").fetchall()
+                 if "reference_labels" in tables else [])
+    for table in ("labels_ranking", "labels_single"):
+        if table in tables:
+            rows = connection.execute(CONFIDENT_LABELS_SQL.format(table=table)).fetchall()
+            if rows:
+                return reference, rows
+    return reference, []
+
+
+def _read_tables(duckdb_path: Path) -> _Tables:
     connection = duckdb.connect(str(duckdb_path), read_only=True)
     try:
         tables = _table_names(connection)
-        slices = (connection.execute("SELECT slice_id, png_path FROM slices").fetchall()
-                  if "slices" in tables else [])
+        if "slices" in tables:
+            crop = "heart_crop" if "heart_crop" in _column_names(connection, "slices") else "NULL"
+            slices = connection.execute(f"SELECT slice_id, png_path, {crop} FROM slices").fetchall()
+            reference, labels = _label_rows(connection, tables)
+        else:
+            slices, reference, labels = [], [], []
         single = (connection.execute("SELECT task_id, annotator_id, slice_id, kind FROM tasks_single "
                                      "ORDER BY task_id").fetchall() if "tasks_single" in tables else [])
         ranking = (connection.execute("SELECT batch_id, annotator_id, slice_ids FROM tasks_ranking "
                                       "ORDER BY batch_id").fetchall() if "tasks_ranking" in tables else [])
     finally:
         connection.close()
-    return slices, single, ranking
+    return _Tables(slices, single, ranking, reference, labels)
 
 
-def _read_tables_retrying(duckdb_path: Path) -> tuple[list, list, list]:
+def _read_tables_retrying(duckdb_path: Path) -> _Tables:
     """Read, retrying while another process holds the write lock (a pipeline run mid-write)."""
     for delay in LOCK_RETRY_DELAYS_S:
         try:
@@ -96,9 +140,13 @@ def load_task_snapshot(duckdb_path: Path, slice_png_root: Path, data_root: Path)
     """
     if not duckdb_path.exists():
         return TaskSnapshot(slice_png_root=slice_png_root)
-    slice_rows, single_rows, ranking_rows = _read_tables_retrying(duckdb_path)
-    png_paths = {slice_id: data_root / png_path for slice_id, png_path in slice_rows
+    read = _read_tables_retrying(duckdb_path)
+    single_rows, ranking_rows = read.single, read.ranking
+    png_paths = {slice_id: data_root / png_path for slice_id, png_path, _ in read.slices
                  if png_path and SLICE_ID_PATTERN.fullmatch(slice_id)}
+    heart_crops = {slice_id: tuple(int(v) for v in box) for slice_id, _, box in read.slices
+                   if slice_id in png_paths and box is not None and len(box) == 4}
+    candidates = tuple(c for c in candidates_from_rows(read.reference, read.labels) if c.slice_id in png_paths)
     single: dict[str, list[SingleTask]] = defaultdict(list)
     for task_id, annotator_id, slice_id, kind in single_rows:
         if slice_id not in png_paths:
@@ -114,7 +162,8 @@ def load_task_snapshot(duckdb_path: Path, slice_png_root: Path, data_root: Path)
         ranking[annotator_id].append(RankingTask(batch_id, tuple(slice_ids)))
     return TaskSnapshot(single={name: tuple(tasks) for name, tasks in single.items()},
                         ranking={name: tuple(tasks) for name, tasks in ranking.items()},
-                        png_paths=png_paths, slice_png_root=slice_png_root)
+                        png_paths=png_paths, slice_png_root=slice_png_root, heart_crops=heart_crops,
+                        reference_candidates=candidates)
 
 
 def resolve_slice_png(snapshot: TaskSnapshot, slice_id: str) -> Path | None:

@@ -12,7 +12,8 @@ Security model (loopback by default, see docs/labelling_app.md):
 - the client address is the TCP peer; `X-Forwarded-For` is used only when the peer is one of the
   configured `trusted_proxies` (`ClientAddress`);
 - every page, API call and image needs a session; images are addressed by (ticket, index) of the
-  annotator's own tickets, resolved through the slices table and confined to the slice store;
+  annotator's own tickets, or by index into their reference strip, resolved through the slices
+  table and confined to the slice store;
 - Host header checked (DNS rebinding), CSP without inline script or style, frame-ancestors 'none',
   X-Frame-Options, nosniff, no referrer, no caching of pages.
 
@@ -375,14 +376,26 @@ def create_app(config: AppConfig) -> Starlette:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def task_json(annotator: str, strategy: str, presentation: Presentation | None) -> dict[str, Any]:
+    def progress_json(request: Request, annotator: str, strategy: str) -> dict[str, Any]:
+        """Totals, this login session's share (against a baseline kept in the session cookie), and the
+        time the rest of the queue would take at the annotator's own pace so far."""
         progress = service.progress(annotator, strategy)
+        baseline = request.session.setdefault(f"since_{strategy}", [progress.done, progress.seconds_used])
+        pace = progress.seconds_used / progress.done if progress.done else None
+        return {"done": progress.done, "total": progress.total, "seconds_used": round(progress.seconds_used, 1),
+                "budget_s": progress.budget_s, "session_done": progress.done - baseline[0],
+                "session_seconds": round(progress.seconds_used - baseline[1], 1),
+                "seconds_per_task": None if pace is None else round(pace, 1),
+                "seconds_left_estimate": None if pace is None else round(pace * (progress.total - progress.done))}
+
+    def task_json(request: Request, annotator: str, strategy: str,
+                  presentation: Presentation | None) -> dict[str, Any]:
         task = None if presentation is None else {
             "ticket": presentation.ticket_id,
-            "images": [f"/img/{presentation.ticket_id}/{i}" for i in range(presentation.n_images)]}
-        return {"task": task, "progress": {"done": progress.done, "total": progress.total,
-                                           "seconds_used": round(progress.seconds_used, 1),
-                                           "budget_s": progress.budget_s}}
+            "images": [f"/img/{presentation.ticket_id}/{i}" for i in range(presentation.n_images)],
+            "crops": list(presentation.crops), "initial": presentation.initial}
+        return {"task": task, "progress": progress_json(request, annotator, strategy),
+                "can_undo": service.can_undo(annotator, strategy)}
 
     def error(status: int, reason: str) -> JSONResponse:
         return JSONResponse({"error": reason}, status_code=status)
@@ -391,7 +404,7 @@ def create_app(config: AppConfig) -> Starlette:
         annotator = annotator_of(request)
         if annotator is None:
             return RedirectResponse("/login", status_code=303)
-        progress = {s: await run_in_threadpool(service.progress, annotator, s) for s in STRATEGIES}
+        progress = {s: await run_in_threadpool(progress_json, request, annotator, s) for s in STRATEGIES}
         return page(request, "home.html", progress=progress)
 
     async def login_page(request: Request) -> Response:
@@ -449,7 +462,24 @@ def create_app(config: AppConfig) -> Starlette:
             presentation = await run_in_threadpool(service.present, annotator, strategy)
         except SubmissionRejected as rejected:
             return error(rejected.status, rejected.reason)
-        return JSONResponse(await run_in_threadpool(task_json, annotator, strategy, presentation))
+        return JSONResponse(await run_in_threadpool(task_json, request, annotator, strategy, presentation))
+
+    async def api_recent(request: Request) -> Response:
+        annotator = annotator_of(request)
+        if annotator is None:
+            return error(401, "log in first")
+        strategy = request.path_params["strategy"]
+        if strategy not in STRATEGIES:
+            return error(404, "not found")
+        return JSONResponse({"answers": await run_in_threadpool(service.recent, annotator, strategy)})
+
+    async def api_reference(request: Request) -> Response:
+        annotator = annotator_of(request)
+        if annotator is None:
+            return error(401, "log in first")
+        examples = await run_in_threadpool(service.reference, annotator)
+        return JSONResponse({"examples": [{"label": label, "image": f"/ref/{index}", "crop": crop}
+                                          for index, (label, crop) in enumerate(examples)]})
 
     async def api_post(request: Request) -> Response:
         """Submit or undo: JSON body, CSRF header; answers with the next task so it shows at once."""
@@ -462,8 +492,8 @@ def create_app(config: AppConfig) -> Starlette:
         try:
             body = _json_object(await read_body(request))
             duplicate = False
-            if (strategy, action) == ("single", "undo"):
-                if not await run_in_threadpool(service.undo_single, annotator):
+            if action == "undo" and strategy in STRATEGIES:
+                if not await run_in_threadpool(service.undo, annotator, strategy):
                     raise SubmissionRejected(409, "nothing to undo")
             elif (strategy, action) == ("single", "submit"):
                 result = await run_in_threadpool(service.submit_single, annotator, str(body.get("ticket")),
@@ -479,15 +509,18 @@ def create_app(config: AppConfig) -> Starlette:
             presentation = await run_in_threadpool(service.present, annotator, strategy)
         except SubmissionRejected as rejected:
             return error(rejected.status, rejected.reason)
-        next_task = await run_in_threadpool(task_json, annotator, strategy, presentation)
+        next_task = await run_in_threadpool(task_json, request, annotator, strategy, presentation)
         return JSONResponse({"duplicate": duplicate, **next_task})
 
     async def image(request: Request) -> Response:
         annotator = annotator_of(request)
         if annotator is None:
             return error(401, "log in first")
-        path = await run_in_threadpool(service.image_path, annotator, request.path_params["ticket"],
-                                       request.path_params["index"])
+        if "ticket" in request.path_params:
+            path = await run_in_threadpool(service.image_path, annotator, request.path_params["ticket"],
+                                           request.path_params["index"])
+        else:
+            path = await run_in_threadpool(service.reference_image_path, annotator, request.path_params["index"])
         if path is None:
             return error(404, "not found")
         return FileResponse(path, media_type="image/png", headers={"cache-control": "private, max-age=3600"})
@@ -498,9 +531,12 @@ def create_app(config: AppConfig) -> Starlette:
         Route("/login", login, methods=["POST"]),
         Route("/logout", logout, methods=["POST"]),
         Route("/label/{strategy}", strategy_page),
+        Route("/api/reference", api_reference),
         Route("/api/{strategy}/next", api_next),
+        Route("/api/{strategy}/recent", api_recent),
         Route("/api/{strategy}/{action}", api_post, methods=["POST"]),
         Route("/img/{ticket}/{index:int}", image),
+        Route("/ref/{index:int}", image),
         Mount("/static", StaticFiles(directory=str(PACKAGE_DIR / "static")), name="static"),
     ]
     middleware = [

@@ -1,17 +1,26 @@
 """The evaluation report: both models on one common test set, beside what their labels cost."""
 
 import functools
+import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import numpy as np
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 from mlflow import MlflowClient
 
 from cmr_assets.duckdb_io import read_table
+from cmr_assets.evaluation.experiment_assets import experiment_assets, load_stored_curves, load_stored_repeats
 from cmr_assets.evaluation.metrics import classification_metrics, paired_comparison
-from cmr_assets.evaluation.plots import confusion_matrix_png, rank_score_distribution_png, roc_curves_png
+from cmr_assets.evaluation.plots import (
+    confusion_matrix_png,
+    rank_score_distribution_png,
+    repeats_png,
+    roc_curves_png,
+)
 from cmr_assets.evaluation.real_check import (
     REAL_DATA_DIR,
     decisions_png,
@@ -19,14 +28,16 @@ from cmr_assets.evaluation.real_check import (
     real_image_check,
     synthetic_vs_real_png,
 )
+from cmr_assets.evaluation.repeats import predictions_frame, summarise_repeats
 from cmr_assets.evaluation.report import StrategyEvaluation, build_evaluation_report, render_markdown, write_report
 from cmr_assets.labelling.campaign import expert_hours_spent
 from cmr_assets.labels.agreement import label_accuracy
 from cmr_assets.labels.raw_annotations import latest_answer_per_task, read_raw_annotations
 from cmr_assets.metadata import picture
 from cmr_assets.resources import DataPathsResource, MlflowResource
+from cmr_assets.run_context import git_commit, machine_info
 from cmr_assets.settings import REGISTERED_MODEL_NAMES
-from cmr_assets.training.dataset import evaluation_rows, load_slice_images
+from cmr_assets.training.dataset import evaluation_rows, frame_hash, load_slice_images
 from cmr_assets.training.packaging import predict_slices
 from cmr_assets.training.provenance import TRAINING_DATA_TAG
 
@@ -49,10 +60,14 @@ def label_kappa_vs_reference(labels: pd.DataFrame, reference: pd.DataFrame) -> f
 
 
 def agreement_summary(rows: pd.DataFrame) -> dict:
-    """The agreement table as the report's `agreement` block (None for what was not measured)."""
+    """The agreement table as the report's `agreement` block (None for what was not measured), with
+    the kappas' 95% intervals from their `detail` (`kappa_intra_ci95`, `kappa_inter_ci95`)."""
     values = {m: (None if pd.isna(v) else float(v)) for m, v in zip(rows.get("metric", []), rows.get("value", []),
                                                                      strict=True)}
-    return {"kappa_intra": values.get("kappa_intra"), "kappa_inter": values.get("kappa_inter"),
+    details = dict(zip(rows.get("metric", []), rows.get("detail", [None] * len(rows)), strict=True))
+    intervals = {f"{m}_ci95": json.loads(details[m]).get("ci95") if details.get(m) else None
+                 for m in ("kappa_intra", "kappa_inter")}
+    return {"kappa_intra": values.get("kappa_intra"), "kappa_inter": values.get("kappa_inter"), **intervals,
             "kendall_tau_ranking": values.get("kendall_tau_ranking"),
             **{m: v for m, v in values.items() if m.startswith("label_accuracy_")}}
 
@@ -95,7 +110,34 @@ def champions_on_real_images(context: dg.AssetExecutionContext, client: MlflowCl
             "strategies": results}
 
 
-@dg.asset(group_name=GROUP, deps=["model_single", "model_ranking", "observer_agreement", "reference_labels"],
+TRAINING_PROVENANCE = ("architecture", "input_size", "epochs", "patience", "batch_size", "learning_rate", "seed",
+                       "soft_labels", "device", "label_hash", "split_hash", "git_commit")
+
+
+def _provenance(client: MlflowClient, split: pd.DataFrame, per_strategy: dict[str, StrategyEvaluation]) -> dict:
+    """Commit, machine, split and each evaluated model's training settings, for the report."""
+    training = {}
+    for strategy, evaluation in per_strategy.items():
+        params = client.get_run(evaluation.model["run_id"]).data.params
+        training[strategy] = {key: params.get(key) for key in TRAINING_PROVENANCE}
+    return {"git_commit": git_commit(), "machine": machine_info(),
+            "split_hash": frame_hash(split, ["scan_id", "split"]), "training": training}
+
+
+def _repeated_summary(context: dg.AssetExecutionContext, reports_dir: Path, test: pd.DataFrame,
+                      probas: dict[str, np.ndarray], labels: dict[str, pd.DataFrame]) -> dict:
+    """All repeats summarised: repeat 0 = today's models on the standing test set, plus the stored
+    `strategy_repeats` trained on today's labels (stale ones are dropped, with a warning)."""
+    stored, stale = load_stored_repeats(reports_dir, labels)
+    if stale:
+        context.log.warning(f"{stale} stored repeat(s) were trained on other labels and are left out; "
+                            "materialise strategy_repeats to redo them")
+    own = pd.concat([predictions_frame(0, s, test, probas[s]) for s in STRATEGIES], ignore_index=True)
+    return summarise_repeats(pd.concat([own, stored], ignore_index=True))
+
+
+@dg.asset(group_name=GROUP, deps=["model_single", "model_ranking", "observer_agreement", "reference_labels",
+                                  "strategy_repeats", "learning_curves"],
           pool="duckdb", kinds={"mlflow"})
 def evaluation_report(context: dg.AssetExecutionContext, data_paths: DataPathsResource, duckdb: DuckDBResource,
                       mlflow: MlflowResource) -> dg.MaterializeResult:
@@ -120,7 +162,7 @@ def evaluation_report(context: dg.AssetExecutionContext, data_paths: DataPathsRe
     images = load_slice_images(paths.root, test)
     y_true = test["target"].to_numpy()
     agreement = agreement_summary(agreement_rows)
-    raw = {"single": latest_answer_per_task(raw_single), "ranking": raw_ranking}
+    raw = {"single": latest_answer_per_task(raw_single), "ranking": latest_answer_per_task(raw_ranking)}
     probas, per_strategy, figures = {}, {}, {}
     client = mlflow.client()
     load = functools.cache(mlflow.load_model)  # the champion is often the challenger: loaded once
@@ -141,6 +183,13 @@ def evaluation_report(context: dg.AssetExecutionContext, data_paths: DataPathsRe
     real_check = champions_on_real_images(context, client, load, figures, _test_stacks(test, images, reference))
     predictions = {s: probas[s].argmax(axis=1) for s in STRATEGIES}
     comparison = paired_comparison(y_true, predictions["ranking"], predictions["single"], groups=test["scan_id"])
+    repeated = _repeated_summary(context, paths.reports, test, probas, labels)
+    figures["strategy_repeats.png"] = repeats_png(repeated)
+    curves = load_stored_curves(paths.reports, labels)
+    if curves is None:
+        context.log.warning("no learning curves drawn from today's labels: materialise learning_curves")
+    else:
+        figures["learning_curves.png"] = (paths.reports / "learning_curves.png").read_bytes()
     figures["roc_curves.png"] = roc_curves_png(y_true, probas)
     ranked = labels["ranking"].dropna(subset=["label"])
     figures["rank_score_distribution.png"] = rank_score_distribution_png(ranked, score_column="latent_score")
@@ -149,11 +198,13 @@ def evaluation_report(context: dg.AssetExecutionContext, data_paths: DataPathsRe
     report = build_evaluation_report(per_strategy, comparison, agreement, len(test),
                                      pictures={f: f for f in figures},
                                      reference_source=str(reference["source"].iloc[0]),
-                                     real_image_check=real_check)
+                                     real_image_check=real_check, repeated=repeated, learning_curves=curves,
+                                     provenance=_provenance(client, split, per_strategy))
     json_path, md_path = write_report(report, paths.reports)
     run_id = mlflow.log_evaluation_run(report=report, report_files=[json_path, md_path], pictures=figures)
     return dg.MaterializeResult(metadata={
         "n_test_images": len(test), "mcnemar_p": float(comparison["mcnemar_p"]),
+        "repeats": repeated["repeats"], "accuracy_diff_mean": float(repeated["accuracy_diff_mean"]),
         **{f"{s}_test_accuracy": float(per_strategy[s].metrics["accuracy"]) for s in STRATEGIES},
         "report": dg.MetadataValue.md(render_markdown(report)),
         "report_json": dg.MetadataValue.path(str(json_path)), "mlflow_run_id": run_id,
@@ -162,4 +213,4 @@ def evaluation_report(context: dg.AssetExecutionContext, data_paths: DataPathsRe
     })
 
 
-evaluation_assets = [evaluation_report]
+evaluation_assets = [*experiment_assets, evaluation_report]

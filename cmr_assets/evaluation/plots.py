@@ -14,6 +14,8 @@ Public API:
 - `strategy_sensitivity_png(frame, default=(noise, share, divider), path=None) -> bytes`: ranking
   minus single label accuracy over the side-by-side assumptions (`labelling/sensitivity.py`), one
   panel per divider assumption, the break-even (difference 0) drawn as a line.
+- `repeats_png(summary, path=None)`, `learning_curves_png(curves, path=None)`: the repeated comparison
+  and the learning curves of the strategy experiment.
 """
 
 from __future__ import annotations
@@ -196,4 +198,46 @@ def strategy_sensitivity_png(frame: pd.DataFrame, default: tuple[float, float, f
         ax.legend(fontsize=7)
     fig.suptitle(f"Label accuracy at equal expert-hours (single: {frame['single_label_accuracy'].iloc[0]:.1%}); "
                  "above 0 / blue: ranking ahead", fontsize=9)
+    return _finish(fig, path)
+
+
+def repeats_png(summary: Mapping[str, Any], path: str | Path | None = None) -> bytes:
+    """Each repeat's test accuracy per strategy (dots joined per repeat: the pairing), with each
+    strategy's mean and interval from `repeats.summarise_repeats`."""
+    per_repeat = summary["per_repeat"]
+    strategies = list(summary["strategies"])
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    for block in per_repeat:
+        ax.plot(range(len(strategies)), [block[s]["accuracy"] for s in strategies], "o-", color="0.6",
+                alpha=0.7, markersize=4)
+    for x, strategy in enumerate(strategies):
+        stats = summary["strategies"][strategy]
+        low, high = stats["test_accuracy_ci95"] or (np.nan, np.nan)
+        ax.errorbar(x + 0.12, stats["test_accuracy_mean"],
+                    yerr=[[stats["test_accuracy_mean"] - low], [high - stats["test_accuracy_mean"]]],
+                    fmt="s", color="C0" if x == 0 else "C1", capsize=5, label=f"{strategy}: mean, 95% interval")
+    ax.set_xticks(range(len(strategies)), strategies)
+    ax.set_xlim(-0.5, len(strategies) - 0.5)
+    ax.set_ylabel("test accuracy")
+    diff_low, diff_high = summary["accuracy_diff_ci95"] or (np.nan, np.nan)
+    ax.set_title(f"{summary['repeats']} repeats; ranking - single {100 * summary['accuracy_diff_mean']:+.1f} "
+                 f"points [{100 * diff_low:+.1f}, {100 * diff_high:+.1f}]", fontsize=9)
+    ax.legend(fontsize=7, loc="lower center")
+    ax.grid(alpha=0.3)
+    return _finish(fig, path)
+
+
+def learning_curves_png(curves: pd.DataFrame, path: str | Path | None = None) -> bytes:
+    """Label accuracy and model test accuracy against expert-hours per expert, one line per strategy
+    (frame columns: strategy, hours_per_expert, label_accuracy, test_accuracy)."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharex=True)
+    for strategy, rows in curves.sort_values("hours_per_expert").groupby("strategy", sort=True):
+        for ax, column in zip(axes, ("label_accuracy", "test_accuracy"), strict=True):
+            ax.plot(rows["hours_per_expert"], rows[column], "o-", label=strategy)
+    for ax, title in zip(axes, ("labels vs reference", "model on the test set"), strict=True):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("expert-hours per expert")
+        ax.set_ylabel("accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     return _finish(fig, path)

@@ -112,8 +112,18 @@ def build_evaluation_report(per_strategy: Mapping[str, StrategyEvaluation], comp
                             agreement: Mapping[str, Any], n_test_images: int,
                             pictures: Mapping[str, str] | None = None,
                             reference_source: str | None = None,
-                            real_image_check: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Assemble the report dict (contract keys + detail); checks both models saw the same test set."""
+                            real_image_check: Mapping[str, Any] | None = None,
+                            repeated: Mapping[str, Any] | None = None,
+                            learning_curves: Mapping[str, Any] | None = None,
+                            provenance: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Assemble the report dict (contract keys + detail); checks both models saw the same test set.
+
+    `repeated` is `repeats.summarise_repeats(...)` over all repeats (repeat 0 = these models): its
+    means and intervals join each strategy block (`test_accuracy_ci95`, ...) and `comparison`
+    (`repeats`, `accuracy_diff_mean`, `accuracy_diff_ci95`, `per_repeat`). `learning_curves` is the
+    `learning_curves` asset's document, kept as is. `provenance` (commit, machine, split, training
+    settings) makes the figures reproducible.
+    """
     missing = [s for s in STRATEGIES if s not in per_strategy]
     if missing:
         raise ValueError(f"per_strategy: missing strategy/strategies {missing}; got {sorted(per_strategy)}")
@@ -138,7 +148,15 @@ def build_evaluation_report(per_strategy: Mapping[str, StrategyEvaluation], comp
         "paper": PAPER_RESULTS,
         "pictures": dict(pictures or {}),
         "real_image_check": dict(real_image_check) if real_image_check is not None else None,
+        "learning_curves": dict(learning_curves) if learning_curves is not None else None,
+        "provenance": dict(provenance or {}),
     }
+    if repeated is not None:
+        for strategy in STRATEGIES:
+            report["strategies"][strategy].update(repeated["strategies"][strategy])
+        report["comparison"].update({key: repeated[key] for key in ("repeats", "accuracy_diff_mean",
+                                                                   "accuracy_diff_ci95", "per_repeat")})
+        report["comparison"]["repeats_interval"] = repeated["interval"]
     return _jsonable(report)
 
 
@@ -236,12 +254,14 @@ def render_markdown(report: Mapping[str, Any]) -> str:
             f"{100 * comparison['accuracy_difference_ci_high']:+.1f}] "
             f"({boot.get('n_boot', '?')} resamples of {boot.get('n_units', '?')} "
             f"{boot.get('resampling_unit', 'unit')}s).")
+    lines += _repeated_lines(report)
     lines += [
         "",
-        "## Observer agreement (single-image labelling, Cohen's kappa)",
+        "## Observer agreement (single-image labelling, Cohen's kappa; 95% interval resampling slices)",
         "",
         *_table(["", "Ours", "Paper"], [
-            *[[label, _fmt(agreement.get(key)), _fmt_paper(report["paper"][key], "")]
+            *[[label, _with_interval(agreement.get(key), agreement.get(f"{key}_ci95")),
+               _fmt_paper(report["paper"][key], "")]
               for label, key in (("Intra-observer", "kappa_intra"), ("Inter-observer", "kappa_inter"))],
             *[[f"Label kappa vs reference ({s})", _fmt(ours[s].get("label_kappa_vs_reference")), "n/r"]
               for s in STRATEGIES],
@@ -264,12 +284,59 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines += _table(["truth \\ predicted", *confusion["labels"]],
                         [[name, *map(str, row)] for name, row in zip(confusion["labels"], confusion["matrix"],
                                                                      strict=True)])
+    lines += _learning_curve_lines(report.get("learning_curves"))
     lines += _real_image_lines(report.get("real_image_check"))
     pictures = report.get("pictures") or {}
     if pictures:
         lines += ["", "## Pictures", ""]
         lines += [f"![{caption}]({path})" for caption, path in pictures.items()]
     return "\n".join(lines) + "\n"
+
+
+def _with_interval(value: Any, interval: Any, kind: str = "num") -> str:
+    """A value with its [low, high] interval when there is one."""
+    if value is None or not interval:
+        return _fmt(value, kind)
+    return f"{_fmt(value, kind)} [{_fmt(interval[0], kind)}, {_fmt(interval[1], kind)}]"
+
+
+def _repeated_lines(report: Mapping[str, Any]) -> list[str]:
+    """Means and intervals over repeats, and each repeat's paired result."""
+    comparison = report["comparison"]
+    if "repeats" not in comparison:
+        return []
+    ours = report["strategies"]
+    rows = [[label] + [_with_interval(ours[s].get(f"test_{key}_mean"), ours[s].get(f"test_{key}_ci95"), kind)
+                       for s in STRATEGIES]
+            for label, key, kind in (("Test accuracy", "accuracy", "pct"), ("Test F1 (macro)", "macro_f1", "num"),
+                                     ("Test ROC AUC", "roc_auc", "num"))]
+    low, high = comparison.get("accuracy_diff_ci95") or (None, None)
+    lines = ["", f"## Repeated comparison ({comparison['repeats']} repeats: new scan-level split and training "
+             "seed each; repeat 0 = the registered models)", "",
+             *_table(["mean [95% interval]", "ranking", "single"], rows), "",
+             f"Accuracy difference (ranking - single): {100 * comparison['accuracy_diff_mean']:+.1f} points"
+             + (f", [{100 * low:+.1f}, {100 * high:+.1f}]" if low is not None else "")
+             + f"; {comparison.get('repeats_interval', '')}.", ""]
+    return lines + _table(["repeat", "test images", "ranking accuracy", "single accuracy", "McNemar p"], [
+        [str(r["repeat"]), _fmt(r["n_test_images"], "int"), _fmt(r["ranking"]["accuracy"], "pct"),
+         _fmt(r["single"]["accuracy"], "pct"), _fmt(r["mcnemar_p"], "p")] for r in comparison["per_repeat"]])
+
+
+def _learning_curve_lines(curves: Mapping[str, Any] | None) -> list[str]:
+    """The learning-curve table: both strategies at each budget of expert-hours per expert."""
+    if not curves:
+        return []
+    model = curves.get("model")
+    if model:
+        length = f"{model['steps']} steps of {model['batch_size']}" if "steps" in model else f"{model['epochs']} epochs"
+        note = (f"models: {model['architecture']} at {model['input_size']} px, {length}"
+                + ("" if model.get("augment", True) else ", no augmentation"))
+    else:
+        note = "no models trained"
+    return ["", f"## Learning curves (campaigns cut at each budget; {note})", "",
+            *_table(["strategy", "h per expert", "images labelled", "label accuracy", "model test accuracy"], [
+                [p["strategy"], f"{p['hours_per_expert']:g}", _fmt(p["images_labelled"], "int"),
+                 _fmt(p["label_accuracy"], "pct"), _fmt(p["test_accuracy"], "pct")] for p in curves["points"]])]
 
 
 def _real_image_lines(check: Mapping[str, Any] | None) -> list[str]:

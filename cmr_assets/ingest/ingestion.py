@@ -17,6 +17,9 @@ Behaviour:
 - Parallelism: up to `workers` spawned processes, one per `MIN_FILES_PER_WORKER` files (a
   small folder is read in this process: worker start-up would cost more than it saves).
 - Logs carry counts, rates, relative paths and reasons only (never tag values).
+- Each new scan's heart box (`heart_crop.py`) costs six more decodes: end-diastole and the phase
+  nearest end-systole at three mid-stack positions. A systolic image that does not decode costs
+  the box (stored NULL: the app shows the full view), never the scan.
 
 Public API:
 - `IngestReport` (dataclass; `as_dict()` for metadata)
@@ -37,6 +40,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +66,8 @@ from cmr_assets.ingest.dicom_series import (
     render_series,
     worker_pool,
 )
+from cmr_assets.ingest.dicom_series import _decode as decode_image
+from cmr_assets.ingest.heart_crop import stack_heart_box
 from cmr_assets.ingest.slice_store import (
     ensure_schema,
     existing_scan_ids,
@@ -128,8 +134,12 @@ def _render_and_write(source_dir: Path, plan: SeriesPlan, scan_id: str, paths_ro
         others = [Rejection(path, REJECT_SERIES_DECODE, f"{bad.path} ({bad.detail})")
                   for path in paths if path != bad.path]
         return [bad, *others]
+    try:
+        heart = stack_heart_box(plan.positions, partial(decode_image, source_dir), plan.pixel_spacing)
+    except SeriesDecodeError:  # an undecodable systolic image costs the crop, not the scan
+        heart = None
     files = write_scan_files(DataPaths(paths_root), scan_id, rendered)
-    return scan_rows(scan_id, rendered, files, ingested_at, study_key, patient_group)
+    return scan_rows(scan_id, rendered, files, ingested_at, study_key, heart, patient_group)
 
 
 def _store_new_scans(tasks: list[tuple], pool: Executor | None, database: Database, report: IngestReport,

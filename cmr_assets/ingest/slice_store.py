@@ -11,7 +11,8 @@ Layout (paths stored in DuckDB are relative to the data root, `DataPaths.root`):
   directly (IHDR, IDAT, IEND only: no text/time chunks).
 - `slices/arrays/<scan_id>.npy`: uint8 `(n_slices, 128, 128)`, base first; `array_index` =
   `slice_from_base`.
-- `slices.pixel_spacing_mm` is PixelSpacing[0] (row spacing); `spacing_mm` the median distance
+- `slices.heart_crop` is `[top, left, bottom, right]` in PNG pixels (`heart_crop.py`), one box per
+  scan; `slices.pixel_spacing_mm` is PixelSpacing[0] (row spacing); `spacing_mm` the median distance
   between adjacent positions; `ingested_at` is UTC.
 
 Public API:
@@ -19,7 +20,8 @@ Public API:
 - `ensure_schema(con)`
 - `existing_scan_ids(con) -> set[str]`
 - `write_scan_files(paths, scan_id, rendered) -> ScanFiles`; `png_bytes(image)`, `npy_bytes(array)`
-- `scan_rows(scan_id, rendered, files, ingested_at, study_key=None, patient_group=None) -> (scan_row, slice_rows)`
+- `scan_rows(scan_id, rendered, files, ingested_at, study_key=None, heart_crop=None, patient_group=None)
+  -> (scan_row: dict, slice_rows: list[dict])`
 - `insert_scans(con, scan_rows, slice_rows)`: one transaction, duplicates ignored
 - `insert_rejections(con, source_root_hash, rejections, rejected_at) -> int` (rows added)
 """
@@ -40,6 +42,7 @@ import pandas as pd
 
 from cmr_assets.fileio import write_atomically
 from cmr_assets.ingest.dicom_series import Rejection, RenderedSeries
+from cmr_assets.ingest.heart_crop import CropBox
 from cmr_assets.settings import DataPaths
 
 SCANS_COLUMNS = ("scan_id", "n_slices", "n_files", "rows", "cols", "manufacturer_model", "ingested_at", "study_key",
@@ -47,7 +50,7 @@ SCANS_COLUMNS = ("scan_id", "n_slices", "n_files", "rows", "cols", "manufacturer
 SLICES_COLUMNS = (
     "slice_id", "scan_id", "slice_from_base", "n_slices", "position_mm", "spacing_mm", "rows", "cols",
     "pixel_spacing_mm", "slice_thickness_mm", "trigger_time_ms", "n_phases", "phase_rule", "png_path",
-    "array_path", "array_index", "ingested_at",
+    "array_path", "array_index", "ingested_at", "heart_crop",
 )
 REJECTED_COLUMNS = ("source_root_hash", "path", "reason", "rejected_at")
 
@@ -80,7 +83,8 @@ CREATE TABLE IF NOT EXISTS slices (
     png_path VARCHAR NOT NULL,
     array_path VARCHAR NOT NULL,
     array_index INTEGER NOT NULL,
-    ingested_at TIMESTAMP NOT NULL
+    ingested_at TIMESTAMP NOT NULL,
+    heart_crop INTEGER[]
 );
 CREATE TABLE IF NOT EXISTS rejected_files (
     source_root_hash VARCHAR NOT NULL,
@@ -107,9 +111,10 @@ def slice_id_for(scan_id: str, slice_from_base: int) -> str:
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     """Create the ingestion tables if they do not exist (idempotent; adds `scans.study_key` and
-    `scans.patient_group` to older files)."""
+    `slices.heart_crop` and `scans.patient_group` to older files, whose rows keep NULL there)."""
     con.execute(SCHEMA_SQL)
     con.execute("ALTER TABLE scans ADD COLUMN IF NOT EXISTS study_key VARCHAR")
+    con.execute("ALTER TABLE slices ADD COLUMN IF NOT EXISTS heart_crop INTEGER[]")
     con.execute("ALTER TABLE scans ADD COLUMN IF NOT EXISTS patient_group VARCHAR")
 
 
@@ -156,11 +161,12 @@ def write_scan_files(paths: DataPaths, scan_id: str, rendered: RenderedSeries) -
     return ScanFiles(png_paths=tuple(png_paths), array_path=array_target.relative_to(paths.root).as_posix())
 
 
-def scan_rows(scan_id: str, rendered: RenderedSeries, files: ScanFiles,
-              ingested_at: datetime, study_key: str | None = None,
+def scan_rows(scan_id: str, rendered: RenderedSeries, files: ScanFiles, ingested_at: datetime,
+              study_key: str | None = None, heart_crop: CropBox | None = None,
               patient_group: str | None = None) -> tuple[dict, list[dict]]:
     """The `scans` row and the `slices` rows of one rendered scan (no identifiers; `study_key` is the
     keyed hash of the StudyInstanceUID, which links scans of one study, e.g. a repeated cine;
+    `heart_crop` the scan's heart box, the same on every slice, None when it could not be found;
     `patient_group` the keyed patient group, `deid.patient_group_for`)."""
     plan = rendered.plan
     n_slices = len(plan.positions)
@@ -177,7 +183,7 @@ def scan_rows(scan_id: str, rendered: RenderedSeries, files: ScanFiles,
             "slice_thickness_mm": plan.slice_thickness, "trigger_time_ms": position.chosen.trigger_time,
             "n_phases": len(position.files), "phase_rule": plan.phase_rule,
             "png_path": files.png_paths[index], "array_path": files.array_path, "array_index": index,
-            "ingested_at": ingested_at,
+            "ingested_at": ingested_at, "heart_crop": heart_crop.as_list() if heart_crop else None,
         }
         for index, position in enumerate(plan.positions)
     ]

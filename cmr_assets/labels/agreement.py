@@ -21,7 +21,8 @@ Ranking (``ranking_agreement``), Kendall's tau-b between experts:
 labelled (label not null, not artefact-excluded) that have a reference label.
 
 Public API:
-- ``cohen_kappa(a, b, n_classes=3) -> float``
+- ``cohen_kappa(a, b, n_classes=3) -> float``; ``kappa_bootstrap_ci(a, b, groups, ...) -> (low, high) | None``:
+  95% interval resampling whole slices (the kappas' ``detail`` carries it as ``ci95``)
 - ``single_agreement(raw_single, tasks_single) -> dict``
 - ``ranking_agreement(raw_ranking, alpha=0.01) -> dict``
 - ``label_accuracy(labels, reference, label_column="label") -> dict``
@@ -66,6 +67,33 @@ def kappa_from_table(table: np.ndarray) -> float:
     return float((observed - expected) / (1 - expected))
 
 
+def kappa_bootstrap_ci(a: np.ndarray, b: np.ndarray, groups: np.ndarray, n_boot: int = 2000, seed: int = 0,
+                       confidence: float = 0.95, n_classes: int = N_CLASSES) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of Cohen's kappa, resampling whole `groups` (slices).
+
+    Pairs that share a slice share its ambiguity, so slices (not pairs) are the independent units.
+    None when there are fewer than two groups (no interval can be drawn).
+    """
+    a, b = np.asarray(a, dtype=int), np.asarray(b, dtype=int)
+    _, group_index = np.unique(np.asarray(groups), return_inverse=True)
+    n_groups = int(group_index.max()) + 1 if group_index.size else 0
+    if n_groups < 2:
+        return None
+    per_group = np.zeros((n_groups, n_classes * n_classes))
+    np.add.at(per_group, (group_index, a * n_classes + b), 1)
+    rng = np.random.default_rng(seed)
+    weights = np.stack([np.bincount(rng.integers(0, n_groups, n_groups), minlength=n_groups)
+                        for _ in range(n_boot)])
+    tables = (weights @ per_group).reshape(n_boot, n_classes, n_classes)
+    kappas = np.array([kappa_from_table(t) for t in tables])
+    kappas = kappas[np.isfinite(kappas)]
+    if kappas.size == 0:
+        return None
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(kappas, [tail, 1.0 - tail])
+    return float(low), float(high)
+
+
 def _ratings(raw_single: pd.DataFrame, tasks_single: pd.DataFrame) -> pd.DataFrame:
     """Usable single ratings with their task kind: one per task (earliest submission)."""
     rated = raw_single.loc[~raw_single["artefact"].astype(bool) & raw_single["label"].isin(CLASS_NAMES)]
@@ -91,8 +119,10 @@ def single_agreement(raw_single: pd.DataFrame, tasks_single: pd.DataFrame) -> di
     }
     return {
         "kappa_intra": cohen_kappa(intra["rating_repeat"], intra["rating_primary"]),
+        "kappa_intra_ci95": kappa_bootstrap_ci(intra["rating_repeat"], intra["rating_primary"], intra["slice_id"]),
         "n_intra_pairs": len(intra),
         "kappa_inter": cohen_kappa(pairs["rating_a"], pairs["rating_b"]),
+        "kappa_inter_ci95": kappa_bootstrap_ci(pairs["rating_a"], pairs["rating_b"], pairs["slice_id"]),
         "n_inter_pairs": len(pairs),
         "inter_per_expert_pair": per_pair,
     }
@@ -177,8 +207,10 @@ def agreement_table(
     single = single_agreement(raw_single, tasks_single)
     ranking = ranking_agreement(raw_ranking)
     rows = [
-        ("kappa_intra", single["kappa_intra"], single["n_intra_pairs"], {"pairs": "intra_repeat vs primary"}),
-        ("kappa_inter", single["kappa_inter"], single["n_inter_pairs"], single["inter_per_expert_pair"]),
+        ("kappa_intra", single["kappa_intra"], single["n_intra_pairs"],
+         {"pairs": "intra_repeat vs primary", "ci95": single["kappa_intra_ci95"]}),
+        ("kappa_inter", single["kappa_inter"], single["n_inter_pairs"],
+         {"per_expert_pair": single["inter_per_expert_pair"], "ci95": single["kappa_inter_ci95"]}),
         ("kendall_tau_ranking", ranking["kendall_tau"], ranking["n"],
          {"method": ranking["method"], **ranking["detail"]}),
     ]

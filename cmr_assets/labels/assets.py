@@ -153,7 +153,7 @@ def labels_ranking(context: dg.AssetExecutionContext, duckdb: DuckDBResource) ->
     with duckdb.get_connection() as con:
         _, raw_ranking = read_raw_annotations(con)
         slices = read_table(con, "slices", "slice_id, scan_id, slice_from_base, n_slices, position_mm")
-        result = aggregate_ranking(raw_ranking, slices)
+        result = aggregate_ranking(latest_answer_per_task(raw_ranking), slices)
         labels = apply_monotone(result.labels, slices)
         replace_table(con, "labels_ranking", labels)
     fit = result.fit
@@ -175,7 +175,7 @@ def observer_agreement(context: dg.AssetExecutionContext, duckdb: DuckDBResource
         tasks = read_table(con, "tasks_single")
         labels = {s: read_table(con, f"labels_{s}") for s in ("single", "ranking")}
         reference = read_table(con, "reference_labels")
-        rows = agreement_table(latest_answer_per_task(raw_single), tasks, raw_ranking, labels,
+        rows = agreement_table(latest_answer_per_task(raw_single), tasks, latest_answer_per_task(raw_ranking), labels,
                                reference if len(reference) else None)
         replace_table(con, "agreement", rows)
     context.log.info("agreement: " + ", ".join(f"{m}={v:.3f}" for m, v in zip(rows["metric"], rows["value"],

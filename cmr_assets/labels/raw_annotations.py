@@ -314,10 +314,12 @@ def read_raw_annotations(con: duckdb.DuckDBPyConnection) -> tuple[pd.DataFrame, 
     return single[SINGLE_COLUMNS], ranking[RANKING_COLUMNS]
 
 
-def latest_answer_per_task(raw_single: pd.DataFrame) -> pd.DataFrame:
-    """One answer per (annotator, task): the latest submitted. Undo in the web app re-answers a task
-    with a new record (files are never edited), so the newest answer supersedes the earlier one."""
-    if raw_single.empty:
-        return raw_single
-    ordered = raw_single.sort_values(["submitted_at", "source_file", "line"], kind="stable")
-    return ordered.drop_duplicates(["annotator_id", "task_id"], keep="last").sort_index()
+def latest_answer_per_task(raw: pd.DataFrame) -> pd.DataFrame:
+    """One answer per (annotator, task) of either strategy (`task_id` or, for rankings, `batch_id`):
+    the latest submitted. Undo in the web app re-answers a task with a new record (files are never
+    edited), so the newest answer supersedes the earlier one."""
+    if raw.empty:
+        return raw
+    task_column = "task_id" if "task_id" in raw.columns else "batch_id"
+    ordered = raw.sort_values(["submitted_at", "source_file", "line"], kind="stable")
+    return ordered.drop_duplicates(["annotator_id", task_column], keep="last").sort_index()

@@ -9,15 +9,12 @@ validation macro-F1 is >= the current champion's, re-scored on the same validati
 """
 
 
-import subprocess
 import time
 import warnings
 from typing import Any
 
 import dagster as dg
-import numpy as np
 import pandas as pd
-import torch
 from dagster_duckdb import DuckDBResource
 from mlflow import data as mlflow_data
 
@@ -27,24 +24,22 @@ from cmr_assets.evaluation.metrics import classification_metrics
 from cmr_assets.evaluation.plots import confusion_matrix_png
 from cmr_assets.metadata import picture, table
 from cmr_assets.resources import DataPathsResource, MlflowResource
-from cmr_assets.settings import PROJECT_ROOT
+from cmr_assets.run_context import git_commit
 from cmr_assets.training.core import (
     TrainConfig,
     TrainingDataError,
     TrainingResourceError,
     default_config,
     select_device,
-    train_classifier,
 )
 from cmr_assets.training.dataset import (
-    PROBABILITY_COLUMNS,
     array_hash,
     frame_hash,
     label_hash,
     labelled_rows,
-    load_slice_images,
 )
-from cmr_assets.training.packaging import DeployableClassifier, input_example, predict_slices
+from cmr_assets.training.fitting import fit_classifier
+from cmr_assets.training.packaging import input_example, predict_slices
 from cmr_assets.training.provenance import provenance_tags
 from cmr_assets.training.split import class_mix_from_labels, split_group_of_scan, split_new_scans_by_group
 
@@ -125,20 +120,6 @@ class ModelConfig(dg.Config):
                               "seed": self.seed, "soft_labels": self.soft_labels, "device": self.device})
 
 
-def _git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_ROOT, capture_output=True,
-                              text=True, timeout=5).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def _targets(rows: pd.DataFrame, soft: bool) -> torch.Tensor:
-    if soft:
-        return torch.from_numpy(rows[PROBABILITY_COLUMNS].to_numpy(dtype=np.float32).copy())
-    return torch.from_numpy(rows["target"].to_numpy().copy())
-
-
 def _training_datasets(train: pd.DataFrame, val: pd.DataFrame, strategy: str, label_column: str,
                        source: str) -> dict[str, Any]:
     """The rows training learnt from, as MLflow datasets (slice ids, scans, labels; not the pixels)."""
@@ -176,8 +157,6 @@ def train_strategy_model(context: dg.AssetExecutionContext, strategy: str, confi
                                               "reason": "training labels unchanged since the newest registered "
                                                         "version"})
     train_config = config.train_config()
-    train_images = load_slice_images(paths.root, train)
-    val_images = load_slice_images(paths.root, val)
     started = time.perf_counter()
 
     def on_epoch(m) -> None:
@@ -188,20 +167,17 @@ def train_strategy_model(context: dg.AssetExecutionContext, strategy: str, confi
                      f"{train_config.architecture} at {train_config.input_size} px, up to {train_config.epochs} "
                      f"epochs (patience {train_config.patience}, safety cap {train_config.max_minutes:g} min)")
     try:
-        result = train_classifier(torch.from_numpy(train_images), _targets(train, config.soft_labels),
-                                  torch.from_numpy(val_images), torch.from_numpy(val["target"].to_numpy().copy()),
-                                  train_config, on_epoch)
+        fitted = fit_classifier(paths.root, train, val, train_config, on_epoch)
     except (TrainingDataError, TrainingResourceError) as error:
         raise dg.Failure(f"model_{strategy}: {error}") from error
+    result, deployable, val_metrics = fitted.result, fitted.deployable, fitted.val_metrics
+    train_images, val_images = fitted.train_images, fitted.val_images
     complete = result.stop_reason != "time_cap"
-    deployable = DeployableClassifier(result.model, train_config.input_size, train_config.crop_fraction).eval()
     val_targets = val["target"].to_numpy()
     ood_calibration = deployable.calibrate_ood(train_images, train["target"].to_numpy(), val_images)
     provenance = provenance_tags(scans[scans["scan_id"].isin(set(train["scan_id"]) | set(val["scan_id"]))],
                                  annotators.get("annotator_id", []))
     context.log.info(f"{strategy}: provenance {provenance}; OOD calibration {ood_calibration}")
-    val_proba = predict_slices(deployable, val_images)
-    val_metrics = classification_metrics(val_targets, val_proba)
     counts = train[config.label_column].value_counts()
     params = {
         "architecture": train_config.architecture, "input_size": train_config.input_size,
@@ -210,7 +186,7 @@ def train_strategy_model(context: dg.AssetExecutionContext, strategy: str, confi
         "patience": train_config.patience, "max_minutes": train_config.max_minutes,
         "seed": train_config.seed, "soft_labels": train_config.soft_labels, "label_column": config.label_column,
         "label_hash": training_labels,
-        "data_hash": array_hash(train_images), "split_hash": split_hash, "git_commit": _git_commit(),
+        "data_hash": array_hash(train_images), "split_hash": split_hash, "git_commit": git_commit(),
         "device": result.device, "n_train": len(train), "n_val": len(val),
         **{f"n_train_{name}": int(counts.get(name, 0)) for name in CLASS_NAMES},
     }

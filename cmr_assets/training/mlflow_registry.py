@@ -412,6 +412,26 @@ def _report_metrics(report: Mapping[str, Any]) -> dict[str, float]:
     return _finite_metrics(flat)
 
 
+def log_run(tracking_uri: str, artifact_location: str, run_name: str, *, params: Mapping[str, Any] | None = None,
+            metrics: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None,
+            files: Sequence[str | Path] = (), files_path: str = "files", pictures: Mapping[str, bytes] | None = None,
+            experiment_name: str = MLFLOW_EXPERIMENT) -> str:
+    """A plain MLflow run (no model): params, finite metrics, files under `files_path`, pictures under
+    `pictures/`. Returns the run id."""
+    check_tracking_store(tracking_uri)
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    experiment_id = ensure_experiment(client, experiment_name, artifact_location)
+    with _tracking_uri(tracking_uri), mlflow.start_run(experiment_id=experiment_id, run_name=run_name,
+                                                        tags=dict(tags or {})) as run:
+        if params:
+            mlflow.log_params({k: _param_value(v) for k, v in params.items()})
+        mlflow.log_metrics(_finite_metrics(metrics or {}))
+        for path in files:
+            mlflow.log_artifact(str(path), files_path)
+        _log_pictures(pictures or {}, "pictures")
+    return run.info.run_id
+
+
 def log_evaluation_run(tracking_uri: str, artifact_location: str, report: Mapping[str, Any],
                        report_files: Sequence[str | Path], pictures: Mapping[str, bytes],
                        tags: Mapping[str, str] | None = None,
@@ -421,20 +441,12 @@ def log_evaluation_run(tracking_uri: str, artifact_location: str, report: Mappin
     Tags link the evaluated model versions (`<strategy>_model_version` from the report's
     `strategies.<s>.model.version`). Returns the run id.
     """
-    check_tracking_store(tracking_uri)
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    experiment_id = ensure_experiment(client, experiment_name, artifact_location)
     model_tags = {f"{s}_model_version": str(block["model"]["version"])
                   for s, block in report.get("strategies", {}).items()
                   if isinstance(block.get("model"), Mapping) and "version" in block["model"]}
-    with _tracking_uri(tracking_uri), mlflow.start_run(
-            experiment_id=experiment_id, run_name="evaluate",
-            tags={"kind": "evaluation", **model_tags, **(tags or {})}) as run:
-        mlflow.log_metrics(_report_metrics(report))
-        for path in report_files:
-            mlflow.log_artifact(str(path), "report")
-        _log_pictures(pictures, "pictures")
-    return run.info.run_id
+    return log_run(tracking_uri, artifact_location, "evaluate", metrics=_report_metrics(report),
+                   tags={"kind": "evaluation", **model_tags, **(tags or {})}, files=report_files,
+                   files_path="report", pictures=pictures, experiment_name=experiment_name)
 
 
 def model_version_tags(model_name_or_uri: str, tracking_uri: str | None = None) -> dict[str, str]:

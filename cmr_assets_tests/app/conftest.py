@@ -25,6 +25,8 @@ from cmr_assets.settings import DataPaths
 PASSWORD = "correct horse battery"
 FAST_HASH = ScryptParams(n=2**10, r=8, p=1)  # production cost is 32x this; tests only need it real
 N_SCANS, N_SLICES = 4, 10
+HEART_CROP = [24, 24, 104, 104]  # the test pictures' heart region (128 px images, LV in the middle)
+BASAL_UP_TO, APICAL_FROM = 1, 8  # the test campaign's truth: slices 0-1 too basal, 8-9 too apical
 
 
 @dataclass(frozen=True)
@@ -50,9 +52,16 @@ def _slice_picture(position: float, rng: np.random.Generator) -> Image.Image:
     return picture
 
 
+def truth_of(slice_from_base: int) -> str:
+    return ("too_basal" if slice_from_base <= BASAL_UP_TO
+            else "too_apical" if slice_from_base >= APICAL_FROM else "lv")
+
+
 def build_campaign(root: Path, annotators: tuple[str, ...], n_single: int, n_ranking: int,
-                   seed: int = 0) -> Campaign:
-    """DuckDB tables `slices`, `tasks_single`, `tasks_ranking`, the PNGs and an active roster."""
+                   seed: int = 0, with_reference: bool = False) -> Campaign:
+    """DuckDB tables `slices` (with a heart crop), `tasks_single`, `tasks_ranking`, the PNGs and an
+    active roster; `with_reference`: also `reference_labels` for the slices of the last scan, which
+    no task uses (so the reference strip has examples outside every queue)."""
     paths = DataPaths(root).ensure()
     rng = np.random.default_rng(seed)
     slice_rows = []
@@ -63,16 +72,23 @@ def build_campaign(root: Path, annotators: tuple[str, ...], n_single: int, n_ran
             png.parent.mkdir(parents=True, exist_ok=True)
             _slice_picture(index / (N_SLICES - 1), rng).save(png)
             slice_rows.append((f"{scan_id}-{index:02d}", scan_id, index, N_SLICES, 8.0 * index,
-                               str(png.relative_to(root))))
-    slice_ids = [row[0] for row in slice_rows]
+                               str(png.relative_to(root)), HEART_CROP))
+    reference_scan = slice_rows[-N_SLICES:] if with_reference else []
+    slice_ids = [row[0] for row in slice_rows[:len(slice_rows) - len(reference_scan)]]
     single = {a: [(f"s-{i * 1000 + k:06d}", slice_ids[(i + k) % len(slice_ids)]) for k in range(n_single)]
               for i, a in enumerate(annotators)}
     ranking = {a: [(f"r-{i * 1000 + k:06d}", list(rng.choice(slice_ids, 8, replace=False)))
                    for k in range(n_ranking)] for i, a in enumerate(annotators)}
     with duckdb.connect(str(paths.duckdb)) as connection:
         connection.execute("CREATE TABLE slices(slice_id VARCHAR PRIMARY KEY, scan_id VARCHAR, "
-                           "slice_from_base INTEGER, n_slices INTEGER, position_mm DOUBLE, png_path VARCHAR)")
-        connection.executemany("INSERT INTO slices VALUES (?, ?, ?, ?, ?, ?)", slice_rows)
+                           "slice_from_base INTEGER, n_slices INTEGER, position_mm DOUBLE, png_path VARCHAR, "
+                           "heart_crop INTEGER[])")
+        connection.executemany("INSERT INTO slices VALUES (?, ?, ?, ?, ?, ?, ?)", slice_rows)
+        if with_reference:
+            connection.execute("CREATE TABLE reference_labels(slice_id VARCHAR, label VARCHAR, position01 DOUBLE, "
+                               "artefact BOOLEAN, source VARCHAR)")
+            connection.executemany("INSERT INTO reference_labels VALUES (?, ?, NULL, false, 'test')",
+                                   [(row[0], truth_of(row[2])) for row in reference_scan])
         connection.execute("CREATE TABLE tasks_single(task_id VARCHAR, annotator_id VARCHAR, slice_id VARCHAR, "
                            "kind VARCHAR)")
         connection.executemany("INSERT INTO tasks_single VALUES (?, ?, ?, 'primary')",

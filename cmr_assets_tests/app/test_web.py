@@ -12,7 +12,17 @@ from cmr_assets.app.accounts import add_annotator, disable_annotator
 from cmr_assets.app.web import create_app
 from cmr_assets.labelling.annotation_format import AnnotationContext, parse_annotation_file
 from cmr_assets.settings import DataPaths
-from cmr_assets_tests.app.conftest import FAST_HASH, PASSWORD, Campaign, app_config, csrf_of, log_in
+from cmr_assets_tests.app.conftest import (
+    FAST_HASH,
+    HEART_CROP,
+    PASSWORD,
+    Campaign,
+    app_config,
+    build_campaign,
+    csrf_of,
+    log_in,
+    truth_of,
+)
 
 
 def _records(campaign: Campaign) -> list:
@@ -118,7 +128,10 @@ def test_ranking_submit_writes_one_valid_record_and_double_post_is_not_duplicate
         client: TestClient, campaign: Campaign) -> None:
     token = log_in(client, "alice")
     first = client.get("/api/ranking/next").json()
-    assert first["progress"] == {"done": 0, "total": 3, "seconds_used": 0.0, "budget_s": 5 * 3600.0}
+    assert first["progress"] == {"done": 0, "total": 3, "seconds_used": 0.0, "budget_s": 5 * 3600.0,
+                                 "session_done": 0, "session_seconds": 0.0, "seconds_per_task": None,
+                                 "seconds_left_estimate": None}
+    assert first["task"]["crops"] == [HEART_CROP] * 8 and first["task"]["initial"] is None
     body = {"ticket": first["task"]["ticket"], "order": [3, 1, 0, 2, 7, 6, 5, 4], "dividers": [2, 6],
             "artefacts": [5]}
     response = _api(client, token, "/api/ranking/submit", body)
@@ -171,6 +184,68 @@ def test_single_labelling_undo_supersedes(client: TestClient, campaign: Campaign
         (campaign.single["alice"][0][0], "lv", False),
         (campaign.single["alice"][0][0], "too_basal", True),  # supersedes the first (later submitted_at)
         (campaign.single["alice"][1][0], None, True)]
+
+
+def test_ranking_undo_brings_the_batch_back_as_answered_and_the_new_record_supersedes(
+        client: TestClient, campaign: Campaign) -> None:
+    token = log_in(client, "alice")
+    assert _api(client, token, "/api/ranking/undo", {}).status_code == 409  # nothing answered yet
+    first = client.get("/api/ranking/next").json()["task"]
+    order, dividers = [3, 1, 0, 2, 7, 6, 5, 4], [2, 6]
+    submitted = _api(client, token, "/api/ranking/submit", {"ticket": first["ticket"], "order": order,
+                                                            "dividers": dividers, "artefacts": [5]}).json()
+    assert submitted["can_undo"] is True and client.get("/api/ranking/next").json()["can_undo"] is True
+    undone = _api(client, token, "/api/ranking/undo", {}).json()
+    assert undone["progress"]["done"] == 0 and undone["can_undo"] is False
+    assert _api(client, token, "/api/ranking/undo", {}).status_code == 409  # one level
+    again = undone["task"]
+    assert again["initial"] == {"dividers": dividers, "artefacts": [order.index(5)]}
+    first_images = [client.get(url).content for url in first["images"]]
+    assert [client.get(url).content for url in again["images"]] == [first_images[i] for i in order]
+    _api(client, token, "/api/ranking/submit", {"ticket": again["ticket"], "order": list(range(8)),
+                                                "dividers": [3, 6], "artefacts": []})
+
+    earlier, later = sorted(_records(campaign), key=lambda r: r.submitted_at)
+    assert earlier.batch_id == later.batch_id == campaign.ranking["alice"][0][0]
+    assert later.order == earlier.order and later.dividers == (3, 6) and later.artefact_ids == ()
+    recent = client.get("/api/ranking/recent").json()["answers"]
+    assert [(a["ticket"], a["superseded"], a["undoable"]) for a in recent] == [
+        (again["ticket"], False, True), (first["ticket"], True, False)]
+    assert recent[1]["order"] == order and recent[1]["dividers"] == dividers and recent[1]["artefacts"] == [5]
+    assert client.get(f"/img/{first['ticket']}/0").status_code == 200  # reviewed images stay visible
+
+
+def test_review_list_and_progress_pace_survive_a_restart(client: TestClient, campaign: Campaign) -> None:
+    token = log_in(client, "bob")
+    for label in ("lv", "too_basal"):
+        ticket = client.get("/api/single/next").json()["task"]["ticket"]
+        _api(client, token, "/api/single/submit", {"ticket": ticket, "label": label})
+    progress = client.get("/api/single/next").json()["progress"]
+    assert progress["session_done"] == 2 and progress["seconds_per_task"] is not None
+    assert progress["seconds_left_estimate"] == round(progress["seconds_per_task"] * 4)
+    with TestClient(create_app(app_config(campaign.paths))) as restarted:
+        log_in(restarted, "bob")
+        recent = restarted.get("/api/single/recent").json()["answers"]
+        assert [a["label"] for a in recent] == ["too_basal", "lv"] and not any(a["undoable"] for a in recent)
+        assert restarted.get("/api/single/next").json()["progress"]["session_done"] == 0  # a new session
+        assert restarted.get(f"/img/{recent[0]['ticket']}/0").status_code == 200
+    assert client.get("/api/nonsense/recent").status_code == 404
+
+
+def test_reference_strip_shows_typical_examples_outside_the_queue(tmp_path: Path) -> None:
+    campaign = build_campaign(tmp_path / "data", ("alice",), n_single=4, n_ranking=2, with_reference=True)
+    with TestClient(create_app(app_config(campaign.paths))) as client:
+        assert client.get("/api/reference").status_code == 401
+        log_in(client, "alice")
+        examples = client.get("/api/reference").json()["examples"]
+        assert [e["label"] for e in examples] == ["too_basal", "lv", "too_apical"]  # one reference scan
+        assert all(e["crop"] == HEART_CROP for e in examples)
+        by_bytes = {png.read_bytes(): png for png in campaign.paths.slice_png.glob("*/*.png")}
+        shown = [by_bytes[client.get(e["image"]).content] for e in examples]
+        # typical: the slice furthest from the class boundary in its stack
+        assert [int(png.stem) for png in shown] == [0, 4, 9]
+        assert [truth_of(int(png.stem)) for png in shown] == [e["label"] for e in examples]
+        assert client.get(f"/ref/{len(examples)}").status_code == 404
 
 
 def test_task_answered_in_another_tab_is_not_answered_twice(client: TestClient, campaign: Campaign) -> None:
@@ -230,4 +305,7 @@ def test_no_campaign_yet(tmp_path: Path) -> None:
     with TestClient(create_app(app_config(paths))) as client:
         log_in(client, "carol")
         assert client.get("/api/ranking/next").json() == {
-            "task": None, "progress": {"done": 0, "total": 0, "seconds_used": 0.0, "budget_s": 18000.0}}
+            "task": None, "progress": {"done": 0, "total": 0, "seconds_used": 0.0, "budget_s": 18000.0,
+                                       "session_done": 0, "session_seconds": 0.0, "seconds_per_task": None,
+                                       "seconds_left_estimate": None}, "can_undo": False}
+        assert client.get("/api/reference").json() == {"examples": []}

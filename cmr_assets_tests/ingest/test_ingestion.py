@@ -36,7 +36,8 @@ def _table(paths: DataPaths, sql: str) -> list[tuple]:
 def _snapshot(paths: DataPaths) -> dict[str, object]:
     files = {p.relative_to(paths.root).as_posix(): p.stat().st_mtime_ns
              for p in (paths.root / "slices").rglob("*") if p.is_file()}
-    tables = {t: sorted(_table(paths, f"SELECT * FROM {t}"), key=repr)
+    tables = {t: sorted((tuple(tuple(v) if isinstance(v, list) else v for v in row)  # heart_crop is a list
+                         for row in _table(paths, f"SELECT * FROM {t}")), key=repr)
               for t in ("scans", "slices", "rejected_files")}
     return {"files": files, "tables": tables}
 
@@ -195,3 +196,25 @@ def test_a_database_from_before_study_key_gets_the_column(tmp_path: Path, data_p
     assert report.scans_new == 1
     rows = _table(data_paths, "SELECT scan_id, study_key, patient_group FROM scans ORDER BY scan_id = 'old'")
     assert rows[1] == ("old", None, None) and len(rows[0][1]) == 16 and len(rows[0][2]) == 16
+
+
+def test_every_slice_of_a_scan_carries_the_scan_heart_crop(tmp_path: Path, data_paths: DataPaths) -> None:
+    write_series(tmp_path / "src", SeriesSpec(n_positions=5, rows=40, cols=30))
+    _ingest(tmp_path / "src", data_paths)
+    boxes = _table(data_paths, "SELECT DISTINCT heart_crop FROM slices")
+    (box,) = [row[0] for row in boxes]
+    top, left, bottom, right = box
+    assert 0 <= top < bottom <= 40 and 0 <= left < right <= 30
+
+
+def test_a_database_from_before_heart_crop_gets_the_column_and_keeps_its_rows(
+        tmp_path: Path, data_paths: DataPaths) -> None:
+    write_series(tmp_path / "old", SeriesSpec(n_positions=3))
+    _ingest(tmp_path / "old", data_paths)
+    with duckdb.connect(str(data_paths.duckdb)) as con:
+        con.execute("ALTER TABLE slices DROP COLUMN heart_crop")  # the table as older versions made it
+    write_series(tmp_path / "new" / "one", SeriesSpec(n_positions=4))
+    report, _ = _ingest(tmp_path / "new", data_paths)
+    assert report.scans_new == 1
+    rows = _table(data_paths, "SELECT n_slices, heart_crop IS NULL FROM slices ORDER BY n_slices")
+    assert rows == [(3, True)] * 3 + [(4, False)] * 4

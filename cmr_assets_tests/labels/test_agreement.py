@@ -152,3 +152,20 @@ def test_agreement_table_rows_for_duckdb():
     assert json.loads(table.set_index("metric").loc["label_accuracy_ranking", "detail"])["confusion"][1][1] == 1
     without_reference = agreement_table(raw_single, tasks, raw_ranking, {"ranking": labels})
     assert len(without_reference) == 3
+
+
+def test_kappa_interval_resamples_slices_and_narrows_with_more_of_them():
+    from cmr_assets.labels.agreement import kappa_bootstrap_ci
+
+    rng = np.random.default_rng(0)
+
+    def interval(n: int) -> tuple[float, float]:
+        a = rng.integers(0, 3, n)
+        b = np.where(rng.random(n) < 0.8, a, rng.integers(0, 3, n))
+        low, high = kappa_bootstrap_ci(a, b, np.arange(n))
+        assert low <= cohen_kappa(a, b) <= high
+        return low, high
+
+    small, large = interval(60), interval(2000)
+    assert large[1] - large[0] < small[1] - small[0]
+    assert kappa_bootstrap_ci(np.array([0, 1]), np.array([0, 1]), np.array(["s", "s"])) is None

@@ -1,29 +1,31 @@
-// Ranking page: order 8 images most basal first and place two dividers, by pointer drag or keyboard.
+// Ranking page: order 8 images most basal first and place two dividers, by pointer drag or keyboard;
+// window/level for the whole batch, an enlarged view with zoom and pan, undo of the last batch.
 "use strict";
 
 (() => {
   const strip = document.getElementById("strip");
   const submitButton = document.getElementById("submit");
+  const undoButton = document.getElementById("undo");
   const message = document.getElementById("message");
   const lightbox = document.getElementById("lightbox");
-  const lightboxImg = document.getElementById("lightbox-img");
+  const lightboxView = new Viewer.ImageView(document.getElementById("lightbox-canvas"));
   const ZONES = [["zone-basal", "too basal"], ["zone-lv", "LV"], ["zone-apical", "too apical"]];
   const DRAG_THRESHOLD_PX = 6;
+  const views = new Map(); // card li -> its ImageView
   let ticket = null;
   let busy = false;
   let drag = null;
 
   // ------------------------------------------------------------ building a batch
-  function imageItem(url, index) {
+  async function imageItem(url, index, crop) {
     const li = document.createElement("li");
     li.className = "card item";
     li.tabIndex = 0;
     li.dataset.index = String(index);
     li.dataset.kind = "image";
-    const img = document.createElement("img");
-    img.src = url;
-    img.alt = "Short-axis slice";
-    img.draggable = false;
+    const canvas = document.createElement("canvas");
+    canvas.setAttribute("role", "img");
+    canvas.setAttribute("aria-label", "Short-axis slice");
     const rank = document.createElement("span");
     rank.className = "rank";
     const zone = document.createElement("span");
@@ -36,7 +38,8 @@
     flag.tabIndex = -1;
     flag.addEventListener("click", (event) => { event.stopPropagation(); toggleArtefact(li); });
     flag.addEventListener("pointerdown", (event) => event.stopPropagation());
-    li.append(img, rank, zone, flag);
+    li.append(canvas, rank, zone, flag);
+    views.set(li, await new Viewer.ImageView(canvas).load(url, crop));
     return li;
   }
 
@@ -45,29 +48,43 @@
     li.className = "divider item";
     li.tabIndex = 0;
     li.dataset.kind = "divider";
-    li.setAttribute("role", "separator");
     const label = document.createElement("span");
     label.className = "divider-label";
     li.append(label);
     return li;
   }
 
+  // A fresh batch: dividers at both ends. A batch taken back by undo: as it was answered.
+  function arrange(cards, initial) {
+    if (!initial) return [dividerItem(), ...cards, dividerItem()];
+    initial.artefacts.forEach((index) => setArtefact(cards[index], true));
+    const [first, second] = initial.dividers;
+    return [...cards.slice(0, first), dividerItem(), ...cards.slice(first, second), dividerItem(), ...cards.slice(second)];
+  }
+
   // The progress line changes last, when the next batch is on screen and ready for input.
   async function show(data) {
+    undoButton.disabled = !data.can_undo;
     if (!data.task) {
       ticket = null;
+      views.clear();
       strip.replaceChildren();
+      strip.hidden = true;
       submitButton.hidden = true;
-      message.textContent = "All your batches are done. Thank you!";
-    } else {
-      const cards = data.task.images.map(imageItem);
-      await Labelling.decodeAll(cards.map((li) => li.querySelector("img")));
-      ticket = data.task.ticket;
-      strip.replaceChildren(dividerItem(), ...cards, dividerItem());
-      submitButton.hidden = false;
-      refresh();
-      cards[0].focus();
+      Labelling.showProgress(data.progress);
+      Labelling.showFinished("batches");
+      return;
     }
+    const { images, crops, initial } = data.task;
+    const cards = await Promise.all(images.map((url, i) => imageItem(url, i, crops[i])));
+    views.forEach((_, li) => { if (!cards.includes(li)) views.delete(li); });
+    ticket = data.task.ticket;
+    strip.replaceChildren(...arrange(cards, initial));
+    strip.hidden = false;
+    submitButton.hidden = false;
+    document.getElementById("finished").hidden = true;
+    refresh();
+    if (document.getElementById("reference").hidden) cards[0].focus(); // else the guide keeps the focus
     Labelling.showProgress(data.progress);
   }
 
@@ -113,10 +130,14 @@
     return { ticket, order, dividers, artefacts };
   }
 
+  function setArtefact(li, flagged) {
+    li.classList.toggle("artefact", flagged);
+    li.querySelector(".flag-button").setAttribute("aria-pressed", String(flagged));
+  }
+
   function toggleArtefact(li) {
     if (li.dataset.kind !== "image") return;
-    const flagged = li.classList.toggle("artefact");
-    li.querySelector(".flag-button").setAttribute("aria-pressed", String(flagged));
+    setArtefact(li, !li.classList.contains("artefact"));
     refresh();
   }
 
@@ -150,6 +171,7 @@
     };
     if (actions[event.key]) {
       event.preventDefault();
+      event.stopPropagation();
       actions[event.key]();
     }
   });
@@ -192,11 +214,17 @@
   strip.addEventListener("pointerup", endDrag);
   strip.addEventListener("pointercancel", endDrag);
 
+  // ------------------------------------------------------------ image adjustment
+  const focusedView = () => views.get(document.activeElement) || null;
+  const batchWindow = new Viewer.WindowLevel(strip, () => Array.from(views.values()), focusedView);
+  const lightboxWindow = new Viewer.WindowLevel(lightbox, () => [lightboxView], () => lightboxView);
+  const lightboxZoomKeys = Viewer.zoomAndPan(lightboxView, lightbox);
+
   // ------------------------------------------------------------ enlarge
   function enlarge(li) {
     if (li.dataset.kind !== "image") return;
-    lightboxImg.src = li.querySelector("img").src;
     lightbox.hidden = false;
+    lightboxView.mirror(views.get(li));
     lightbox.dataset.returnTo = li.dataset.index;
     lightbox.focus();
   }
@@ -207,18 +235,19 @@
     if (li) li.focus();
   }
   lightbox.tabIndex = -1;
-  lightbox.addEventListener("click", closeLightbox);
+  lightbox.addEventListener("click", (event) => { if (event.target === lightbox) closeLightbox(); });
 
-  // ------------------------------------------------------------ submit
-  async function submit() {
-    if (busy || !ticket) return;
+  // ------------------------------------------------------------ submit and undo
+  async function send(url, body, describe) {
+    if (busy) return;
     busy = true;
     submitButton.disabled = true;
     message.textContent = "Saving…";
     try {
-      const data = await Labelling.post("/api/ranking/submit", answer());
-      message.textContent = data.duplicate ? "Already saved." : "Saved.";
+      const data = await Labelling.post(url, body);
+      message.textContent = describe(data);
       await show(data);
+      await review.refresh();
     } catch (failure) {
       message.textContent = `Not saved: ${failure.message}`;
       if (failure.status === 404 || failure.status === 409) await show(await Labelling.get("/api/ranking/next"));
@@ -227,15 +256,59 @@
       submitButton.disabled = false;
     }
   }
+
+  function submit() {
+    if (ticket) send("/api/ranking/submit", answer(), (data) => (data.duplicate ? "Already saved." : "Saved."));
+  }
+
+  function undo() {
+    if (!undoButton.disabled) {
+      send("/api/ranking/undo", {}, () => "Last batch taken back: change it and submit again.");
+    }
+  }
   submitButton.addEventListener("click", submit);
+  undoButton.addEventListener("click", undo);
+
+  // ------------------------------------------------------------ panels
+  const backToBatch = () => { const first = strip.querySelector("li.card"); if (first) first.focus(); };
+  const reference = Labelling.setUpReference(backToBatch);
+  const review = Labelling.setUpReview("ranking", (entry) => {
+    const row = document.createElement("ol");
+    row.className = "review-batch";
+    entry.order.forEach((index, position) => {
+      if (entry.dividers.includes(position)) row.append(Object.assign(document.createElement("li"), { className: "review-divider" }));
+      const li = document.createElement("li");
+      const img = document.createElement("img");
+      img.src = `/img/${entry.ticket}/${index}`;
+      const zone = position < entry.dividers[0] ? "too basal" : position < entry.dividers[1] ? "LV" : "too apical";
+      const flagged = entry.artefacts.includes(index) ? ", artefact" : "";
+      img.alt = `Position ${position + 1}, ${zone}${flagged}`;
+      li.append(img);
+      row.append(li);
+    });
+    if (entry.dividers.includes(entry.order.length)) row.append(Object.assign(document.createElement("li"), { className: "review-divider" }));
+    return row;
+  }, undo, backToBatch);
 
   document.addEventListener("keydown", (event) => {
-    if (!lightbox.hidden && (event.key === "Escape" || event.key === "Enter" || event.key === " ")) {
-      event.preventDefault();
-      closeLightbox();
-    } else if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
+    if (!lightbox.hidden) {
+      if (event.key === "Escape" || event.key === "Enter" || event.key === " ") {
+        event.preventDefault();
+        closeLightbox();
+      } else if (!lightboxZoomKeys(event)) {
+        lightboxWindow.handleKey(event);
+      }
+      return;
+    }
+    if (Labelling.panelKeys(event, reference, review)) return;
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
       event.preventDefault();
       submit();
+    } else if ((event.key === "z" && event.ctrlKey) || ((event.key === "u" || event.key === "U") && !event.ctrlKey)) {
+      event.preventDefault();
+      undo();
+    } else if (!event.target.closest("input, textarea")) {
+      batchWindow.handleKey(event);
     }
   });
 
