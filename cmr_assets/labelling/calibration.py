@@ -50,7 +50,7 @@ import pandas as pd
 from cmr_assets.classes import CLASS_INDEX
 from cmr_assets.labelling.campaign import annotator_ids, design_pilot_tasks
 from cmr_assets.labelling.simulator import ExpertPanel, SimulatorParams, params_to_json, reference_like_cohort
-from cmr_assets.labels.raw_annotations import annotation_file_rows
+from cmr_assets.labels.raw_annotations import annotation_file_rows, latest_answer_per_task
 
 BATCH = 8
 _UPPER = np.triu_indices(BATCH, 1)
@@ -362,7 +362,8 @@ def calibrate_from_files(paths: Iterable[Path], base: SimulatorParams | None = N
     """Fit to the annotation files in `paths` (files, or folders whose `*.jsonl` are read)."""
     files = sorted({f for p in map(Path, paths) for f in (sorted(p.glob("*.jsonl")) if p.is_dir() else [p])})
     single, ranking = annotation_file_rows(files)
-    observed = pilot_statistics(single, ranking)
+    # a task answered again after undo is a correction, not a repeat: the latest answer counts
+    observed = pilot_statistics(latest_answer_per_task(single), latest_answer_per_task(ranking))
     if not (observed.n_single_intra_pairs and observed.n_single_inter_pairs and observed.n_ranking_intra_pairs
             and observed.n_ranking_inter_pairs):
         raise ValueError(

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from cmr_assets.cli import main
-from cmr_assets.labelling.calibration import fit_simulator_params, pilot_statistics
+from cmr_assets.labelling.annotation_format import SingleAnnotation, write_annotation_file
+from cmr_assets.labelling.calibration import calibrate_from_files, fit_simulator_params, pilot_statistics
 from cmr_assets.labelling.campaign import annotator_ids, design_pilot_tasks
 from cmr_assets.labelling.sensitivity import SensitivityGrid, strategy_sensitivity
 from cmr_assets.labelling.simulator import (
@@ -22,6 +23,7 @@ from cmr_assets.labelling.simulator import (
     simulate_ranking_campaign,
     simulate_single_campaign,
 )
+from cmr_assets.labels.raw_annotations import annotation_file_rows
 
 # Known parameters away from the defaults on the side-by-side terms; the pilot lasts 30 min per
 # expert per strategy.
@@ -92,3 +94,20 @@ def test_cli_refuses_files_without_repeats(pilot, tmp_path: Path, capsys) -> Non
     assert main(["calibrate-experts", str(tmp_path), "--out", str(tmp_path / "p.json")]) == 2
     assert "a pilot needs all four" in capsys.readouterr().err
     assert not (tmp_path / "p.json").exists()
+
+
+def test_a_task_answered_again_after_undo_is_not_a_repeat(pilot, tmp_path: Path) -> None:
+    """The web app's undo writes a superseding record for the same task: only the latest counts."""
+    _, reference, tasks_single, tasks_ranking = pilot
+    simulate_single_campaign(tasks_single, reference, PILOT, tmp_path, seed=5)
+    simulate_ranking_campaign(tasks_ranking, reference, PILOT, tmp_path, seed=5)
+    before = calibrate_from_files([tmp_path]).observed
+    single, _ = annotation_file_rows(sorted(tmp_path.glob("single-*.jsonl")))
+    redo = [SingleAnnotation(submission_id=f"00000000-0000-4000-8000-{k:012d}", annotator_id=row.annotator_id,
+                             task_id=row.task_id, image_ids=(row.slice_id,),
+                             label="lv" if row.label != "lv" else "too_basal", artefact=False,
+                             started_at=row.submitted_at.to_pydatetime(), submitted_at=row.submitted_at.to_pydatetime())
+            for k, row in enumerate(single.head(20).itertuples())]
+    write_annotation_file(redo, tmp_path, "single", "sim-expert-1")
+    after = calibrate_from_files([tmp_path]).observed
+    assert after.n_single_intra_pairs == before.n_single_intra_pairs
