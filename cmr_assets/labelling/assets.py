@@ -10,6 +10,7 @@ from cmr_assets.labelling.campaign import (
     annotator_ids,
     budget_check,
     design_adaptive_batches,
+    design_pilot_tasks,
     design_ranking_batches,
     design_single_tasks,
     ranking_design_summary,
@@ -46,7 +47,15 @@ class CampaignConfig(dg.Config):
     # experts after every image has one; ranking: further rounds of batches), so the budget ends both.
     # Expected task times come from the simulator's parameters ($CMR_SIMULATOR_PARAMS, e.g. a pilot's).
     fill_budget: bool = True
+    # > 0: this wave is a calibration pilot of that many minutes per expert per strategy
+    # (`design_pilot_tasks`; then `cmr-assets calibrate-experts` on its annotation files).
+    pilot_minutes: float = 0.0
     seed: int = 0
+
+    def pilot(self, slices: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+        params = load_simulator_params()
+        return design_pilot_tasks(slices, self.roster(), self.pilot_minutes, params.seconds_per_single,
+                                  params.seconds_per_batch, self.seed)
 
 
 class SimulationConfig(dg.Config):
@@ -83,9 +92,9 @@ def labelling_tasks_single(context: dg.AssetExecutionContext, config: CampaignCo
         todo = slices[~slices["slice_id"].isin(done)]
         if todo.empty:
             return dg.MaterializeResult(metadata={"new_tasks": 0, "tasks": len(existing)})
-        tasks = design_single_tasks(todo["slice_id"].tolist(), config.roster(), config.intra_share,
-                                    config.inter_share, config.seed,
-                                    extra_vote_rounds=len(config.roster()) - 1 if config.fill_budget else 0)
+        tasks = config.pilot(todo)[0] if config.pilot_minutes > 0 else design_single_tasks(
+            todo["slice_id"].tolist(), config.roster(), config.intra_share, config.inter_share, config.seed,
+            extra_vote_rounds=len(config.roster()) - 1 if config.fill_budget else 0)
         wave = _next_wave(existing, "task_id")
         tasks["task_id"] = _prefix_wave(tasks["task_id"], wave)
         append_rows(con, "tasks_single", tasks)
@@ -117,7 +126,9 @@ def labelling_tasks_ranking(context: dg.AssetExecutionContext, config: CampaignC
         done = set(existing["slice_ids"].explode()) if not existing.empty else set()
         todo = slices[~slices["slice_id"].isin(done)]
         designed = []
-        if not todo.empty:
+        if not todo.empty and config.pilot_minutes > 0:
+            designed.append(("pilot", config.pilot(todo)[1]))
+        elif not todo.empty:
             rounds = ranking_rounds_for_budget(len(todo), len(config.roster()), config.hours_per_expert,
                                                load_simulator_params().seconds_per_batch, config.min_views,
                                                config.batch_size) if config.fill_budget else config.min_views

@@ -6,11 +6,16 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
+import dagster as dg
+import duckdb
 import numpy as np
 import pytest
+from dagster_duckdb import DuckDBResource
 
 from cmr_assets.cli import main
+from cmr_assets.duckdb_io import read_table, replace_table
 from cmr_assets.labelling.annotation_format import SingleAnnotation, write_annotation_file
+from cmr_assets.labelling.assets import labelling_tasks_ranking, labelling_tasks_single
 from cmr_assets.labelling.calibration import calibrate_from_files, fit_simulator_params, pilot_statistics
 from cmr_assets.labelling.campaign import annotator_ids, design_pilot_tasks
 from cmr_assets.labelling.sensitivity import SensitivityGrid, strategy_sensitivity
@@ -111,3 +116,32 @@ def test_a_task_answered_again_after_undo_is_not_a_repeat(pilot, tmp_path: Path)
     write_annotation_file(redo, tmp_path, "single", "sim-expert-1")
     after = calibrate_from_files([tmp_path]).observed
     assert after.n_single_intra_pairs == before.n_single_intra_pairs
+
+
+def test_a_pilot_wave_then_the_campaign_for_the_other_images(tmp_path: Path) -> None:
+    """`pilot_minutes` on the task assets designs the pilot; the next wave covers the remaining images."""
+    slices, _ = reference_like_cohort(100, seed=4)
+    database = tmp_path / "cmr.duckdb"
+    with duckdb.connect(str(database)) as con:
+        replace_table(con, "slices", slices.assign(position_mm=slices["slice_from_base"] * 10.0))
+    resources = {"duckdb": DuckDBResource(database=str(database))}
+
+    def design(minutes: float) -> None:
+        config = {"config": {"pilot_minutes": minutes}}
+        assert dg.materialize([labelling_tasks_single, labelling_tasks_ranking], resources=resources,
+                              run_config={"ops": {"labelling_tasks_single": config,
+                                                  "labelling_tasks_ranking": config}}).success
+
+    design(30.0)
+    with duckdb.connect(str(database)) as con:
+        single, ranking = read_table(con, "tasks_single"), read_table(con, "tasks_ranking")
+    looks = single.groupby("slice_id")["annotator_id"]
+    assert looks.nunique().eq(3).all() and looks.size().eq(4).all()  # every expert, one of them twice
+    assert single.groupby("annotator_id").size().between(150, 180).all()  # about 30 min at 11 s
+    sets = ranking["slice_ids"].map(lambda ids: tuple(sorted(ids)))
+    assert ranking.groupby(sets)["annotator_id"].size().eq(4).all()
+    design(0.0)
+    with duckdb.connect(str(database)) as con:
+        single = read_table(con, "tasks_single")
+    assert set(single["slice_id"]) == set(slices["slice_id"])
+    assert single["task_id"].str.startswith("s2-").sum() > 0  # the campaign is the second wave
