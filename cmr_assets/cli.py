@@ -54,6 +54,26 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return run_simulated_experts(seed=args.seed)
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from cmr_assets.labelling.calibration import calibrate_from_files
+    from cmr_assets.labelling.simulator import load_simulator_params
+    from cmr_assets.settings import data_dir
+
+    out = Path(args.out) if args.out else data_dir() / "simulator_params.json"
+    base = load_simulator_params(args.base) if args.base else None
+    try:
+        calibration = calibrate_from_files([Path(p) for p in args.paths], base, args.seed)
+    except ValueError as error:
+        print(f"calibrate-experts: {error}", file=sys.stderr)
+        return 2
+    calibration.write(out)
+    for name, value in calibration.report()["fitted"].items():
+        print(f"{name:32s} {value}")
+    print(f"wrote {out}; use it with CMR_SIMULATOR_PARAMS={out} (or the params_file config of "
+          "simulated_annotations_* and strategy_sensitivity)")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from benchmarks.run import run_benchmarks
 
@@ -111,6 +131,19 @@ def build_parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("simulate-experts", help="write simulated expert annotation files for current tasks")
     sim.add_argument("--seed", type=int, default=0)
     sim.set_defaults(func=_cmd_simulate)
+
+    calibrate = sub.add_parser(
+        "calibrate-experts", help="fit the simulated experts' parameters to a pilot's annotation files",
+        description="Fit SimulatorParams to a pilot with real experts (repeats of single images and of "
+                    "ranked batches, e.g. campaign.design_pilot_tasks) and write the parameter file the "
+                    "simulated campaigns and strategy_sensitivity accept.")
+    calibrate.add_argument("paths", nargs="+", help="annotation files (*.jsonl) or folders of them")
+    calibrate.add_argument("--out", default="",
+                           help="parameter file to write (default $CMR_DATA_DIR/simulator_params.json)")
+    calibrate.add_argument("--base", default="",
+                           help="parameter file whose unfitted fields to keep (default: built-in)")
+    calibrate.add_argument("--seed", type=int, default=0, help="seed of the stand-in cohort the pilot is simulated on")
+    calibrate.set_defaults(func=_cmd_calibrate)
 
     record = sub.add_parser("record-results", help="copy the last run's reports into docs/results/NAME.json "
                                                     "and print its README table")

@@ -2,7 +2,8 @@ import pytest
 
 from cmr_assets.cli import build_parser, main
 
-SUBCOMMANDS = ["demo", "ingest", "filter", "simulate-experts", "bench", "serve-labelling", "annotators"]
+SUBCOMMANDS = ["demo", "ingest", "filter", "simulate-experts", "calibrate-experts", "bench", "serve-labelling",
+               "annotators"]
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)

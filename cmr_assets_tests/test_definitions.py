@@ -19,7 +19,7 @@ GROUPS = {
     "labelling": {"labelling_tasks_single", "labelling_tasks_ranking",
                   "simulated_annotations_single", "simulated_annotations_ranking"},
     "labels": {"reference_labels", "raw_annotations_single", "raw_annotations_ranking", "labels_single",
-               "labels_ranking", "observer_agreement"},
+               "labels_ranking", "observer_agreement", "strategy_sensitivity"},
     "training": {"dataset_split", "model_single", "model_ranking"},
     "evaluation": {"evaluation_report", "strategy_repeats", "learning_curves"},
 }

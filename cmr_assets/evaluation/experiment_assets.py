@@ -40,7 +40,7 @@ from cmr_assets.training.dataset import (
 )
 from cmr_assets.training.fitting import fit_classifier
 from cmr_assets.training.packaging import predict_slices
-from cmr_assets.training.split import class_mix_from_labels
+from cmr_assets.training.split import class_mix_from_labels, split_group_of_scan
 
 GROUP = "evaluation"
 STRATEGIES = ("ranking", "single")
@@ -74,7 +74,7 @@ def _read_experiment_inputs(duckdb: DuckDBResource) -> dict[str, pd.DataFrame]:
     with duckdb.get_connection() as con:
         return {"slices": read_table(con, "slices", SLICE_COLUMNS),
                 "reference": read_table(con, "reference_labels"),
-                "scans": read_table(con, "scans", "scan_id, study_key"),
+                "scans": read_table(con, "scans"),
                 "split": read_table(con, "dataset_split"),
                 "tasks_single": read_table(con, "tasks_single"),
                 **{f"labels_{s}": read_table(con, f"labels_{s}") for s in STRATEGIES}}
@@ -99,13 +99,13 @@ def strategy_repeats(context: dg.AssetExecutionContext, config: StrategyRepeatsC
     if ranked.empty or reference.empty:
         raise dg.Failure("strategy_repeats: needs ranking labels (the split's strata) and reference labels")
     mix = class_mix_from_labels(ranked.assign(label=ranked["label"].map({n: i for i, n in enumerate(CLASS_NAMES)})))
-    study_of_scan = inputs["scans"].set_index("scan_id")["study_key"]
+    group_of_scan = split_group_of_scan(inputs["scans"])
     fractions = (SplitConfig().train, SplitConfig().val, SplitConfig().test)
     versions = {s: labels_version(inputs[f"labels_{s}"]) for s in STRATEGIES}
     frames, rows = [], []
     started = time.perf_counter()
     for repeat in range(1, repeats):
-        split = repeat_split(mix, study_of_scan, fractions, config.split_seed + repeat)
+        split = repeat_split(mix, group_of_scan, fractions, config.split_seed + repeat)
         test = evaluation_rows(slices, split, reference)
         test_images = load_slice_images(paths.root, test)
         for strategy in STRATEGIES:

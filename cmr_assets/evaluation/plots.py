@@ -11,6 +11,9 @@ Public API:
   class_names=CLASS_NAMES, path=None) -> bytes`: histograms of the ranking's latent score per
   class (labels as names or indices).
 - `montage(images: list of 2-D uint8 arrays, titles, ncols=8, path=None) -> bytes`.
+- `strategy_sensitivity_png(frame, default=(noise, share, divider), path=None) -> bytes`: ranking
+  minus single label accuracy over the side-by-side assumptions (`labelling/sensitivity.py`), one
+  panel per divider assumption, the break-even (difference 0) drawn as a line.
 - `repeats_png(summary, path=None)`, `learning_curves_png(curves, path=None)`: the repeated comparison
   and the learning curves of the strategy experiment.
 """
@@ -148,6 +151,53 @@ def montage(images: Sequence[Any], titles: Sequence[str] | None = None, ncols: i
         ax.imshow(image, cmap="gray", vmin=0, vmax=255)
         if titles is not None:
             ax.set_title(titles[index], fontsize=7)
+    return _finish(fig, path)
+
+
+def strategy_sensitivity_png(frame: pd.DataFrame, default: tuple[float, float, float] | None = None,
+                             path: str | Path | None = None) -> bytes:
+    """Ranking minus single label accuracy (percentage points) at equal expert-hours. Heat maps:
+    side-by-side fresh noise (x) against the share of the personal impression kept (y), one per
+    divider assumption (black line = break-even, square = the simulator's default). Last panel:
+    against expert time per ranked batch, at the default and the most pessimistic perception."""
+    perception = frame[frame["sweep"] == "perception"]
+    time = frame[frame["sweep"] == "time"]
+    dividers = sorted(perception["divider_impression_share"].unique())
+    limit = max(float(np.abs(frame["ranking_minus_single"]).max()) * 100, 0.5)
+    n_panels = len(dividers) + (1 if len(time) else 0)
+    fig, axes = plt.subplots(1, n_panels, figsize=(4.3 * n_panels + 0.8, 4.0), squeeze=False, layout="constrained")
+    mesh = None
+    for ax, divider in zip(axes[0], dividers, strict=False):
+        grid = perception[perception["divider_impression_share"] == divider].pivot(
+            index="side_by_side_impression_share", columns="side_by_side_noise_sd", values="ranking_minus_single")
+        x, y, z = grid.columns.to_numpy(), grid.index.to_numpy(), grid.to_numpy() * 100
+        mesh = ax.pcolormesh(x, y, z, cmap="RdBu", vmin=-limit, vmax=limit, shading="nearest")
+        if z.min() < 0 < z.max():
+            ax.contour(x, y, z, levels=[0.0], colors="black", linewidths=2)
+        for (i, j), value in np.ndenumerate(z):
+            ax.text(x[j], y[i], f"{value:+.1f}", ha="center", va="center", fontsize=7,
+                    color="white" if abs(value) > 0.6 * limit else "black")
+        if default is not None and default[2] == divider:
+            ax.plot(default[0], default[1], marker="s", mfc="none", color="black", markersize=26, mew=2)
+        ax.set_xlabel("side-by-side fresh noise sd (position01)")
+        if ax is axes[0, 0]:
+            ax.set_ylabel("share of personal impression kept side by side")
+        ax.set_title(f"dividers placed {'with' if divider > 0 else 'without'} the impression", fontsize=9)
+    if mesh is not None:
+        fig.colorbar(mesh, ax=axes[0, len(dividers) - 1], label="ranking - single (points)")
+    if len(time):
+        ax = axes[0, -1]
+        pessimistic = time["side_by_side_impression_share"] == 1.0
+        for name, curve in (("default perception", time[~pessimistic]), ("pessimistic perception", time[pessimistic])):
+            curve = curve.sort_values("seconds_per_batch")
+            ax.plot(curve["seconds_per_batch"], curve["ranking_minus_single"] * 100, marker="o", label=name)
+        ax.axhline(0.0, color="black", linewidth=1)
+        ax.set_xlabel("expert seconds per ranked batch of 8")
+        ax.set_ylabel("ranking - single (points)")
+        ax.set_title("expert time per batch (single: 11 s per image)", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Label accuracy at equal expert-hours (single: {frame['single_label_accuracy'].iloc[0]:.1%}); "
+                 "above 0 / blue: ranking ahead", fontsize=9)
     return _finish(fig, path)
 
 

@@ -29,7 +29,7 @@ import pandas as pd
 from cmr_assets.classes import N_CLASSES
 from cmr_assets.evaluation.metrics import classification_metrics, mcnemar_exact
 from cmr_assets.training.dataset import PROBABILITY_COLUMNS
-from cmr_assets.training.split import split_new_scans_by_study
+from cmr_assets.training.split import split_new_scans_by_group
 
 STRATEGY_A, STRATEGY_B = "ranking", "single"  # the difference is a - b, as in `paired_comparison`
 PREDICTION_COLUMNS = ["repeat", "strategy", "slice_id", "scan_id", "target", *PROBABILITY_COLUMNS]
@@ -38,7 +38,7 @@ PREDICTION_COLUMNS = ["repeat", "strategy", "slice_id", "scan_id", "target", *PR
 def repeat_split(scan_class_mix: pd.DataFrame, group_of_scan: pd.Series, fractions: Sequence[float],
                  seed: int) -> pd.DataFrame:
     """A new stratified split of every scan in `scan_class_mix` (no earlier assignment is kept)."""
-    return split_new_scans_by_study(scan_class_mix, group_of_scan, pd.DataFrame(columns=["scan_id", "split"]),
+    return split_new_scans_by_group(scan_class_mix, group_of_scan, pd.DataFrame(columns=["scan_id", "split"]),
                                     fractions, seed)
 
 

@@ -12,6 +12,9 @@ Public API:
 - `scan_id_for(series_uid: str, key: bytes) -> str`: first 16 hex chars of HMAC-SHA256.
 - `study_key_for(study_uid: str | None, key: bytes) -> str | None`: keyed hash of a StudyInstanceUID,
   stored as `scans.study_key` so scans of one study (a repeated cine) can be kept together.
+- `patient_group_for(patient_id, study_uid, scan_key, key) -> str`: keyed hash of the PatientID
+  (else the StudyInstanceUID, else the series), stored as `scans.patient_group`: the unit of the
+  train/val/test split, so two series of one patient never land on both sides.
 - `source_root_hash(source_dir: Path, key: bytes) -> str`: keyed hash of a source folder path, so
   `rejected_files` can tell source folders apart without storing their absolute path.
 """
@@ -58,6 +61,15 @@ def scan_id_for(series_uid: str, key: bytes) -> str:
 def study_key_for(study_uid: str | None, key: bytes) -> str | None:
     """Keyed, non-reversible id of a StudyInstanceUID (None without one): links the scans of one study."""
     return _keyed_hex("study:" + study_uid, key) if study_uid else None
+
+
+def patient_group_for(patient_id: str | None, study_uid: str | None, scan_key: str, key: bytes) -> str:
+    """Keyed, non-reversible patient group of a series: by PatientID, falling back to the study, then
+    to the series itself (exports with the PatientID removed still split by study)."""
+    patient = (patient_id or "").strip()
+    if patient:
+        return _keyed_hex("patient:" + patient, key)
+    return _keyed_hex("study:" + study_uid, key) if study_uid else _keyed_hex("series:" + scan_key, key)
 
 
 def source_root_hash(source_dir: Path, key: bytes) -> str:

@@ -212,6 +212,7 @@ class DicomHeader:
     manufacturer_model: str | None
     series_number: int | None = None
     study_uid: str | None = None
+    patient_id: str | None = None  # read only to group series by patient (keyed hash); never stored
     frame: int | None = None
     rescale: tuple[float, float] | None = None
     monochrome1: bool = False
@@ -254,6 +255,7 @@ class SeriesPlan:
     series_number: int | None = None
     study_uid: str | None = None
     scan_key: str = ""
+    patient_id: str | None = None
 
     @property
     def n_files(self) -> int:
@@ -527,6 +529,7 @@ def _header_from_dataset(relative: str, ds: pydicom.Dataset,
         manufacturer_model=sys.intern(str(model)) if model else None,
         series_number=_optional_int(ds, "SeriesNumber"),
         study_uid=sys.intern(study_uid) if study_uid else None,
+        patient_id=_text(ds, "PatientID") or None,
     )
     frames = _optional_int(ds, "NumberOfFrames")
     if frames is None or frames <= 1:
@@ -649,7 +652,7 @@ HEADER_SCAN_BYTES = 64 * 1024
 _SHORT_LENGTH_VRS = frozenset({b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT",
                                b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"})
 _SCANNED_KEYWORDS = (
-    "SpecificCharacterSet", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "Modality",
+    "SpecificCharacterSet", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "PatientID", "Modality",
     "ManufacturerModelName", "Rows", "Columns", "SamplesPerPixel", "PhotometricInterpretation", "BitsAllocated",
     "BitsStored", "PixelRepresentation", "ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing",
     "SliceThickness", "SpacingBetweenSlices", "TriggerTime", "InstanceNumber", "SeriesNumber", "NumberOfFrames",
@@ -1018,6 +1021,7 @@ def plan_series(headers: Sequence[DicomHeader], context: str = "") -> tuple[Seri
         series_number=first.series_number,
         study_uid=_most_common([h.study_uid for h in usable]),
         scan_key=first.series_uid,
+        patient_id=_most_common([h.patient_id for h in usable]),
     )
     return plan, rejections
 

@@ -46,7 +46,13 @@ from typing import Any
 
 import duckdb
 
-from cmr_assets.ingest.deid import load_or_create_key, scan_id_for, source_root_hash, study_key_for
+from cmr_assets.ingest.deid import (
+    load_or_create_key,
+    patient_group_for,
+    scan_id_for,
+    source_root_hash,
+    study_key_for,
+)
 from cmr_assets.ingest.dicom_series import (
     REJECT_EMPTY_FOLDER,
     REJECT_SERIES_DECODE,
@@ -117,7 +123,8 @@ def connect(database: Database) -> Iterator[duckdb.DuckDBPyConnection]:
 
 
 def _render_and_write(source_dir: Path, plan: SeriesPlan, scan_id: str, paths_root: Path,
-                      ingested_at: datetime, study_key: str | None = None) -> tuple[dict, list[dict]] | list[Rejection]:
+                      ingested_at: datetime, study_key: str | None = None,
+                      patient_group: str | None = None) -> tuple[dict, list[dict]] | list[Rejection]:
     """Worker: decode one planned scan, write its images, return its rows (or why it failed)."""
     try:
         rendered = render_series(source_dir, plan)
@@ -132,7 +139,7 @@ def _render_and_write(source_dir: Path, plan: SeriesPlan, scan_id: str, paths_ro
     except SeriesDecodeError:  # an undecodable systolic image costs the crop, not the scan
         heart = None
     files = write_scan_files(DataPaths(paths_root), scan_id, rendered)
-    return scan_rows(scan_id, rendered, files, ingested_at, study_key, heart)
+    return scan_rows(scan_id, rendered, files, ingested_at, study_key, heart, patient_group)
 
 
 def _store_new_scans(tasks: list[tuple], pool: Executor | None, database: Database, report: IngestReport,
@@ -200,7 +207,8 @@ def ingest_folder(
             ensure_schema(con)
             stored = existing_scan_ids(con)
         scan_ids = {plan.scan_key: scan_id_for(plan.scan_key, key) for plan in plans}
-        tasks = [(source_dir, plan, scan_ids[plan.scan_key], paths.root, now, study_key_for(plan.study_uid, key))
+        tasks = [(source_dir, plan, scan_ids[plan.scan_key], paths.root, now, study_key_for(plan.study_uid, key),
+                  patient_group_for(plan.patient_id, plan.study_uid, plan.scan_key, key))
                  for plan in plans if scan_ids[plan.scan_key] not in stored]
         report.scans_skipped_existing = len(plans) - len(tasks)
         if report.scans_skipped_existing:

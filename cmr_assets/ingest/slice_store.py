@@ -20,7 +20,7 @@ Public API:
 - `ensure_schema(con)`
 - `existing_scan_ids(con) -> set[str]`
 - `write_scan_files(paths, scan_id, rendered) -> ScanFiles`; `png_bytes(image)`, `npy_bytes(array)`
-- `scan_rows(scan_id, rendered, files, ingested_at, study_key=None, heart_crop=None)
+- `scan_rows(scan_id, rendered, files, ingested_at, study_key=None, heart_crop=None, patient_group=None)
   -> (scan_row: dict, slice_rows: list[dict])`
 - `insert_scans(con, scan_rows, slice_rows)`: one transaction, duplicates ignored
 - `insert_rejections(con, source_root_hash, rejections, rejected_at) -> int` (rows added)
@@ -45,7 +45,8 @@ from cmr_assets.ingest.dicom_series import Rejection, RenderedSeries
 from cmr_assets.ingest.heart_crop import CropBox
 from cmr_assets.settings import DataPaths
 
-SCANS_COLUMNS = ("scan_id", "n_slices", "n_files", "rows", "cols", "manufacturer_model", "ingested_at", "study_key")
+SCANS_COLUMNS = ("scan_id", "n_slices", "n_files", "rows", "cols", "manufacturer_model", "ingested_at", "study_key",
+                 "patient_group")
 SLICES_COLUMNS = (
     "slice_id", "scan_id", "slice_from_base", "n_slices", "position_mm", "spacing_mm", "rows", "cols",
     "pixel_spacing_mm", "slice_thickness_mm", "trigger_time_ms", "n_phases", "phase_rule", "png_path",
@@ -62,7 +63,8 @@ CREATE TABLE IF NOT EXISTS scans (
     cols INTEGER NOT NULL,
     manufacturer_model VARCHAR,
     ingested_at TIMESTAMP NOT NULL,
-    study_key VARCHAR
+    study_key VARCHAR,
+    patient_group VARCHAR
 );
 CREATE TABLE IF NOT EXISTS slices (
     slice_id VARCHAR PRIMARY KEY,
@@ -109,10 +111,11 @@ def slice_id_for(scan_id: str, slice_from_base: int) -> str:
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     """Create the ingestion tables if they do not exist (idempotent; adds `scans.study_key` and
-    `slices.heart_crop` to older files, whose rows keep NULL there)."""
+    `slices.heart_crop` and `scans.patient_group` to older files, whose rows keep NULL there)."""
     con.execute(SCHEMA_SQL)
     con.execute("ALTER TABLE scans ADD COLUMN IF NOT EXISTS study_key VARCHAR")
     con.execute("ALTER TABLE slices ADD COLUMN IF NOT EXISTS heart_crop INTEGER[]")
+    con.execute("ALTER TABLE scans ADD COLUMN IF NOT EXISTS patient_group VARCHAR")
 
 
 def existing_scan_ids(con: duckdb.DuckDBPyConnection) -> set[str]:
@@ -159,16 +162,18 @@ def write_scan_files(paths: DataPaths, scan_id: str, rendered: RenderedSeries) -
 
 
 def scan_rows(scan_id: str, rendered: RenderedSeries, files: ScanFiles, ingested_at: datetime,
-              study_key: str | None = None, heart_crop: CropBox | None = None) -> tuple[dict, list[dict]]:
+              study_key: str | None = None, heart_crop: CropBox | None = None,
+              patient_group: str | None = None) -> tuple[dict, list[dict]]:
     """The `scans` row and the `slices` rows of one rendered scan (no identifiers; `study_key` is the
     keyed hash of the StudyInstanceUID, which links scans of one study, e.g. a repeated cine;
-    `heart_crop` the scan's heart box, the same on every slice, None when it could not be found)."""
+    `heart_crop` the scan's heart box, the same on every slice, None when it could not be found;
+    `patient_group` the keyed patient group, `deid.patient_group_for`)."""
     plan = rendered.plan
     n_slices = len(plan.positions)
     scan_row = {
         "scan_id": scan_id, "n_slices": n_slices, "n_files": plan.n_files, "rows": plan.rows,
         "cols": plan.cols, "manufacturer_model": plan.manufacturer_model, "ingested_at": ingested_at,
-        "study_key": study_key,
+        "study_key": study_key, "patient_group": patient_group,
     }
     slice_rows = [
         {

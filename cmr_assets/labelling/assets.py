@@ -10,12 +10,14 @@ from cmr_assets.labelling.campaign import (
     annotator_ids,
     budget_check,
     design_adaptive_batches,
+    design_pilot_tasks,
     design_ranking_batches,
     design_single_tasks,
     ranking_design_summary,
+    ranking_rounds_for_budget,
 )
 from cmr_assets.labelling.simulator import (
-    SimulatorParams,
+    load_simulator_params,
     simulate_ranking_campaign,
     simulate_single_campaign,
 )
@@ -41,14 +43,29 @@ class CampaignConfig(dg.Config):
     adaptive_batches: int = 0  # ranking only: extra batches aimed at images the current labels leave uncertain
     batch_size: int = 8
     hours_per_expert: float = DEFAULT_HOURS_PER_ANNOTATOR
+    # Equal expert time: plan more work than the hours allow (single: further votes from other
+    # experts after every image has one; ranking: further rounds of batches), so the budget ends both.
+    # Expected task times come from the simulator's parameters ($CMR_SIMULATOR_PARAMS, e.g. a pilot's).
+    fill_budget: bool = True
+    # > 0: this wave is a calibration pilot of that many minutes per expert per strategy
+    # (`design_pilot_tasks`; then `cmr-assets calibrate-experts` on its annotation files).
+    pilot_minutes: float = 0.0
     seed: int = 0
+
+    def pilot(self, slices: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+        params = load_simulator_params()
+        return design_pilot_tasks(slices, self.roster(), self.pilot_minutes, params.seconds_per_single,
+                                  params.seconds_per_batch, self.seed)
 
 
 class SimulationConfig(dg.Config):
-    """Simulated experts (the embedded default). Turn off when real experts label in the web app."""
+    """Simulated experts (the embedded default). Turn off when real experts label in the web app.
+    `params_file`: a parameter file from `cmr-assets calibrate-experts` (else `$CMR_SIMULATOR_PARAMS`,
+    else the built-in assumptions)."""
 
     enabled: bool = True
     seed: int = 0
+    params_file: str = ""
 
 
 def _next_wave(existing: pd.DataFrame, id_column: str) -> int:
@@ -75,19 +92,22 @@ def labelling_tasks_single(context: dg.AssetExecutionContext, config: CampaignCo
         todo = slices[~slices["slice_id"].isin(done)]
         if todo.empty:
             return dg.MaterializeResult(metadata={"new_tasks": 0, "tasks": len(existing)})
-        tasks = design_single_tasks(todo["slice_id"].tolist(), config.roster(),
-                                    config.intra_share, config.inter_share, config.seed)
+        tasks = config.pilot(todo)[0] if config.pilot_minutes > 0 else design_single_tasks(
+            todo["slice_id"].tolist(), config.roster(), config.intra_share, config.inter_share, config.seed,
+            extra_vote_rounds=len(config.roster()) - 1 if config.fill_budget else 0)
         wave = _next_wave(existing, "task_id")
         tasks["task_id"] = _prefix_wave(tasks["task_id"], wave)
         append_rows(con, "tasks_single", tasks)
         total = con.execute("SELECT count(*) FROM tasks_single").fetchall()[0][0]
     context.log.info(f"designed {len(tasks)} single-image tasks (wave {wave}) for {len(todo)} new images")
-    budget = budget_check(tasks, SimulatorParams().seconds_per_single, config.hours_per_expert)
+    required = tasks[tasks["kind"] != "extra_vote"]
+    budget = budget_check(required, load_simulator_params().seconds_per_single, config.hours_per_expert)
     return dg.MaterializeResult(metadata={
         "new_tasks": len(tasks), "tasks": int(total), "wave": int(wave),
         "by_kind": table(tasks.groupby("kind").size().rename("tasks").reset_index()),
         "by_annotator": table(tasks.groupby("annotator_id").size().rename("tasks").reset_index()),
         "fits_budget": bool(budget.fits), "hours_needed": float(budget.total_hours_needed),
+        "extra_vote_tasks": int(len(tasks) - len(required)),
     })
 
 
@@ -106,8 +126,13 @@ def labelling_tasks_ranking(context: dg.AssetExecutionContext, config: CampaignC
         done = set(existing["slice_ids"].explode()) if not existing.empty else set()
         todo = slices[~slices["slice_id"].isin(done)]
         designed = []
-        if not todo.empty:
-            designed.append(("random", design_ranking_batches(todo, config.roster(), config.min_views,
+        if not todo.empty and config.pilot_minutes > 0:
+            designed.append(("pilot", config.pilot(todo)[1]))
+        elif not todo.empty:
+            rounds = ranking_rounds_for_budget(len(todo), len(config.roster()), config.hours_per_expert,
+                                               load_simulator_params().seconds_per_batch, config.min_views,
+                                               config.batch_size) if config.fill_budget else config.min_views
+            designed.append(("random", design_ranking_batches(todo, config.roster(), rounds,
                                                               config.batch_size, config.seed)))
         labels = read_table(con, "labels_ranking", "slice_id, p_too_basal, p_lv, p_too_apical").dropna() \
             if config.adaptive_batches else pd.DataFrame()
@@ -121,7 +146,7 @@ def labelling_tasks_ranking(context: dg.AssetExecutionContext, config: CampaignC
             batches["batch_id"] = _prefix_wave(batches["batch_id"], wave)
             append_rows(con, "tasks_ranking", batches)
             context.log.info(f"designed {len(batches)} {kind} ranking batches (wave {wave})")
-            budget = budget_check(batches, SimulatorParams().seconds_per_batch, config.hours_per_expert)
+            budget = budget_check(batches, load_simulator_params().seconds_per_batch, config.hours_per_expert)
             metadata.update({f"{kind}_batches": len(batches), f"{kind}_wave": int(wave),
                              f"{kind}_hours_needed": float(budget.total_hours_needed)})
         total = con.execute("SELECT count(*) FROM tasks_ranking").fetchall()[0][0] if designed else len(existing)
@@ -146,7 +171,7 @@ def _simulate(context, config: SimulationConfig, duckdb: DuckDBResource, data_pa
             "simulated experts need the synthetic truth (table reference_labels is empty): "
             "simulate only the synthetic cohort, or set enabled: false and label in the web app")
     incoming = data_paths.paths().annotations_incoming
-    files = simulate(tasks, reference, SimulatorParams(), incoming, config.seed)
+    files = simulate(tasks, reference, load_simulator_params(config.params_file), incoming, config.seed)
     context.log.info(f"simulated experts wrote {len(files)} annotation files into {incoming}")
     return dg.MaterializeResult(metadata={"simulated": True, "files_written": len(files),
                                           "incoming_dir": dg.MetadataValue.path(str(incoming))})

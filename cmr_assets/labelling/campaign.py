@@ -2,12 +2,18 @@
 
 Public API:
 - `annotator_ids(n)`: the simulated roster `sim-expert-1..n`.
-- `design_single_tasks(slice_ids, annotators, intra_share=0.05, inter_share=0.05, seed=0)`
-  -> `tasks_single(task_id, annotator_id, slice_id, kind)`; kind primary/intra_repeat/inter_repeat.
+- `design_single_tasks(slice_ids, annotators, intra_share=0.05, inter_share=0.05, seed=0,
+  extra_vote_rounds=0)` -> `tasks_single(task_id, annotator_id, slice_id, kind)`; kind
+  primary/intra_repeat/inter_repeat/extra_vote.
+- `ranking_rounds_for_budget(n_images, n_experts, hours_per_expert, seconds_per_batch, min_views=3,
+  batch_size=8, max_rounds=10)`: rounds of batches that fill the experts' hours (at least `min_views`).
 - `design_ranking_batches(slices, annotators, min_views=3, batch_size=8, seed=0)`
   -> `tasks_ranking(batch_id, annotator_id, slice_ids)`.
 - `design_adaptive_batches(slices, probabilities, annotators, n_batches, ...)` -> more ranking batches
   aimed at the images whose class is still uncertain (beyond the paper's random design).
+- `design_pilot_tasks(slices, annotators, minutes=30, seconds_per_single=11, seconds_per_batch=36, seed=0)`
+  -> `(tasks_single, tasks_ranking)`: a short pilot built for `calibrate-experts`: every image and
+  every batch seen by every expert, a share repeated by the same expert.
 - `ranking_design_summary(tasks_ranking, slice_ids)` -> `RankingDesignSummary` (views, experts per
   image, connectivity of the comparison graph): what the asset checks assert.
 - `comparison_graph_components(tasks_ranking, slice_ids)`: connected components via scipy.
@@ -17,6 +23,12 @@ Public API:
 Conventions: every expert works through their own tasks in id order (`s-000001`, `r-000001`, ...);
 ids are zero-padded so string order is work order. Ranking batches are numbered round by round,
 so an exhausted budget leaves every image with as many views as possible.
+
+Equal expert time: campaigns stop at the budget, and both strategies may spend all of it. Single:
+after an expert's required tasks (every image once, plus the agreement repeats) come `extra_vote`
+tasks, round by round: in round k the expert votes on the images whose first vote came from the
+k-th next expert, so time left buys second, then third opinions from other experts (never a
+repeat of one's own vote). Ranking: further rounds of batches beyond `min_views`.
 """
 
 from __future__ import annotations
@@ -31,7 +43,7 @@ from scipy.sparse.csgraph import connected_components
 
 from cmr_assets.settings import DEFAULT_HOURS_PER_ANNOTATOR
 
-SINGLE_TASK_KINDS = ("primary", "intra_repeat", "inter_repeat")
+SINGLE_TASK_KINDS = ("primary", "intra_repeat", "inter_repeat", "extra_vote")
 SIMULATED_ANNOTATOR_PREFIX = "sim-expert-"
 
 
@@ -51,17 +63,22 @@ def _check_annotators(annotators: Sequence[str]) -> list[str]:
 
 
 def design_single_tasks(slice_ids: Sequence[str], annotators: Sequence[str], intra_share: float = 0.05,
-                        inter_share: float = 0.05, seed: int = 0) -> pd.DataFrame:
+                        inter_share: float = 0.05, seed: int = 0, extra_vote_rounds: int = 0) -> pd.DataFrame:
     """Every image once, dealt evenly over the experts, plus repeats that measure agreement.
 
     `intra_share` of the images go a second time to the same expert (intra-observer kappa);
     a disjoint `inter_share` go to every other expert too (inter-observer kappa). Each expert's
-    queue is shuffled so a repeat rarely follows its first look.
+    queue is shuffled so a repeat rarely follows its first look. Then `extra_vote_rounds` (at most
+    one fewer than the experts) rounds of `extra_vote` tasks, queued after all required ones: a
+    further vote from another expert on each image not already seen by every expert, done only
+    while the budget lasts.
     """
     roster = _check_annotators(annotators)
     ids = np.asarray(sorted(set(map(str, slice_ids))), dtype=object)
     if min(intra_share, inter_share) < 0 or intra_share + inter_share > 1:
         raise ValueError(f"shares must be >= 0 and sum to <= 1, got {intra_share}, {inter_share}")
+    if not 0 <= extra_vote_rounds < len(roster):
+        raise ValueError(f"extra_vote_rounds must be within 0..{len(roster) - 1}, got {extra_vote_rounds}")
     rng = np.random.default_rng(seed)
     n = len(ids)
     permuted = ids[rng.permutation(n)]
@@ -74,17 +91,26 @@ def design_single_tasks(slice_ids: Sequence[str], annotators: Sequence[str], int
     annotator_idx = [owner, owner[intra]]
     slices = [permuted, permuted[intra]]
     kinds = [np.full(n, "primary", dtype=object), np.full(n_intra, "intra_repeat", dtype=object)]
+    phases = [np.zeros(n), np.zeros(n_intra)]
     for shift in range(1, len(roster)):
         annotator_idx.append((owner[inter] + shift) % len(roster))
         slices.append(permuted[inter])
         kinds.append(np.full(n_inter, "inter_repeat", dtype=object))
+        phases.append(np.zeros(n_inter))
+    not_inter = np.setdiff1d(np.arange(n), inter)
+    for shift in range(1, extra_vote_rounds + 1):
+        annotator_idx.append((owner[not_inter] + shift) % len(roster))
+        slices.append(permuted[not_inter])
+        kinds.append(np.full(len(not_inter), "extra_vote", dtype=object))
+        phases.append(np.full(len(not_inter), float(shift)))
     tasks = pd.DataFrame({
         "annotator_idx": np.concatenate(annotator_idx),
         "slice_id": np.concatenate(slices),
         "kind": np.concatenate(kinds),
     })
-    # shuffled queue per expert, then queues interleaved so ids give each expert's work order
-    tasks["queue_key"] = rng.random(len(tasks))
+    # shuffled queue per expert (required tasks first, then extra rounds in turn), then queues
+    # interleaved so ids give each expert's work order
+    tasks["queue_key"] = np.concatenate(phases) + rng.random(len(tasks))
     tasks["queue_rank"] = tasks.groupby("annotator_idx")["queue_key"].rank(method="first")
     tasks = tasks.sort_values(["queue_rank", "annotator_idx"], ignore_index=True)
     return pd.DataFrame({
@@ -202,6 +228,20 @@ def _assign_experts(batches: np.ndarray, n_rounds_batches: list[int], n: int, n_
     return expert_of
 
 
+MAX_RANKING_ROUNDS = 10
+
+
+def ranking_rounds_for_budget(n_images: int, n_experts: int, hours_per_expert: float, seconds_per_batch: float,
+                              min_views: int = 3, batch_size: int = 8, max_rounds: int = MAX_RANKING_ROUNDS) -> int:
+    """Rounds of batches (every image once per round) the experts' hours can buy, at least
+    `min_views`: designing them all lets the budget, not the design, end the ranking campaign.
+    At most `max_rounds` (10 views per image; only a cohort of a few scans gets there, where the
+    single-image strategy cannot spend its hours either: one vote per expert and image)."""
+    per_round = -(-n_images // batch_size)
+    affordable = n_experts * hours_per_expert * 3600.0 / seconds_per_batch
+    return max(min_views, min(max_rounds, int(np.ceil(affordable / max(per_round, 1)))))
+
+
 def design_ranking_batches(slices: pd.DataFrame, annotators: Sequence[str], min_views: int = 3,
                            batch_size: int = 8, seed: int = 0) -> pd.DataFrame:
     """Random batches of `batch_size` distinct images, each image in at least `min_views` batches.
@@ -283,6 +323,57 @@ def design_adaptive_batches(slices: pd.DataFrame, probabilities: pd.DataFrame, a
         "annotator_id": [roster[i % len(roster)] for i in range(n_batches)],
         "slice_ids": rows,
     })
+
+
+def _queued(annotator_idx: np.ndarray, phase: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Work order: each expert's tasks by phase (first looks, then repeats), shuffled within a
+    phase, expert queues interleaved so ids give each expert's work order."""
+    key = phase + rng.random(len(phase))
+    rank = pd.Series(key).groupby(annotator_idx).rank(method="first").to_numpy()
+    return np.lexsort((annotator_idx, rank))
+
+
+def design_pilot_tasks(slices: pd.DataFrame, annotators: Sequence[str], minutes: float = 30.0,
+                       seconds_per_single: float = 11.0, seconds_per_batch: float = 36.0, seed: int = 0
+                       ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Tasks of a pilot of `minutes` per expert per strategy that measures what the simulator's
+    parameters govern (`calibration.py`). Single: images from the basal and apical thirds of their
+    stacks (where the class boundaries lie, so looks can disagree), each labelled by every expert
+    and once more by one of them. Ranking: batches of the usual design, each ordered by every
+    expert and once more by one of them. Repeats are queued after all first looks. Sized so the
+    expected work fills `minutes`."""
+    roster = _check_annotators(annotators)
+    n_experts = len(roster)
+    rng = np.random.default_rng(seed)
+    frame = slices.drop_duplicates("slice_id").sort_values("slice_id", ignore_index=True)
+    looks_per_unit = 1 + 1 / n_experts  # every expert once, one of them twice
+
+    relative = _relative_position(frame)
+    near_ends = np.flatnonzero((relative <= 1 / 3) | (relative >= 2 / 3))
+    n_images = min(len(near_ends), max(2, round(minutes * 60.0 / seconds_per_single / looks_per_unit)))
+    images = frame["slice_id"].to_numpy(dtype=object)[rng.permutation(near_ends)[:n_images]]
+    owner = np.arange(n_images) % n_experts
+    experts = np.concatenate([np.tile(np.arange(n_experts), n_images), owner])
+    shown = np.concatenate([np.repeat(images, n_experts), images])
+    kinds = np.concatenate([np.where(experts[: n_images * n_experts] == np.repeat(owner, n_experts), "primary",
+                                     "inter_repeat"), np.full(n_images, "intra_repeat")])
+    order = _queued(experts, np.repeat([0.0, 1.0], [n_images * n_experts, n_images]), rng)
+    single = pd.DataFrame({
+        "task_id": [f"s-{i:06d}" for i in range(1, len(order) + 1)],
+        "annotator_id": np.asarray(roster, dtype=object)[experts[order]],
+        "slice_id": shown[order].astype(str), "kind": kinds[order].astype(str)})
+
+    first_round = design_ranking_batches(frame, roster, min_views=2, seed=seed).head(-(-len(frame) // 8))
+    n_sets = min(len(first_round), max(1, round(minutes * 60.0 / seconds_per_batch / looks_per_unit)))
+    sets = [list(members) for members in first_round["slice_ids"].head(n_sets)]
+    set_of = np.concatenate([np.repeat(np.arange(n_sets), n_experts), np.arange(n_sets)])
+    experts = np.concatenate([np.tile(np.arange(n_experts), n_sets), np.arange(n_sets) % n_experts])
+    order = _queued(experts, np.repeat([0.0, 1.0], [n_sets * n_experts, n_sets]), rng)
+    ranking = pd.DataFrame({
+        "batch_id": [f"r-{i:06d}" for i in range(1, len(order) + 1)],
+        "annotator_id": np.asarray(roster, dtype=object)[experts[order]],
+        "slice_ids": [list(rng.permutation(sets[k])) for k in set_of[order]]})
+    return single, ranking
 
 
 @dataclass(frozen=True)

@@ -5,34 +5,52 @@ Perception model (every number is an assumption in `SimulatorParams`; the paper 
 Truth is the continuous position `position01` (base plane 0, apex 1). Expert e judging image i sees
 
     alone (single):        position01_i + ambiguity_i + impression_{e,i} + fresh noise (sd single)
-    side by side (ranking): position01_i + ambiguity_i + fresh noise (sd side_by_side, much smaller)
+    side by side (ranking): position01_i + ambiguity_i + share * impression_{e,i}
+                            + fresh noise (sd side_by_side, by default much smaller)
 
 `ambiguity_i` is the image's own misleadingness, shared by every expert; `impression_{e,i}` is an
 expert's persistent reading of an image seen alone against their mental template, the same each
 time they see it, so intra-observer repeats are correlated but not identical. Side by side the
-neighbouring images are the template, which removes the personal impression and most of the fresh
-noise: the mechanism the paper's result rests on. An expert's classes come from the true class
-boundaries (fitted from the reference) shifted by that expert's personal boundary biases; in a
-ranking the two dividers fall where that expert's boundaries cut the perceived order.
+neighbouring images are the template, which by default removes the personal impression
+(`side_by_side_impression_share` 0) and most of the fresh noise (`side_by_side_noise_sd` 0.012 vs
+0.030): the mechanism the paper's result rests on, and an assumption only the single-image terms
+are constrained for (`strategy_sensitivity` sweeps it; `calibration.py` fits it to a pilot). An
+expert's classes come from the true class boundaries (fitted from the reference) shifted by that
+expert's personal boundary biases; in a ranking the two dividers are placed after as many images as
+that expert's boundaries leave below them, judged with `divider_impression_share` of the impression
+(placing a divider is an absolute class judgement, like single labelling).
 
 Public API:
 - `SimulatorParams`: the assumptions, calibrated so single-image labelling gives Cohen's kappa
   about 0.90 intra- and 0.77 inter-observer (the paper's values).
+- `simulate_single_rows(tasks_single, reference, params, seed=0) -> DataFrame`,
+  `simulate_ranking_rows(tasks_ranking, reference, params, seed=0) -> DataFrame`: the annotations as
+  rows with the columns of `raw_annotations_single` / `raw_annotations_ranking` (what aggregation
+  reads), no files; each expert works through their tasks in id order and stops when the next task
+  would exceed `hours_per_expert`. With the same tasks and seed, a smaller budget gives a prefix of
+  a larger one's rows (perception, durations and ids do not depend on the budget).
+- `simulate_campaign_rows(tasks_single, tasks_ranking, reference, params, seed=0) -> SimulatedCampaigns`:
+  both strategies at once (learning curves: label accuracy against `hours_per_expert`).
 - `simulate_single_campaign(tasks_single, reference, params, incoming_dir, seed=0) -> list[Path]`
 - `simulate_ranking_campaign(tasks_ranking, reference, params, incoming_dir, seed=0) -> list[Path]`
-  Both write one file per session (<= `session_minutes`) and stop when an expert's hours are spent.
+  The same rows written as annotation files, one per session (<= `session_minutes`).
 - `ExpertPanel.build(reference, params, seed)` with `label_alone`, `perceive_side_by_side`,
-  `flag_artefacts`: the vectorised perception, also used to calibrate and test the kappas.
+  `rank_batches`, `flag_artefacts`: the vectorised perception, also used to calibrate and test the kappas.
 - `fit_class_boundaries(position01, labels)`: the two cut points on position01 that the truth uses.
+- `params_to_json(params, **extra) -> dict`, `params_from_json(obj) -> SimulatorParams`,
+  `load_simulator_params(path="") -> SimulatorParams`: the parameter file `calibrate-experts` writes
+  and the simulated campaigns read (`path`, else `$CMR_SIMULATOR_PARAMS`, else the defaults).
 - `reference_like_cohort(n_scans, seed)`: (slices, reference) frames with the geometry of the
   default synthetic cohort, for calibration and tests without writing DICOM.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -41,11 +59,12 @@ import pandas as pd
 
 from cmr_assets.classes import CLASS_INDEX, CLASS_NAMES
 from cmr_assets.labelling.annotation_format import (
-    AnnotationRecord,
     RankingAnnotation,
     SingleAnnotation,
     write_annotation_file,
 )
+from cmr_assets.labels.raw_annotations import RANKING_COLUMNS as RANKING_ROW_COLUMNS
+from cmr_assets.labels.raw_annotations import SINGLE_COLUMNS as SINGLE_ROW_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -65,6 +84,10 @@ class SimulatorParams:
     single_look_noise_sd: float = 0.030
     # Fresh perception noise when judging an image side by side with 7 others (comparative).
     side_by_side_noise_sd: float = 0.012
+    # Share (0..1) of the personal impression still present side by side: in the order, and in the
+    # class judgement that places the two dividers.
+    side_by_side_impression_share: float = 0.0
+    divider_impression_share: float = 0.0
     # Mean expert time per single image and per ranked batch of 8 (incl. placing dividers);
     # each task's time is lognormal around the mean with this log-sd.
     seconds_per_single: float = 11.0
@@ -86,10 +109,52 @@ class SimulatorParams:
             raise ValueError("basal_boundary_bias and apical_boundary_bias need one entry per expert")
         if self.campaign_start.tzinfo is None:
             raise ValueError("campaign_start needs a timezone")
+        for name in ("side_by_side_impression_share", "divider_impression_share"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be within 0..1, got {getattr(self, name)}")
 
     @property
     def n_experts(self) -> int:
         return len(self.basal_boundary_bias)
+
+
+PARAMS_FILE_FORMAT = "cmr_assets simulator params v1"
+SIMULATOR_PARAMS_ENV = "CMR_SIMULATOR_PARAMS"
+
+
+def params_to_json(params: SimulatorParams, **extra: object) -> dict:
+    """The parameter file's JSON object: every field (tuples as lists, times as ISO 8601) under
+    `params`, plus any `extra` sections (e.g. how they were fitted)."""
+    values = {}
+    for f in fields(params):
+        value = getattr(params, f.name)
+        values[f.name] = value.isoformat() if isinstance(value, datetime) else \
+            list(value) if isinstance(value, tuple) else value
+    return {"format": PARAMS_FILE_FORMAT, "params": values, **extra}
+
+
+def params_from_json(obj: dict) -> SimulatorParams:
+    """Parameters from a parameter file's object; fields it leaves out keep their defaults."""
+    if obj.get("format") != PARAMS_FILE_FORMAT:
+        raise ValueError(f"not a simulator parameter file (format {obj.get('format')!r}, "
+                         f"expected {PARAMS_FILE_FORMAT!r})")
+    known = {f.name for f in fields(SimulatorParams)}
+    unknown = sorted(set(obj["params"]) - known)
+    if unknown:
+        raise ValueError(f"unknown simulator parameter(s) {unknown}")
+    values = {}
+    for name, value in obj["params"].items():
+        values[name] = datetime.fromisoformat(value) if name == "campaign_start" else \
+            tuple(float(v) for v in value) if isinstance(value, list) else value
+    return replace(SimulatorParams(), **values)
+
+
+def load_simulator_params(path: str | Path = "") -> SimulatorParams:
+    """The simulated experts' parameters: from `path`, else from `$CMR_SIMULATOR_PARAMS`, else the defaults."""
+    chosen = str(path) or os.environ.get(SIMULATOR_PARAMS_ENV, "")
+    if not chosen:
+        return SimulatorParams()
+    return params_from_json(json.loads(Path(chosen).read_text(encoding="utf-8")))
 
 
 def fit_class_boundaries(position01: np.ndarray, labels: Sequence[str]) -> tuple[float, float]:
@@ -156,9 +221,26 @@ class ExpertPanel:
         noise = rng.normal(0.0, self.params.single_look_noise_sd, np.shape(images))
         return self.position01[images] + self.ambiguity[images] + self.impression[experts, images] + noise
 
-    def perceive_side_by_side(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        noise = rng.normal(0.0, self.params.side_by_side_noise_sd, np.shape(images))
-        return self.position01[images] + self.ambiguity[images] + noise
+    def perceive_side_by_side(self, experts: np.ndarray, images: np.ndarray, rng: np.random.Generator
+                              ) -> tuple[np.ndarray, np.ndarray]:
+        """(order, class) perceptions of one side-by-side look: one fresh noise, each with its own
+        share of the personal impression."""
+        params = self.params
+        seen = (self.position01[images] + self.ambiguity[images]
+                + rng.normal(0.0, params.side_by_side_noise_sd, np.shape(images)))
+        impression = self.impression[experts, images]
+        return (seen + params.side_by_side_impression_share * impression,
+                seen + params.divider_impression_share * impression)
+
+    def rank_batches(self, experts: np.ndarray, images: np.ndarray, rng: np.random.Generator
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Each row of `images` (n_batches, batch_size) ordered most basal first (indices into the
+        row) and its two dividers: as many images as the expert's boundaries leave below them."""
+        experts = np.broadcast_to(np.asarray(experts)[..., None], np.shape(images))
+        order_seen, class_seen = self.perceive_side_by_side(experts, images, rng)
+        order = np.argsort(order_seen, axis=1, kind="stable")
+        limits = self.thresholds[experts]
+        return (order, (class_seen < limits[..., 0]).sum(axis=1), (class_seen < limits[..., 1]).sum(axis=1))
 
     def classify(self, experts: np.ndarray, perceived: np.ndarray) -> np.ndarray:
         """Class index 0/1/2 of perceived positions by each expert's own boundaries."""
@@ -205,8 +287,8 @@ def _schedule(durations: np.ndarray, expert: int, params: SimulatorParams
     return starts, ends, sessions
 
 
-def _submission_id(rng: np.random.Generator) -> str:
-    return str(uuid.UUID(bytes=rng.bytes(16), version=4))
+def _submission_ids(n: int, rng: np.random.Generator) -> list[str]:
+    return [str(uuid.UUID(bytes=rng.bytes(16), version=4)) for _ in range(n)]
 
 
 def _expert_numbers(annotators: Sequence[str], params: SimulatorParams) -> dict[str, int]:
@@ -217,72 +299,142 @@ def _expert_numbers(annotators: Sequence[str], params: SimulatorParams) -> dict[
     return {annotator: i for i, annotator in enumerate(roster)}
 
 
-def _write_sessions(records: list[AnnotationRecord], sessions: list[int], incoming_dir: Path, strategy: str,
-                    annotator: str) -> list[Path]:
+def _timed(rows: dict, durations: np.ndarray, expert: int, params: SimulatorParams, ids: list[str]
+           ) -> pd.DataFrame:
+    """The rows of one expert that fit the budget, with times, session and submission id."""
+    starts, ends, sessions = _schedule(durations, expert, params)
+    done = len(starts)
+    return pd.DataFrame({
+        "submission_id": ids[:done], **{k: v[:done] for k, v in rows.items()},
+        "started_at": pd.to_datetime(starts, utc=True), "submitted_at": pd.to_datetime(ends, utc=True),
+        "session": np.asarray(sessions, dtype=np.int64)})
+
+
+def _finish(frames: list[pd.DataFrame], columns: Sequence[str], strategy: str) -> pd.DataFrame:
+    """All experts' rows with a `source_file` per session and 1-based `line`, as ingestion stores them."""
+    if not frames:
+        return pd.DataFrame(columns=[*columns, "session"])
+    rows = pd.concat(frames, ignore_index=True)
+    rows["source_file"] = (f"simulated-{strategy}-" + rows["annotator_id"] + "-session"
+                           + rows["session"].astype(str))
+    rows["line"] = rows.groupby(["annotator_id", "session"]).cumcount() + 1
+    return rows[[*columns, "session"]]
+
+
+def _single_rows(tasks_single: pd.DataFrame, reference: pd.DataFrame, params: SimulatorParams,
+                 seed: int) -> pd.DataFrame:
+    panel = ExpertPanel.build(reference, params, seed)
+    rng = np.random.default_rng([seed, 1])
+    id_rng = np.random.default_rng([seed, 3])
+    frames = []
+    for annotator, expert in _expert_numbers(tasks_single["annotator_id"].tolist(), params).items():
+        tasks = tasks_single[tasks_single["annotator_id"] == annotator].sort_values("task_id")
+        images = panel.image_index(tasks["slice_id"].tolist())
+        labels = panel.label_alone(np.full(len(images), expert), images, rng)
+        flagged = panel.flag_artefacts(images, rng)
+        durations = _durations(params.seconds_per_single, len(images), params, rng)
+        frames.append(_timed({
+            "annotator_id": np.full(len(images), annotator, dtype=object),
+            "task_id": tasks["task_id"].astype(str).to_numpy(dtype=object),
+            "slice_id": tasks["slice_id"].astype(str).to_numpy(dtype=object),
+            "label": np.where(flagged, None, np.asarray(CLASS_NAMES, dtype=object)[labels]),
+            "artefact": flagged,
+        }, durations, expert, params, _submission_ids(len(images), id_rng)))
+    rows = _finish(frames, SINGLE_ROW_COLUMNS, "single")
+    # None (not NaN) for a missing label, as `read_raw_annotations` gives
+    rows["label"] = pd.Series([v if isinstance(v, str) else None for v in rows["label"]], index=rows.index,
+                              dtype=object)
+    return rows
+
+
+def _ranking_rows(tasks_ranking: pd.DataFrame, reference: pd.DataFrame, params: SimulatorParams,
+                  seed: int) -> pd.DataFrame:
+    panel = ExpertPanel.build(reference, params, seed)
+    rng = np.random.default_rng([seed, 2])
+    id_rng = np.random.default_rng([seed, 4])
+    frames = []
+    for annotator, expert in _expert_numbers(tasks_ranking["annotator_id"].tolist(), params).items():
+        batches = tasks_ranking[tasks_ranking["annotator_id"] == annotator].sort_values("batch_id")
+        presented = np.array([list(map(str, ids)) for ids in batches["slice_ids"]], dtype=object)
+        images = panel.image_index(presented.ravel().tolist()).reshape(presented.shape)
+        order, divider_a, divider_b = panel.rank_batches(np.full(len(images), expert), images, rng)
+        flagged = panel.flag_artefacts(images, rng)
+        durations = _durations(params.seconds_per_batch, len(images), params, rng)
+        frames.append(_timed({
+            "annotator_id": np.full(len(images), annotator, dtype=object),
+            "batch_id": batches["batch_id"].astype(str).to_numpy(dtype=object),
+            "image_ids": [list(row) for row in presented],
+            "order": [list(row[k]) for row, k in zip(presented, order, strict=True)],
+            "divider_a": divider_a.astype(np.int64), "divider_b": divider_b.astype(np.int64),
+            "artefact_ids": [list(row[f]) for row, f in zip(presented, flagged, strict=True)],
+        }, durations, expert, params, _submission_ids(len(images), id_rng)))
+    return _finish(frames, [*RANKING_ROW_COLUMNS[:3], "image_ids", *RANKING_ROW_COLUMNS[3:]], "ranking")
+
+
+def simulate_single_rows(tasks_single: pd.DataFrame, reference: pd.DataFrame, params: SimulatorParams,
+                         seed: int = 0) -> pd.DataFrame:
+    """Single-image annotations as `raw_annotations_single` rows: each expert labels their images
+    alone in task-id order until the next one would exceed their hours; an image flagged as artefact
+    gets a null label."""
+    return _single_rows(tasks_single, reference, params, seed)[list(SINGLE_ROW_COLUMNS)]
+
+
+def simulate_ranking_rows(tasks_ranking: pd.DataFrame, reference: pd.DataFrame, params: SimulatorParams,
+                          seed: int = 0) -> pd.DataFrame:
+    """Ranking annotations as `raw_annotations_ranking` rows: each expert orders their batches by
+    side-by-side perception (most basal first) and places the dividers, in batch-id order until the
+    next batch would exceed their hours."""
+    return _ranking_rows(tasks_ranking, reference, params, seed)[list(RANKING_ROW_COLUMNS)]
+
+
+@dataclass(frozen=True)
+class SimulatedCampaigns:
+    """Both strategies' simulated annotations (rows as ingestion stores them) at one budget."""
+
+    single: pd.DataFrame
+    ranking: pd.DataFrame
+
+
+def simulate_campaign_rows(tasks_single: pd.DataFrame, tasks_ranking: pd.DataFrame, reference: pd.DataFrame,
+                           params: SimulatorParams, seed: int = 0) -> SimulatedCampaigns:
+    """Both campaigns as rows, each stopped at `params.hours_per_expert` per expert: feed them to
+    `aggregate_single` / `aggregate_ranking` for label accuracy against expert-hours, no files."""
+    return SimulatedCampaigns(single=simulate_single_rows(tasks_single, reference, params, seed),
+                              ranking=simulate_ranking_rows(tasks_ranking, reference, params, seed))
+
+
+def _write_sessions(rows: pd.DataFrame, to_record, incoming_dir: Path, strategy: str) -> list[Path]:
     paths = []
-    for session in sorted(set(sessions)):
-        chunk = [r for r, s in zip(records, sessions, strict=True) if s == session]
-        paths.append(write_annotation_file(chunk, incoming_dir, strategy, annotator))
+    for (annotator, _), session in rows.groupby(["annotator_id", "session"], sort=True):
+        records = [to_record(row) for row in session.itertuples(index=False)]
+        paths.append(write_annotation_file(records, incoming_dir, strategy, str(annotator)))
     return paths
 
 
 def simulate_single_campaign(tasks_single: pd.DataFrame, reference: pd.DataFrame, params: SimulatorParams,
                              incoming_dir: Path, seed: int = 0) -> list[Path]:
-    """Each simulated expert labels their images alone in task-id order until their hours are spent;
-    an image flagged as artefact gets a null label. Returns the session files written."""
-    panel = ExpertPanel.build(reference, params, seed)
-    rng = np.random.default_rng([seed, 1])
-    paths: list[Path] = []
-    for annotator, expert in _expert_numbers(tasks_single["annotator_id"].tolist(), params).items():
-        tasks = tasks_single[tasks_single["annotator_id"] == annotator].sort_values("task_id")
-        images = panel.image_index(tasks["slice_id"].tolist())
-        experts = np.full(len(images), expert)
-        labels = panel.label_alone(experts, images, rng)
-        flagged = panel.flag_artefacts(images, rng)
-        starts, ends, sessions = _schedule(_durations(params.seconds_per_single, len(images), params, rng),
-                                           expert, params)
-        records: list[AnnotationRecord] = [
-            SingleAnnotation(
-                submission_id=_submission_id(rng), annotator_id=annotator, task_id=task_id,
-                image_ids=(slice_id,), label=None if flag else CLASS_NAMES[label], artefact=bool(flag),
-                started_at=start, submitted_at=end)
-            for task_id, slice_id, label, flag, start, end in zip(
-                tasks["task_id"], tasks["slice_id"], labels, flagged, starts, ends, strict=False)
-        ]
-        paths += _write_sessions(records, sessions, incoming_dir, "single", annotator)
-    return paths
+    """`simulate_single_rows` written as annotation files, one per session. Returns the files."""
+    def record(row) -> SingleAnnotation:
+        return SingleAnnotation(
+            submission_id=row.submission_id, annotator_id=row.annotator_id, task_id=row.task_id,
+            image_ids=(row.slice_id,), label=row.label, artefact=bool(row.artefact),
+            started_at=row.started_at.to_pydatetime(), submitted_at=row.submitted_at.to_pydatetime())
+
+    return _write_sessions(_single_rows(tasks_single, reference, params, seed), record, incoming_dir, "single")
 
 
 def simulate_ranking_campaign(tasks_ranking: pd.DataFrame, reference: pd.DataFrame, params: SimulatorParams,
                               incoming_dir: Path, seed: int = 0) -> list[Path]:
-    """Each simulated expert orders their batches by side-by-side perception (most basal first) and
-    puts the dividers where their own boundaries fall, in batch-id order until their hours are spent."""
-    panel = ExpertPanel.build(reference, params, seed)
-    rng = np.random.default_rng([seed, 2])
-    paths: list[Path] = []
-    for annotator, expert in _expert_numbers(tasks_ranking["annotator_id"].tolist(), params).items():
-        batches = tasks_ranking[tasks_ranking["annotator_id"] == annotator].sort_values("batch_id")
-        presented = [list(map(str, ids)) for ids in batches["slice_ids"]]
-        images = panel.image_index([s for ids in presented for s in ids]).reshape(len(presented), -1)
-        perceived = panel.perceive_side_by_side(images, rng)
-        order = np.argsort(perceived, axis=1, kind="stable")
-        basal, apical = panel.thresholds[expert]
-        divider_a = (perceived < basal).sum(axis=1)
-        divider_b = (perceived < apical).sum(axis=1)
-        flagged = panel.flag_artefacts(images, rng)
-        starts, ends, sessions = _schedule(_durations(params.seconds_per_batch, len(presented), params, rng),
-                                           expert, params)
-        records: list[AnnotationRecord] = []
-        for b, (start, end) in enumerate(zip(starts, ends, strict=False)):
-            ids = presented[b]
-            records.append(RankingAnnotation(
-                submission_id=_submission_id(rng), annotator_id=annotator,
-                batch_id=str(batches["batch_id"].iloc[b]), image_ids=tuple(ids),
-                order=tuple(ids[k] for k in order[b]), dividers=(int(divider_a[b]), int(divider_b[b])),
-                artefact_ids=tuple(s for s, f in zip(ids, flagged[b], strict=True) if f),
-                started_at=start, submitted_at=end))
-        paths += _write_sessions(records, sessions, incoming_dir, "ranking", annotator)
-    return paths
+    """`simulate_ranking_rows` written as annotation files, one per session. Returns the files."""
+    def record(row) -> RankingAnnotation:
+        return RankingAnnotation(
+            submission_id=row.submission_id, annotator_id=row.annotator_id, batch_id=row.batch_id,
+            image_ids=tuple(row.image_ids), order=tuple(row.order), dividers=(int(row.divider_a),
+                                                                              int(row.divider_b)),
+            artefact_ids=tuple(row.artefact_ids), started_at=row.started_at.to_pydatetime(),
+            submitted_at=row.submitted_at.to_pydatetime())
+
+    return _write_sessions(_ranking_rows(tasks_ranking, reference, params, seed), record, incoming_dir, "ranking")
 
 
 def reference_like_cohort(n_scans: int = 300, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:

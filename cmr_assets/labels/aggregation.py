@@ -12,8 +12,18 @@ ranked slice on one latent axis that increases toward the apex. Every view of an
 implies a class from the two divider positions; an ordered-logit (cumulative logit) model
 ``P(class <= c | s) = sigmoid(slope * (cut_c - s))`` for c in {too_basal, lv} is fitted by maximum
 likelihood to all those implied classes at the images' latent scores, which turns the dividers into
-two cut points on the latent axis. Every image gets the model's class probabilities at its score
-and the hard label is their argmax.
+two cut points on the latent axis. How an image's label follows (``RANKING_METHODS``; compared on
+simulated campaigns in docs/methods.md, ``scripts/ranking_aggregation_experiment.py``):
+
+- ``score_cuts``: the ordered logit's class probabilities at the image's score, argmax (the first
+  method; it ignores the image's own divider votes and the score's standard error).
+- ``divider_majority``: the most frequent class its views' dividers imply, ties by ``score_cuts``.
+- ``dawid_skene``: the divider-implied classes weighted by each expert's confusion matrix, fitted
+  by EM (Dawid & Skene 1979) with one class prior for all images.
+- ``score_dawid_skene`` (default): Dawid-Skene whose per-image prior is the ordered logit at the
+  image's score, widened by the score's Laplace standard error (probit approximation
+  ``slope / sqrt(1 + pi slope^2 se^2 / 8)``): an image's own dividers decide where they are clear,
+  its place on the shared axis where they split. The posterior is the soft label (``p_*``).
 
 Artefacts (both strategies): a slice is ``artefact_excluded`` when more than half of its views
 flagged it (as the paper excluded artefact images); it keeps its row and its statistics, but its
@@ -25,7 +35,7 @@ with a warning naming ``source_file`` and ``line``; the rest is aggregated.
 
 Public API:
 - ``aggregate_single(raw_single, tasks_single) -> DataFrame`` columns ``SINGLE_COLUMNS``
-- ``aggregate_ranking(raw_ranking, slices, alpha=0.01) -> RankingAggregation``
+- ``aggregate_ranking(raw_ranking, slices, alpha=0.01, method="score_dawid_skene") -> RankingAggregation``
 - ``RankingAggregation(labels, cut_points, slope, fit)``; ``labels`` columns ``RANKING_COLUMNS``
 - ``fit_ordered_logit(scores, classes) -> (cut_points, slope)``,
   ``ordered_logit_probabilities(scores, cut_points, slope) -> (n, 3)``
@@ -52,6 +62,8 @@ SINGLE_COLUMNS = (
     "slice_id", "label", *PROBABILITY_COLUMNS, "n_votes", "n_views", "n_annotators",
     "n_artefact_flags", "artefact_excluded",
 )
+RANKING_METHODS = ("score_cuts", "divider_majority", "dawid_skene", "score_dawid_skene")
+DEFAULT_RANKING_METHOD = "score_dawid_skene"
 RANKING_COLUMNS = (
     "slice_id", "label", *PROBABILITY_COLUMNS, "latent_score", "score_se", "n_views", "n_annotators",
     "n_artefact_flags", "artefact_excluded",
@@ -138,10 +150,14 @@ def aggregate_single(raw_single: pd.DataFrame, tasks_single: pd.DataFrame) -> pd
 
 
 def ordered_logit_probabilities(
-    scores: np.ndarray, cut_points: tuple[float, float], slope: float
+    scores: np.ndarray, cut_points: tuple[float, float], slope: float, score_se: np.ndarray | None = None
 ) -> np.ndarray:
-    """Class probabilities (n, 3) of the cumulative-logit model at latent ``scores``."""
-    below = expit(slope * (np.asarray(cut_points)[None, :] - np.asarray(scores)[:, None]))  # P(y <= c)
+    """Class probabilities (n, 3) of the cumulative-logit model at latent ``scores``; with
+    ``score_se`` averaged over each score's normal uncertainty (probit approximation)."""
+    scores = np.asarray(scores, dtype=float)
+    slopes = np.full(len(scores), slope) if score_se is None else \
+        slope / np.sqrt(1.0 + np.pi * slope**2 * np.asarray(score_se, dtype=float) ** 2 / 8.0)
+    below = expit(slopes[:, None] * (np.asarray(cut_points)[None, :] - scores[:, None]))  # P(y <= c)
     return np.diff(np.column_stack([np.zeros(len(scores)), below, np.ones(len(scores))]), axis=1)
 
 
@@ -182,6 +198,55 @@ def fit_ordered_logit(scores: np.ndarray, classes: np.ndarray) -> tuple[tuple[fl
     return (cut_low, cut_low + float(np.exp(result.x[1]))), float(np.exp(result.x[2]))
 
 
+def dawid_skene(items: np.ndarray, raters: np.ndarray, classes: np.ndarray, prior: np.ndarray,
+                fit_prior: bool, n_iter: int = 50) -> np.ndarray:
+    """Posterior class probabilities (n_items, 3) of items rated by several raters (one row per
+    rating: item, rater, class), each rater with their own confusion matrix fitted by EM.
+
+    ``prior`` (n_items, 3) starts the EM; with ``fit_prior`` one class prior shared by every item is
+    re-estimated (classic Dawid-Skene), otherwise ``prior`` stays each item's own prior.
+    Items without a rating keep their prior."""
+    n_items = len(prior)
+    n_raters = int(raters.max()) + 1 if len(raters) else 0
+    log_prior = np.log(np.clip(prior, 1e-12, None))
+    posterior = prior.copy()
+    for _ in range(n_iter):
+        counts = np.full((n_raters, N_CLASSES, N_CLASSES), 0.5)  # add-half smoothing
+        np.add.at(counts, (raters, slice(None), classes), posterior[items])
+        log_confusion = np.log(counts / counts.sum(axis=2, keepdims=True))  # [rater, true, given]
+        if fit_prior:
+            log_prior = np.broadcast_to(np.log(posterior.mean(axis=0) + 1e-12), (n_items, N_CLASSES))
+        log_post = log_prior.copy()
+        np.add.at(log_post, items, log_confusion[raters, :, classes])
+        updated = np.exp(log_post - log_post.max(axis=1, keepdims=True))
+        updated /= updated.sum(axis=1, keepdims=True)
+        if np.abs(updated - posterior).max() < 1e-6:
+            return updated
+        posterior = updated
+    return posterior
+
+
+def _ranking_probabilities(method: str, fit: PlackettLuceFit, cut_points: tuple[float, float], slope: float,
+                           items: np.ndarray, raters: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Class probabilities (n_items, 3) of the ranked images by one of ``RANKING_METHODS``, from the
+    kept views (item, rater, divider-implied class) and the score model."""
+    at_score = ordered_logit_probabilities(fit.scores, cut_points, slope)
+    if method == "score_cuts":
+        return at_score
+    votes = np.zeros((len(at_score), N_CLASSES))
+    np.add.at(votes, (items, classes), 1.0)
+    n_votes = votes.sum(axis=1, keepdims=True)
+    majority = np.where(n_votes > 0, (votes + 1e-3 * at_score) / np.maximum(n_votes + 1e-3, 1e-12), at_score)
+    if method == "divider_majority":
+        return majority
+    if method == "dawid_skene":
+        return dawid_skene(items, raters, classes, majority, fit_prior=True)
+    if method == "score_dawid_skene":
+        widened = ordered_logit_probabilities(fit.scores, cut_points, slope, fit.standard_errors)
+        return dawid_skene(items, raters, classes, widened, fit_prior=False)
+    raise ValueError(f"unknown ranking aggregation method {method!r}; choose from {RANKING_METHODS}")
+
+
 def _valid_rankings(raw_ranking: pd.DataFrame, known_slices: pd.Index) -> pd.DataFrame:
     """Ranking records with 8 known distinct ids and ordered in-range dividers; others skipped."""
     orders = raw_ranking["order"].map(list)
@@ -195,10 +260,12 @@ def _valid_rankings(raw_ranking: pd.DataFrame, known_slices: pd.Index) -> pd.Dat
 
 
 def aggregate_ranking(
-    raw_ranking: pd.DataFrame, slices: pd.DataFrame, alpha: float = 0.01
+    raw_ranking: pd.DataFrame, slices: pd.DataFrame, alpha: float = 0.01, method: str = DEFAULT_RANKING_METHOD
 ) -> RankingAggregation:
-    """One row per ranked slice: latent score (Plackett-Luce), ordered-logit class probabilities
-    and label, views and artefact exclusion; plus the fitted cut points and slope."""
+    """One row per ranked slice: latent score (Plackett-Luce), class probabilities and label by
+    ``method`` (``RANKING_METHODS``), views and artefact exclusion; plus the fitted cut points and slope."""
+    if method not in RANKING_METHODS:
+        raise ValueError(f"unknown ranking aggregation method {method!r}; choose from {RANKING_METHODS}")
     known = pd.Index(slices["slice_id"])
     records = _valid_rankings(raw_ranking, known)
     if records.empty:
@@ -228,7 +295,9 @@ def aggregate_ranking(
 
     kept_views = ~excluded[items]
     cut_points, slope = fit_ordered_logit(fit.scores[items[kept_views]], view_class.ravel()[kept_views])
-    probabilities = ordered_logit_probabilities(fit.scores, cut_points, slope)
+    rater_codes = pd.factorize(annotators)[0]
+    probabilities = _ranking_probabilities(method, fit, cut_points, slope, items[kept_views],
+                                           rater_codes[kept_views], view_class.ravel()[kept_views])
     labels = pd.DataFrame(
         {
             "slice_id": item_ids.to_numpy(),

@@ -15,10 +15,13 @@ from dagster_duckdb import DuckDBResource
 from cmr_assets.app.accounts import known_annotator_ids
 from cmr_assets.classes import CLASS_NAMES
 from cmr_assets.duckdb_io import read_table, replace_table
-from cmr_assets.evaluation.plots import rank_score_distribution_png
+from cmr_assets.evaluation.plots import rank_score_distribution_png, strategy_sensitivity_png
 from cmr_assets.ingest.deid import load_or_create_key, scan_id_for
 from cmr_assets.ingest.slice_store import slice_id_for
 from cmr_assets.labelling.campaign import expert_hours_spent
+from cmr_assets.labelling.sensitivity import SensitivityGrid, break_even_summary
+from cmr_assets.labelling.sensitivity import strategy_sensitivity as sweep_strategy_sensitivity
+from cmr_assets.labelling.simulator import load_simulator_params, reference_like_cohort
 from cmr_assets.labels.aggregation import aggregate_ranking, aggregate_single
 from cmr_assets.labels.agreement import agreement_table
 from cmr_assets.labels.monotone import apply_monotone
@@ -145,7 +148,8 @@ def labels_single(context: dg.AssetExecutionContext, duckdb: DuckDBResource) -> 
 
 @dg.asset(group_name=GROUP, deps=["raw_annotations_ranking"], pool="duckdb", kinds={"duckdb"})
 def labels_ranking(context: dg.AssetExecutionContext, duckdb: DuckDBResource) -> dg.MaterializeResult:
-    """One label per slice from ranked batches: Plackett-Luce latent axis cut by an ordered logit."""
+    """One label per slice from ranked batches: a Plackett-Luce latent axis cut by an ordered logit
+    gives each image a prior, its own divider votes (Dawid-Skene weighted) the evidence."""
     with duckdb.get_connection() as con:
         _, raw_ranking = read_raw_annotations(con)
         slices = read_table(con, "slices", "slice_id, scan_id, slice_from_base, n_slices, position_mm")
@@ -241,6 +245,59 @@ def ranking_within_budget(duckdb: DuckDBResource) -> dg.AssetCheckResult:
     return _budget_check(duckdb, "raw_annotations_ranking", DEFAULT_HOURS_PER_ANNOTATOR)
 
 
-labels_assets = [reference_labels, raw_annotations, labels_single, labels_ranking, observer_agreement]
+class SensitivityConfig(dg.Config):
+    """The swept side-by-side assumptions (`labelling/sensitivity.py`); `params_file`: simulator
+    parameters from `cmr-assets calibrate-experts` (else `$CMR_SIMULATOR_PARAMS`, else the defaults)."""
+
+    n_noise: int = 4
+    n_share: int = 3
+    n_seconds: int = 4
+    seed: int = 0
+    params_file: str = ""
+
+
+@dg.asset(group_name=GROUP, deps=["slices", "reference_labels"], kinds={"python"})
+def strategy_sensitivity(context: dg.AssetExecutionContext, config: SensitivityConfig,
+                         data_paths: DataPathsResource, duckdb: DuckDBResource) -> dg.MaterializeResult:
+    """Both strategies' label accuracy at equal expert-hours across the side-by-side perception
+    assumptions and the time per ranked batch: where the comparison's answer would flip.
+
+    Runs on the cohort's geometry and synthetic truth; without one (a real cohort with a CSV
+    reference, which has no continuous position) on a stand-in cohort of as many scans.
+    """
+    with duckdb.get_connection() as con:
+        slices = read_table(con, "slices", "slice_id, scan_id, slice_from_base, n_slices")
+        reference = read_table(con, "reference_labels", "slice_id, label, position01, artefact")
+    covered = len(slices) and len(reference) and reference["position01"].notna().all() and \
+        slices["slice_id"].isin(reference["slice_id"]).all()
+    if covered:
+        cohort = "synthetic truth of the ingested cohort"
+    else:
+        slices, reference = reference_like_cohort(max(slices["scan_id"].nunique() if len(slices) else 0, 30),
+                                                  seed=config.seed)
+        cohort = "stand-in cohort (reference_like_cohort)"
+    params = load_simulator_params(config.params_file)
+    grid = SensitivityGrid.spanning(params, config.n_noise, config.n_share, config.n_seconds)
+    frame = sweep_strategy_sensitivity(slices, reference, params, grid, config.seed)
+    summary = {"cohort": cohort, "images": len(slices), "hours_per_expert": params.hours_per_expert,
+               "seed": config.seed, **break_even_summary(frame)}
+    reports = data_paths.paths().reports
+    reports.mkdir(parents=True, exist_ok=True)
+    (reports / "strategy_sensitivity.json").write_text(json.dumps(
+        {**summary, "rows": frame.to_dict(orient="records")}, indent=2), encoding="utf-8")
+    png = strategy_sensitivity_png(frame, (params.side_by_side_noise_sd, params.side_by_side_impression_share,
+                                           params.divider_impression_share),
+                                   path=reports / "strategy_sensitivity.png")
+    context.log.info(f"strategy_sensitivity: ranking ahead in {summary['ranking_ahead']} of "
+                     f"{summary['perception_settings']} perception settings; break-even batch time "
+                     f"{summary['break_even_seconds_per_batch']}")
+    return dg.MaterializeResult(metadata={
+        "summary": dg.MetadataValue.json(summary), "break_even": picture(png, "strategy sensitivity"),
+        "table": table(frame.round(4), max_rows=len(frame)),
+        "report": dg.MetadataValue.path(str(reports / "strategy_sensitivity.json"))})
+
+
+labels_assets = [reference_labels, raw_annotations, labels_single, labels_ranking, observer_agreement,
+                 strategy_sensitivity]
 labels_checks = [every_image_ranked_three_times, labels_single_sane, labels_ranking_sane, single_within_budget,
                  ranking_within_budget]

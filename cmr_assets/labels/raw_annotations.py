@@ -24,6 +24,8 @@ Public API:
 - `ensure_annotation_tables(con)`: create the four tables if missing (schemas below).
 - `read_raw_annotations(con) -> (single, ranking)`: the raw tables as DataFrames, list columns as
   Python lists, timestamps tz-aware UTC; what aggregation consumes.
+- `annotation_file_rows(paths) -> (single, ranking)`: the same rows straight from annotation files,
+  checked against the format only (no campaign, no database): what `calibrate-experts` reads.
 
 Tables (column `order` is an SQL keyword: quote it as "order"):
 - raw_annotations_single(submission_id, annotator_id, task_id, slice_id, label, artefact,
@@ -169,6 +171,18 @@ def _ranking_frame(records: list[ParsedRecord], source_file: str) -> pd.DataFram
         "source_file": pd.Series([source_file] * len(rows), dtype=object),
         "line": pd.Series([line for _, line in rows], dtype="int64"),
     })
+
+
+def annotation_file_rows(paths: Iterable[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(single, ranking) rows of every valid record in `paths` (format checks only; rejected lines
+    are left out), with the columns of the raw tables."""
+    single, ranking = [], []
+    for path in paths:
+        records = parse_annotation_bytes(read_annotation_bytes(path)).records
+        single.append(_single_frame(records, path.name))
+        ranking.append(_ranking_frame(records, path.name))
+    return (pd.concat(single, ignore_index=True) if single else _single_frame([], ""),
+            pd.concat(ranking, ignore_index=True) if ranking else _ranking_frame([], ""))
 
 
 def _insert(con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame, columns: list[str]) -> None:

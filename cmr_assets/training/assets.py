@@ -41,7 +41,7 @@ from cmr_assets.training.dataset import (
 from cmr_assets.training.fitting import fit_classifier
 from cmr_assets.training.packaging import input_example, predict_slices
 from cmr_assets.training.provenance import provenance_tags
-from cmr_assets.training.split import class_mix_from_labels, split_new_scans_by_study
+from cmr_assets.training.split import class_mix_from_labels, split_group_of_scan, split_new_scans_by_group
 
 GROUP = "training"
 # Wall-clock safety limit per model: far above a normal run (CPU ~4 min, GPU seconds), so under load
@@ -63,7 +63,7 @@ class SplitConfig(dg.Config):
 def dataset_split(context: dg.AssetExecutionContext, config: SplitConfig,
                   duckdb: DuckDBResource) -> dg.MaterializeResult:
     """Scans to train/val/test, stratified by class mix; new scans are added, old ones keep their split;
-    all scans of one study (e.g. a repeated short-axis cine) share one split.
+    all scans of one patient (`scans.patient_group`, else one study) share one split.
 
     Strata come from the ranking labels (never from the reference), so the split is the same for both
     models. A scan with no ranking label yet waits: it is assigned once its first labels arrive (its
@@ -73,7 +73,7 @@ def dataset_split(context: dg.AssetExecutionContext, config: SplitConfig,
         slices = read_table(con, "slices", "slice_id, scan_id")
         labels = read_table(con, "labels_ranking", "slice_id, label")
         existing = read_table(con, "dataset_split")
-        studies = read_table(con, "scans", "scan_id, study_key")
+        scans = read_table(con, "scans")
         unassigned = set(slices["scan_id"]) - set(existing.get("scan_id", []))
         labelled = slices.merge(labels.dropna(subset=["label"]), on="slice_id") if len(labels) else \
             slices.iloc[0:0].assign(label=pd.Series(dtype=object))
@@ -82,9 +82,8 @@ def dataset_split(context: dg.AssetExecutionContext, config: SplitConfig,
         if new_scans:
             labelled = labelled.assign(label=labelled["label"].map({n: i for i, n in enumerate(CLASS_NAMES)}))
             mix = class_mix_from_labels(labelled[labelled["scan_id"].isin(new_scans)])
-            study_of_scan = studies.set_index("scan_id")["study_key"] if len(studies) else pd.Series(dtype=object)
-            assigned = split_new_scans_by_study(mix, study_of_scan, existing, (config.train, config.val, config.test),
-                                                config.seed)
+            assigned = split_new_scans_by_group(mix, split_group_of_scan(scans), existing,
+                                                (config.train, config.val, config.test), config.seed)
             append_rows(con, "dataset_split", assigned)
         split = read_table(con, "dataset_split")
     counts = split.groupby("split").size() if len(split) else pd.Series(dtype=int)

@@ -1,4 +1,4 @@
-"""Patient-level (scan-level) train/val/test split, stratified by each scan's class mix.
+"""Patient-level train/val/test split, stratified by each scan's class mix.
 
 Why by scan: slices of one scan are strongly correlated, so a slice-level split would leak a
 patient's anatomy from training into test and inflate every metric. Why stratified: scans differ in
@@ -16,8 +16,11 @@ fraction gets at least one scan when there are enough scans).
 Public API:
 - ``SPLITS = ("train", "val", "test")``
 - ``split_by_scan(scan_class_mix, fractions=(0.6, 0.2, 0.2), seed=0) -> DataFrame(scan_id, split)``
-- ``split_new_scans_by_study(scan_class_mix, study_of_scan, existing, fractions, seed)``: the same,
-  with every scan of one study (a repeated cine of one patient) in the split of its study.
+- ``split_group_of_scan(scans) -> Series``: each scan's split unit from the ``scans`` table: its
+  ``patient_group`` (keyed hash of the PatientID), else its ``study_key``, else the scan itself;
+  tables from before either column still work.
+- ``split_new_scans_by_group(scan_class_mix, group_of_scan, existing, fractions, seed)``: the same
+  as ``split_by_scan``, with every scan of one group (one patient) in the split of its group.
 - ``class_mix_from_labels(labels) -> DataFrame(scan_id, too_basal, lv, too_apical)``: per-scan
   counts from a slice-level label table (columns ``scan_id``, ``label``), the usual input of
   ``split_by_scan``.
@@ -123,30 +126,43 @@ def split_by_scan(
     return pd.DataFrame({"scan_id": mix["scan_id"].to_numpy(), "split": split_of})
 
 
-def _studies(scan_ids: pd.Series, study_of_scan: pd.Series) -> np.ndarray:
-    """The study key of each scan; a scan without one is its own study."""
-    study = scan_ids.map(study_of_scan).fillna("").astype(str)
-    return study.where(study != "", "scan:" + scan_ids.astype(str)).to_numpy()
+def split_group_of_scan(scans: pd.DataFrame) -> pd.Series:
+    """scan_id -> split unit: patient group, else study key, else None (the scan is its own unit)."""
+    if scans.empty:
+        return pd.Series(dtype=object)
+    group = pd.Series(None, index=scans["scan_id"].to_numpy(), dtype=object)
+    for column in ("study_key", "patient_group"):  # later columns take precedence where present
+        if column in scans.columns:
+            values = scans[column].to_numpy(dtype=object)
+            present = pd.notna(values) & (values != "")
+            group[present] = values[present]
+    return group.astype(object).where(group.notna(), None)
 
 
-def split_new_scans_by_study(scan_class_mix: pd.DataFrame, study_of_scan: pd.Series, existing: pd.DataFrame,
+def _groups(scan_ids: pd.Series, group_of_scan: pd.Series) -> np.ndarray:
+    """The group of each scan; a scan without one is its own group."""
+    group = scan_ids.map(group_of_scan).fillna("").astype(str)
+    return group.where(group != "", "scan:" + scan_ids.astype(str)).to_numpy()
+
+
+def split_new_scans_by_group(scan_class_mix: pd.DataFrame, group_of_scan: pd.Series, existing: pd.DataFrame,
                              fractions: Sequence[float] = (0.6, 0.2, 0.2), seed: int = 0) -> pd.DataFrame:
-    """Assign new scans so that all scans of one study share a split (no patient on both sides).
+    """Assign new scans so that all scans of one group (patient) share a split (no patient on both sides).
 
-    ``study_of_scan`` maps scan_id -> study key (missing or empty: the scan is its own study);
+    ``group_of_scan`` maps scan_id -> group (missing or empty: the scan is its own group);
     ``existing`` holds earlier assignments (scan_id, split), which never change. A new scan of a
-    study that already has a split follows it; the remaining studies are split as units by
+    group that already has a split follows it; the remaining groups are split as units by
     ``split_by_scan`` on their summed class mix. Returns ``DataFrame(scan_id, split)`` for the scans
     of ``scan_class_mix``, sorted by scan_id.
     """
     mix = _validated_mix(scan_class_mix)
-    mix = mix.assign(study=_studies(mix["scan_id"], study_of_scan))
-    known = existing.assign(study=_studies(existing["scan_id"], study_of_scan)) if len(existing) else \
-        pd.DataFrame(columns=["scan_id", "split", "study"])
-    study_split = known.drop_duplicates("study").set_index("study")["split"]
-    follows = mix["study"].isin(study_split.index)
-    fresh = mix[~follows].groupby("study", as_index=False)[list(CLASS_NAMES)].sum()
-    by_study = split_by_scan(fresh.rename(columns={"study": "scan_id"}), fractions, seed)
-    study_split = pd.concat([study_split, by_study.set_index("scan_id")["split"]])
-    out = pd.DataFrame({"scan_id": mix["scan_id"], "split": mix["study"].map(study_split).to_numpy()})
+    mix = mix.assign(group=_groups(mix["scan_id"], group_of_scan))
+    known = existing.assign(group=_groups(existing["scan_id"], group_of_scan)) if len(existing) else \
+        pd.DataFrame(columns=["scan_id", "split", "group"])
+    group_split = known.drop_duplicates("group").set_index("group")["split"]
+    follows = mix["group"].isin(group_split.index)
+    fresh = mix[~follows].groupby("group", as_index=False)[list(CLASS_NAMES)].sum()
+    by_group = split_by_scan(fresh.rename(columns={"group": "scan_id"}), fractions, seed)
+    group_split = pd.concat([group_split, by_group.set_index("scan_id")["split"]])
+    out = pd.DataFrame({"scan_id": mix["scan_id"], "split": mix["group"].map(group_split).to_numpy()})
     return out.sort_values("scan_id", ignore_index=True)

@@ -194,8 +194,8 @@ def test_a_database_from_before_study_key_gets_the_column(tmp_path: Path, data_p
     write_series(tmp_path / "src", SeriesSpec())
     report, _ = _ingest(tmp_path / "src", data_paths)
     assert report.scans_new == 1
-    rows = _table(data_paths, "SELECT scan_id, study_key FROM scans ORDER BY scan_id = 'old'")
-    assert rows[1] == ("old", None) and len(rows[0][1]) == 16
+    rows = _table(data_paths, "SELECT scan_id, study_key, patient_group FROM scans ORDER BY scan_id = 'old'")
+    assert rows[1] == ("old", None, None) and len(rows[0][1]) == 16 and len(rows[0][2]) == 16
 
 
 def test_every_slice_of_a_scan_carries_the_scan_heart_crop(tmp_path: Path, data_paths: DataPaths) -> None:

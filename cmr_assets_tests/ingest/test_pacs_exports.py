@@ -11,6 +11,7 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import pandas as pd
 import pydicom
 import pytest
 from libjpeg import decode as libjpeg_decode
@@ -35,6 +36,7 @@ from cmr_assets.ingest.pacs_testdata import (
     write_study,
 )
 from cmr_assets.settings import DataPaths
+from cmr_assets.training.split import split_group_of_scan, split_new_scans_by_group
 from cmr_assets_tests.conftest import SUNNYBROOK, SeriesSpec, write_series
 
 PATIENT = "SCD0000201"  # 13 positions; SliceLocation increases base -> apex here
@@ -234,6 +236,35 @@ def test_two_stacks_sharing_one_uid_become_two_scans(tmp_path: Path) -> None:
     assert study_uid not in rows[0][1]
     again = ingest_folder(tmp_path / "src", paths, paths.duckdb, workers=1, log=lambda _: None)
     assert (again.scans_new, again.scans_skipped_existing) == (0, 2)
+
+
+def test_two_series_of_one_patient_share_a_group_and_a_split(tmp_path: Path) -> None:
+    """Two studies of one patient (different StudyInstanceUIDs, same PatientID) plus other patients:
+    the scans table holds one keyed patient group for both (never the PatientID) and the split keeps
+    them on one side."""
+    for k in range(8):
+        patient = "PAT-0001" if k < 2 else f"PAT-{k:04d}"
+        files = write_series(tmp_path / "src" / f"s{k}", SeriesSpec(series_uid=f"1.2.826.0.1.9{k}",
+                                                                    n_positions=4 + k % 3))
+        for path in files:
+            ds = pydicom.dcmread(path)
+            ds.PatientID, ds.StudyInstanceUID = patient, f"1.2.826.0.2.{k}"
+            ds.save_as(path)
+    paths = DataPaths(tmp_path / "data").ensure()
+    ingest_folder(tmp_path / "src", paths, paths.duckdb, workers=1, log=lambda _: None)
+    with duckdb.connect(str(paths.duckdb), read_only=True) as con:
+        scans = con.execute("SELECT * FROM scans").df()
+    key = load_or_create_key(paths.secret)
+    pair = scans[scans["scan_id"].isin([scan_id_for(f"1.2.826.0.1.9{k}", key) for k in (0, 1)])]
+    assert len(pair) == 2 and pair["patient_group"].nunique() == 1 and pair["study_key"].nunique() == 2
+    assert scans["patient_group"].nunique() == 7
+    assert not scans.astype(str).apply(lambda column: column.str.contains("PAT-")).any().any()
+    groups = split_group_of_scan(scans)
+    mix = pd.DataFrame({"scan_id": scans["scan_id"], "too_basal": 1, "lv": 3, "too_apical": 1})
+    for seed in range(10):  # whatever the shuffle, the patient's two series land on one side
+        split = split_new_scans_by_group(mix, groups, pd.DataFrame(columns=["scan_id", "split"]), seed=seed)
+        assert split[split["scan_id"].isin(pair["scan_id"])]["split"].nunique() == 1
+    assert set(split["split"]) == {"train", "val", "test"}
 
 
 def test_filter_gives_the_same_positions_for_every_variant(original: Path, tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from cmr_assets.labelling.campaign import (
     design_single_tasks,
     expert_hours_spent,
     ranking_design_summary,
+    ranking_rounds_for_budget,
 )
 from cmr_assets.labelling.simulator import reference_like_cohort
 
@@ -155,3 +156,35 @@ def test_adaptive_batches_spend_views_on_uncertain_images():
     # the 20 uncertain images fill the 5 x 4 uncertain places; the rest are anchors along the axis
     assert [len(uncertain_ids & set(ids)) for ids in batches["slice_ids"]] == [4] * 5
     assert uncertain_ids == set(batches["slice_ids"].explode()) & uncertain_ids
+
+
+def test_time_left_buys_further_votes_from_other_experts(cohort) -> None:
+    slices, _ = cohort
+    plain = design_single_tasks(slices["slice_id"], ROSTER, seed=4)
+    tasks = design_single_tasks(slices["slice_id"], ROSTER, seed=4, extra_vote_rounds=2)
+    required = tasks[tasks["kind"] != "extra_vote"]
+    assert required.groupby("kind").size().to_dict() == plain.groupby("kind").size().to_dict()
+    extra = tasks[tasks["kind"] == "extra_vote"]
+    inter = set(tasks.loc[tasks["kind"] == "inter_repeat", "slice_id"])
+    assert len(extra) == 2 * (len(slices) - len(inter)) and not inter & set(extra["slice_id"])
+    # every image ends with one vote per expert, never two from one expert outside the intra repeats
+    looks = tasks[tasks["kind"] != "intra_repeat"].groupby("slice_id")["annotator_id"]
+    assert looks.nunique().eq(3).all() and looks.size().eq(3).all()
+    for _, queue in tasks.sort_values("task_id").groupby("annotator_id"):
+        kinds = queue["kind"].to_numpy()
+        assert (kinds[: (kinds != "extra_vote").sum()] != "extra_vote").all()  # required work comes first
+        primary_of = tasks[tasks["kind"] == "primary"].set_index("slice_id")["annotator_id"]
+        shifts = [(int(o.rsplit("-", 1)[1]) - int(a.rsplit("-", 1)[1])) % 3 for o, a in
+                  zip(queue.loc[queue["kind"] == "extra_vote", "slice_id"].map(primary_of),
+                      queue.loc[queue["kind"] == "extra_vote", "annotator_id"], strict=True)]
+        assert shifts == sorted(shifts, reverse=True)  # the next expert's images first, then the one after
+    with pytest.raises(ValueError, match="extra_vote_rounds"):
+        design_single_tasks(slices["slice_id"], ROSTER, extra_vote_rounds=3)
+
+
+def test_ranking_rounds_fill_the_budget() -> None:
+    # 3,440 images: 430 batches a round; 3 experts x 5 h at 36 s buy 1,500 batches, 3.5 rounds
+    assert ranking_rounds_for_budget(3440, 3, 5.0, 36.0) == 4
+    assert ranking_rounds_for_budget(3440, 3, 0.5, 36.0) == 3  # never fewer than min_views
+    assert ranking_rounds_for_budget(3440, 3, 10.0, 36.0, min_views=2) == 7
+    assert ranking_rounds_for_budget(72, 3, 5.0, 36.0) == 10  # a tiny cohort: capped, not 167 rounds

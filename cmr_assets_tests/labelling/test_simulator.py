@@ -24,9 +24,12 @@ from cmr_assets.labelling.simulator import (
     SimulatorParams,
     fit_class_boundaries,
     reference_like_cohort,
+    simulate_campaign_rows,
     simulate_ranking_campaign,
     simulate_single_campaign,
+    simulate_single_rows,
 )
+from cmr_assets.labels.aggregation import aggregate_ranking, aggregate_single
 
 ROSTER = annotator_ids(3)
 
@@ -71,7 +74,7 @@ def test_side_by_side_judgement_is_less_noisy_than_alone() -> None:
     rng = np.random.default_rng(0)
     images = np.arange(len(reference))
     alone = panel.perceive_alone(images % 3, images, rng) - panel.position01
-    together = panel.perceive_side_by_side(images, rng) - panel.position01
+    together = panel.perceive_side_by_side(images % 3, images, rng)[0] - panel.position01
     assert together.std() < 0.8 * alone.std()
 
 
@@ -159,3 +162,41 @@ def test_more_annotators_than_simulated_experts_is_an_error(cohort, tmp_path: Pa
     tasks = design_single_tasks(slices["slice_id"].head(40), annotator_ids(4), seed=0)
     with pytest.raises(ValueError, match="4 annotators"):
         simulate_single_campaign(tasks, reference, SimulatorParams(), tmp_path)
+
+
+def test_rows_are_the_files_content_and_a_smaller_budget_is_a_prefix(cohort, tmp_path: Path) -> None:
+    slices, reference = cohort
+    tasks_single = design_single_tasks(slices["slice_id"], ROSTER, seed=0)
+    tasks_ranking = design_ranking_batches(slices, ROSTER, seed=0)
+    full = simulate_campaign_rows(tasks_single, tasks_ranking, reference, SimulatorParams(), seed=3)
+    files = read_records(simulate_ranking_campaign(tasks_ranking, reference, SimulatorParams(), tmp_path, seed=3))
+    by_id = files.set_index("submission_id")
+    assert set(by_id.index) == set(full.ranking["submission_id"])
+    ranked = full.ranking.set_index("submission_id")
+    assert (by_id.loc[ranked.index, "order"].tolist() == ranked["order"].tolist())
+    assert by_id.loc[ranked.index, "dividers"].tolist() == ranked[["divider_a", "divider_b"]].to_numpy().tolist()
+
+    short = simulate_campaign_rows(tasks_single, tasks_ranking, reference,
+                                   replace(SimulatorParams(), hours_per_expert=1.0), seed=3)
+    for strategy in ("single", "ranking"):
+        small, large = getattr(short, strategy), getattr(full, strategy)
+        hours = (small["submitted_at"] - small["started_at"]).dt.total_seconds().groupby(small["annotator_id"]).sum()
+        assert (hours <= 3600).all() and (hours > 3500).all()
+        for annotator, rows in small.groupby("annotator_id"):
+            prefix = large[large["annotator_id"] == annotator].head(len(rows))
+            pd.testing.assert_frame_equal(rows.reset_index(drop=True), prefix.reset_index(drop=True))
+    # the rows go straight into aggregation
+    assert aggregate_single(short.single, tasks_single)["label"].notna().sum() > 850  # ~3 x 327 looks
+    assert aggregate_ranking(short.ranking, slices).labels["label"].notna().sum() > 900
+
+
+def test_with_extra_votes_single_labelling_spends_the_whole_budget(cohort) -> None:
+    slices, reference = cohort
+    params = SimulatorParams()
+    tasks = design_single_tasks(slices["slice_id"], ROSTER, seed=0, extra_vote_rounds=2)
+    rows = simulate_single_rows(tasks, reference, params, seed=0)
+    hours = (rows["submitted_at"] - rows["started_at"]).dt.total_seconds().groupby(rows["annotator_id"]).sum() / 3600
+    assert (hours <= params.hours_per_expert).all() and (hours > params.hours_per_expert - 0.01).all()
+    kinds = rows["task_id"].map(tasks.set_index("task_id")["kind"])
+    assert set(tasks.loc[tasks["kind"] != "extra_vote", "task_id"]) <= set(rows["task_id"])  # required first
+    assert (kinds == "extra_vote").sum() > 500  # the time left bought further votes

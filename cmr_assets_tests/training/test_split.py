@@ -79,18 +79,29 @@ def test_class_mix_from_slice_labels() -> None:
 
 
 def test_scans_of_one_study_share_a_split_and_new_ones_follow_it():
-    from cmr_assets.training.split import split_new_scans_by_study
+    from cmr_assets.training.split import split_new_scans_by_group
 
     scans = [f"s{k:02d}" for k in range(30)]
     mix = pd.DataFrame({"scan_id": scans, "too_basal": 1, "lv": [8 + k % 3 for k in range(30)], "too_apical": 1})
     study = pd.Series({s: f"study{k // 2}" for k, s in enumerate(scans)})  # two cines per study
     study["s29"] = None  # no study key: its own study
-    first = split_new_scans_by_study(mix[mix["scan_id"] < "s20"], study, pd.DataFrame(columns=["scan_id", "split"]))
+    first = split_new_scans_by_group(mix[mix["scan_id"] < "s20"], study, pd.DataFrame(columns=["scan_id", "split"]))
     assert first.groupby(first["scan_id"].map(study))["split"].nunique().max() == 1
     assert set(first["split"]) == {"train", "val", "test"}
-    later = split_new_scans_by_study(mix[mix["scan_id"] >= "s20"], study, first)
+    later = split_new_scans_by_group(mix[mix["scan_id"] >= "s20"], study, first)
     assert later.groupby(later["scan_id"].map(study).fillna("own"))["split"].nunique().max() == 1
     # a scan whose study already has a split follows it
     extra = pd.DataFrame({"scan_id": ["s99"], "too_basal": [1], "lv": [9], "too_apical": [1]})
-    follow = split_new_scans_by_study(extra, pd.concat([study, pd.Series({"s99": "study3"})]), first)
+    follow = split_new_scans_by_group(extra, pd.concat([study, pd.Series({"s99": "study3"})]), first)
     assert follow["split"].iloc[0] == first.set_index("scan_id").loc["s06", "split"]
+
+
+def test_split_group_is_the_patient_then_the_study_then_the_scan():
+    from cmr_assets.training.split import split_group_of_scan
+
+    scans = pd.DataFrame({"scan_id": ["a", "b", "c", "d"], "study_key": ["st1", "st2", None, None],
+                          "patient_group": ["p1", None, "", None]})
+    assert split_group_of_scan(scans).to_dict() == {"a": "p1", "b": "st2", "c": None, "d": None}
+    old = scans[["scan_id", "study_key"]]  # a database from before patient_group
+    assert split_group_of_scan(old).to_dict() == {"a": "st1", "b": "st2", "c": None, "d": None}
+    assert split_group_of_scan(scans[["scan_id"]]).isna().all()
