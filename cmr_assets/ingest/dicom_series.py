@@ -349,15 +349,49 @@ def _tag_and_vr(keyword: str) -> tuple[int, str]:
     return tag, dictionary_VR(tag)
 
 
-def _values(ds: pydicom.Dataset, keyword: str) -> list | None:
+def _element(ds: pydicom.Dataset | dict, keyword: str) -> tuple[int, str, object]:
+    """(tag, dictionary VR, element or None) from a pydicom data set or a header scan's raw elements."""
+    tag, dictionary_vr = _tag_and_vr(keyword)
+    return tag, dictionary_vr, ds.get(tag) if isinstance(ds, dict) else ds.get_item(tag)
+
+
+def _has(ds: pydicom.Dataset | dict, keyword: str) -> bool:
+    return _tag_and_vr(keyword)[0] in ds
+
+
+def _element_value(ds: pydicom.Dataset | dict, keyword: str) -> object:
+    """The element's value as pydicom converts it (None when absent)."""
+    tag, _vr, elem = _element(ds, keyword)
+    if elem is None:
+        return None
+    if not isinstance(ds, dict):
+        return ds[tag].value
+    charset = ds.get(_CHARSET_TAG)
+    return _converted(elem.tag, elem.VR, elem.value, elem.is_implicit_VR, charset.value if charset else None)
+
+
+_CHARSET_TAG = 0x00080005
+
+
+@lru_cache(maxsize=1024)
+def _converted(tag: int, vr: str | None, value: bytes, implicit: bool, charset: bytes | None) -> object:
+    """pydicom's conversion of one raw element (cached: the elements that need it repeat along a series)."""
+    elements = {tag: RawDataElement(Tag(tag), vr, len(value), value, 0, implicit, True)}
+    if charset is not None:
+        elements[_CHARSET_TAG] = RawDataElement(Tag(_CHARSET_TAG), None if implicit else "CS", len(charset),
+                                                charset, 0, implicit, True)
+    return pydicom.Dataset(elements)[tag].value
+
+
+def _values(ds: pydicom.Dataset | dict, keyword: str) -> list | None:
     """The element's values, or None when absent or empty.
 
-    Fast path: a numeric-string, code-string or UID element still in its raw (unconverted) form is
+    `ds` is a pydicom data set, or the header scan's raw elements by tag (`_scan_header`). Fast
+    path: a numeric-string, code-string or UID element still in its raw (unconverted) form is
     split from its ASCII bytes, which skips pydicom's per-element conversion (character set look-up,
     value objects): that conversion was half of the header pass. Anything else goes through pydicom.
     """
-    tag, dictionary_vr = _tag_and_vr(keyword)
-    elem = ds.get_item(tag)
+    tag, dictionary_vr, elem = _element(ds, keyword)
     if elem is None:
         return None
     value = elem.value
@@ -368,7 +402,7 @@ def _values(ds: pydicom.Dataset, keyword: str) -> list | None:
             return [part.strip("\x00 ") for part in text.split("\\")] if text else None
         if vr == "US" and value and len(value) % 2 == 0 and isinstance(elem, RawDataElement):
             return list(struct.unpack(f"{'<' if elem.is_little_endian else '>'}{len(value) // 2}H", value))
-    value = ds[tag].value
+    value = _element_value(ds, keyword)
     if value is None or value == "":
         return None
     return list(value) if isinstance(value, list | tuple | pydicom.multival.MultiValue) else [value]
@@ -462,7 +496,7 @@ def _native_location(ds: pydicom.Dataset, header: DicomHeader, transfer_syntax: 
     """A `PixelLocation` when the fast native decode gives exactly what pydicom's would, else None."""
     if where is None or transfer_syntax not in _NATIVE_SYNTAXES or header.frame is not None:
         return None
-    if "ModalityLUTSequence" in ds or _text(ds, "PhotometricInterpretation") not in ("MONOCHROME1", "MONOCHROME2"):
+    if _has(ds, "ModalityLUTSequence") or _text(ds, "PhotometricInterpretation") not in ("MONOCHROME1", "MONOCHROME2"):
         return None
     allocated, stored = _optional_int(ds, "BitsAllocated"), _optional_int(ds, "BitsStored")
     representation = _optional_int(ds, "PixelRepresentation")
@@ -493,21 +527,30 @@ def _optional_int(ds: pydicom.Dataset, keyword: str) -> int | None:
         return None
 
 
-def _header_from_dataset(relative: str, ds: pydicom.Dataset,
+def _single_frame_rescale(ds: pydicom.Dataset | dict) -> tuple[float, float] | None:
+    """(RescaleSlope, RescaleIntercept) when both are present, as pydicom's `apply_rescale` wants them."""
+    slope, intercept = _optional_float(ds, "RescaleSlope"), _optional_float(ds, "RescaleIntercept")
+    return _shared_pair(slope, intercept) if slope is not None and intercept is not None else None
+
+
+def _header_from_dataset(relative: str, ds: pydicom.Dataset | dict,
                          transfer_syntax: UID) -> list[DicomHeader] | Rejection:
-    """One `DicomHeader` per image of the file (one per frame of a multi-frame file), or why none."""
-    meta = getattr(ds, "file_meta", None)
-    if (meta is not None and meta.get("MediaStorageSOPClassUID") == MEDIA_STORAGE_DIRECTORY) \
-            or "DirectoryRecordSequence" in ds:
+    """One `DicomHeader` per image of the file (one per frame of a multi-frame file), or why none.
+
+    `ds` is a pydicom data set, or the header scan's raw elements (file meta included) by tag.
+    """
+    meta = ds if isinstance(ds, dict) else getattr(ds, "file_meta", None)
+    if (meta is not None and _text(meta, "MediaStorageSOPClassUID") == MEDIA_STORAGE_DIRECTORY) \
+            or _has(ds, "DirectoryRecordSequence"):
         return Rejection(relative, REJECT_NOT_IMAGE, "DICOMDIR (media index; files are found by content)")
     series_uid, sop_uid = _text(ds, "SeriesInstanceUID"), _text(ds, "SOPInstanceUID")
     if not series_uid or not sop_uid:
         return Rejection(relative, REJECT_NOT_IMAGE, "no SeriesInstanceUID/SOPInstanceUID (e.g. DICOMDIR)")
-    if "Rows" not in ds or "Columns" not in ds:
+    if not _has(ds, "Rows") or not _has(ds, "Columns"):
         return Rejection(relative, REJECT_NO_PIXELS, "no Rows/Columns")
     if (_optional_int(ds, "SamplesPerPixel") or 1) != 1:
         return Rejection(relative, REJECT_UNSUPPORTED_IMAGE, "not a greyscale image")
-    model = ds.get("ManufacturerModelName")
+    model = _element_value(ds, "ManufacturerModelName")
     study_uid = _text(ds, "StudyInstanceUID")
     header = DicomHeader(
         path=relative,
@@ -527,14 +570,13 @@ def _header_from_dataset(relative: str, ds: pydicom.Dataset,
         manufacturer_model=sys.intern(str(model)) if model else None,
         series_number=_optional_int(ds, "SeriesNumber"),
         study_uid=sys.intern(study_uid) if study_uid else None,
+        rescale=_single_frame_rescale(ds),
+        monochrome1=_text(ds, "PhotometricInterpretation") == "MONOCHROME1",
     )
     frames = _optional_int(ds, "NumberOfFrames")
     if frames is None or frames <= 1:
-        slope, intercept = _optional_float(ds, "RescaleSlope"), _optional_float(ds, "RescaleIntercept")
-        both = slope is not None and intercept is not None  # as pydicom's apply_rescale
-        return [replace(header, rescale=_shared_pair(slope, intercept) if both else None,
-                        monochrome1=_text(ds, "PhotometricInterpretation") == "MONOCHROME1")]
-    if "PerFrameFunctionalGroupsSequence" not in ds:
+        return [header]
+    if not _has(ds, "PerFrameFunctionalGroupsSequence"):
         return Rejection(relative, REJECT_UNSUPPORTED_IMAGE,
                          f"multi-frame file ({frames} frames) without per-frame functional groups")
     return _frame_headers(header, ds, frames)
@@ -668,16 +710,20 @@ class _ScanGaveUp(Exception):
     """The fast header scan met something it leaves to pydicom."""
 
 
-def _walk_elements(buf: bytes, pos: int, implicit: bool, collect: dict | None) -> tuple[int, int | None]:
+def _walk_elements(buf: bytes, pos: int, implicit: bool, collect: dict | None,
+                   file_meta: bool = False) -> tuple[int, int | None]:
     """Walk little-endian data elements from `pos`: at top level (`collect` given) until a pixel data
     tag, returning (its offset, tag); inside an item until the item delimiter, returning (the offset
-    after it, None). Wanted top-level elements go into `collect` as raw (unconverted) elements."""
+    after it, None). Wanted top-level elements go into `collect` as raw (unconverted) elements.
+    With `file_meta`, walk group 0x0002 (all of it collected) and stop where the data set begins."""
     size = len(buf)
     while True:
         if pos + 8 > size:
             raise _ScanGaveUp("header longer than the scanned bytes")
         group, element = struct.unpack_from("<HH", buf, pos)
         tag = group << 16 | element
+        if file_meta and group != 2:
+            return pos, None
         if collect is None and tag == _ITEM_END:
             return pos + 8, None
         if collect is not None and tag in _PIXEL_TAG_INTS:
@@ -702,7 +748,7 @@ def _walk_elements(buf: bytes, pos: int, implicit: bool, collect: dict | None) -
         end = start + length
         if end > size:
             raise _ScanGaveUp("element runs past the scanned bytes")
-        if collect is not None and tag in _SCANNED_TAGS:
+        if collect is not None and (file_meta or tag in _SCANNED_TAGS):
             collect[tag] = RawDataElement(Tag(tag), vr.decode("ascii") if vr else None, length, buf[start:end],
                                           start, implicit, True, True, False)
         pos = end
@@ -725,49 +771,50 @@ def _skip_sequence(buf: bytes, pos: int, implicit: bool) -> int:
             pos += 8 + length
 
 
-def _scan_header(buf: bytes, implicit: bool) -> tuple[pydicom.Dataset, int]:
-    """The wanted elements of a little-endian data set in `buf` (raw, as pydicom would hold them) and
-    the offset of its pixel data element; raises `_ScanGaveUp` for anything it leaves to pydicom."""
-    collected: dict = {}
+def _scan_header(buf: bytes, implicit: bool, collected: dict) -> int:
+    """Add the wanted elements of a little-endian data set in `buf` to `collected` (raw, as pydicom
+    would hold them, by tag) and return the offset of its pixel data element; raises `_ScanGaveUp`
+    for anything it leaves to pydicom."""
     offset, _ = _walk_elements(buf, 0, implicit, collected)
-    ds = pydicom.Dataset(collected)
-    if (_optional_int(ds, "NumberOfFrames") or 1) > 1:
+    if (_optional_int(collected, "NumberOfFrames") or 1) > 1:
         raise _ScanGaveUp("multi-frame file")
-    return ds, offset
+    return offset
 
 
 def _fast_header(handle: BinaryIO, file_size: int) -> tuple | None:
-    """(dataset, transfer syntax, problem, where, deflate_start) from one read of a file's first bytes,
-    or None to let pydicom read the header. Covers files with a preamble in explicit or implicit VR
-    little endian, compressed syntaxes (their data set is explicit VR little endian) and deflated
-    files; big endian, preamble-less streams, multi-frame functional groups and anything unusual go
-    to pydicom, so results are the same either way."""
-    handle.seek(128 + 4)
-    meta = _read_file_meta_info(handle)
-    syntax = UID(str(meta.get("TransferSyntaxUID", "")))
-    if not syntax.is_transfer_syntax or not syntax.is_little_endian:
-        return None
-    data_start = handle.tell()
-    deflate_start = None
-    if syntax.is_deflated:
-        deflate_start = data_start
-        buf = zlib.decompressobj(-zlib.MAX_WBITS).decompress(handle.read(), DEFLATED_HEADER_BYTES)
-    else:
-        buf = handle.read(HEADER_SCAN_BYTES)
+    """(raw elements, transfer syntax, problem, where, deflate_start) from one read of a file's first
+    bytes, or None to let pydicom read the header. Covers files with a preamble in explicit or
+    implicit VR little endian, compressed syntaxes (their data set is explicit VR little endian) and
+    deflated files. The raw elements are a plain dict by tag, file meta included: pydicom's
+    `Dataset` and file-meta reader were most of what was left of the header pass. Big endian,
+    preamble-less streams, multi-frame functional groups and anything unusual go to pydicom, so
+    results are the same either way."""
+    handle.seek(0)
+    head = handle.read(HEADER_SCAN_BYTES)
+    elements: dict = {}
     try:
-        ds, offset = _scan_header(buf, syntax.is_implicit_VR)
-    except (_ScanGaveUp, struct.error, UnicodeDecodeError):
+        data_start, _ = _walk_elements(head, 128 + 4, False, elements, file_meta=True)
+        syntax = UID(_text(elements, "TransferSyntaxUID") or "")
+        if not syntax.is_transfer_syntax or not syntax.is_little_endian:
+            return None
+        deflate_start = None
+        if syntax.is_deflated:
+            deflate_start = data_start
+            buf = zlib.decompressobj(-zlib.MAX_WBITS).decompress(head[data_start:], DEFLATED_HEADER_BYTES)
+        else:
+            buf = head[data_start:]
+        offset = _scan_header(buf, syntax.is_implicit_VR, elements)
+    except (_ScanGaveUp, struct.error, UnicodeDecodeError, zlib.error):
         return None
-    ds.file_meta = meta
     if deflate_start is None:
         handle.seek(data_start + offset)
         problem, where = _pixel_element(handle, syntax, file_size)
-        return ds, syntax, problem, where, None
+        return elements, syntax, problem, where, None
     element = buf[offset:offset + 12]
     where = None
     if len(element) == 12 and element[4:6] in (b"OB", b"OW"):
         where = (offset + 12, struct.unpack("<I", element[8:12])[0])
-    return ds, syntax, None, where, deflate_start
+    return elements, syntax, None, where, deflate_start
 
 
 def read_header(source_dir: Path, path: Path) -> DicomHeader | Rejection:
