@@ -175,10 +175,11 @@ class Rejection:
 
 @dataclass(frozen=True, slots=True)
 class PixelLocation:
-    """Where a native (uncompressed, little-endian) single-frame file keeps its pixel values.
+    """Where a single-frame little-endian file keeps its pixel values, as the header pass found it.
 
     `offset` counts from the start of the file, or, for a deflated file, from the start of the
-    inflated data set, whose deflated stream begins at `deflate_start` in the file.
+    inflated data set, whose deflated stream begins at `deflate_start` in the file. `encapsulated`:
+    compressed fragments start at `offset` (`length` 0), decoded by the syntax's pydicom decoder.
     """
 
     offset: int
@@ -187,6 +188,7 @@ class PixelLocation:
     bits_stored: int
     signed: bool
     deflate_start: int | None = None
+    encapsulated: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -464,7 +466,8 @@ def _decoder_available(transfer_syntax: UID) -> bool:
 def _pixel_element(handle: BinaryIO, transfer_syntax: UID,
                    file_size: int) -> tuple[Rejection | None, tuple[int, int] | None]:
     """Right where `stop_before_pixels` stopped: a problem with the pixel element (none, truncated),
-    and for defined-length (native) pixel data the (value offset, length) in the file."""
+    and the (value offset, length) in the file; the length is `_UNDEFINED_LENGTH` for encapsulated
+    (compressed) frames, which the decoder validates."""
     if not transfer_syntax.is_transfer_syntax:
         return None, None  # unknown syntax: rejected as unsupported after the header checks
     if transfer_syntax.is_deflated:
@@ -483,7 +486,7 @@ def _pixel_element(handle: BinaryIO, transfer_syntax: UID,
     else:
         header_length, length = 8, struct.unpack(endian + "H", raw[6:8])[0]
     if length == _UNDEFINED_LENGTH:
-        return None, None  # encapsulated (compressed) frames; the decoder validates them
+        return None, (start + header_length, length)
     present = file_size - start - header_length
     if present < length:
         return Rejection("", REJECT_TRUNCATED, f"pixel data needs {length} bytes, {present} present"), None
@@ -495,8 +498,11 @@ _NATIVE_SYNTAXES = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian, De
 
 def _native_location(ds: pydicom.Dataset, header: DicomHeader, transfer_syntax: UID, where: tuple[int, ...] | None,
                      deflate_start: int | None) -> PixelLocation | None:
-    """A `PixelLocation` when the fast native decode gives exactly what pydicom's would, else None."""
-    if where is None or transfer_syntax not in _NATIVE_SYNTAXES or header.frame is not None:
+    """A `PixelLocation` when decoding from it gives exactly what pydicom's `pixel_array` would, else None."""
+    if where is None or header.frame is not None:
+        return None
+    encapsulated = where[1] == _UNDEFINED_LENGTH
+    if not (encapsulated and transfer_syntax.is_encapsulated) and transfer_syntax not in _NATIVE_SYNTAXES:
         return None
     if _has(ds, "ModalityLUTSequence") or _text(ds, "PhotometricInterpretation") not in ("MONOCHROME1", "MONOCHROME2"):
         return None
@@ -505,11 +511,11 @@ def _native_location(ds: pydicom.Dataset, header: DicomHeader, transfer_syntax: 
     if allocated not in (8, 16) or not stored or stored > allocated or representation not in (0, 1):
         return None
     offset, length = where
-    needed = header.rows * header.cols * allocated // 8
-    if not needed or length - needed not in (0, 1):  # one pad byte for odd lengths
+    needed = 0 if encapsulated else header.rows * header.cols * allocated // 8
+    if not encapsulated and (not needed or length - needed not in (0, 1)):  # one pad byte for odd lengths
         return None
     return PixelLocation(offset=offset, length=needed, bits_allocated=allocated, bits_stored=stored,
-                         signed=representation == 1, deflate_start=deflate_start)
+                         signed=representation == 1, deflate_start=deflate_start, encapsulated=encapsulated)
 
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
@@ -1217,6 +1223,21 @@ def _rescaled(stored: np.ndarray, rescale: tuple[float, float] | None) -> np.nda
     return (stored.astype(np.float64) * rescale[0] + rescale[1]).astype(np.float32)
 
 
+def _read_encapsulated(path: Path, header: DicomHeader) -> np.ndarray:
+    """Stored pixel values of a compressed file, decoded from the fragments at the offset the header
+    pass found (no second header parse) by the syntax's pydicom decoder, with the options that
+    `pixel_array` would take from the data set."""
+    where = header.pixel_location
+    with open(path, "rb") as handle:
+        handle.seek(where.offset)
+        values, _ = get_decoder(UID(header.transfer_syntax)).as_array(
+            handle, rows=header.rows, columns=header.cols, samples_per_pixel=1, number_of_frames=1,
+            bits_allocated=where.bits_allocated, bits_stored=where.bits_stored,
+            pixel_representation=int(where.signed),
+            photometric_interpretation="MONOCHROME1" if header.monochrome1 else "MONOCHROME2")
+    return values
+
+
 def _read_native(path: Path, header: DicomHeader) -> np.ndarray:
     """Stored pixel values read straight from their bytes (one read, no second header parse).
 
@@ -1252,7 +1273,8 @@ def _decode(source_dir: Path, header: DicomHeader) -> np.ndarray:
     try:
         with _quiet_pydicom():
             if header.pixel_location is not None:
-                pixels = _rescaled(_read_native(source_dir / header.path, header), header.rescale)
+                read = _read_encapsulated if header.pixel_location.encapsulated else _read_native
+                pixels = _rescaled(read(source_dir / header.path, header), header.rescale)
                 inverted = header.monochrome1
             elif header.frame is not None:
                 frame = pixel_array(source_dir / header.path, index=header.frame - 1)
