@@ -714,6 +714,12 @@ _PIXEL_TAG_INTS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 
 
+_UNPACK_TAG = struct.Struct("<HH").unpack_from
+_UNPACK_LONG = struct.Struct("<I").unpack_from
+_UNPACK_SHORT = struct.Struct("<H").unpack_from
+_VR_NAMES = {vr: vr.decode("ascii") for vr in _LONG_LENGTH_VRS | _SHORT_LENGTH_VRS}
+
+
 class _ScanGaveUp(Exception):
     """The fast header scan met something it leaves to pydicom."""
 
@@ -728,7 +734,7 @@ def _walk_elements(buf: bytes, pos: int, implicit: bool, collect: dict | None,
     while True:
         if pos + 8 > size:
             raise _ScanGaveUp("header longer than the scanned bytes")
-        group, element = struct.unpack_from("<HH", buf, pos)
+        group, element = _UNPACK_TAG(buf, pos)
         tag = group << 16 | element
         if file_meta and group != 2:
             return pos, None
@@ -739,13 +745,13 @@ def _walk_elements(buf: bytes, pos: int, implicit: bool, collect: dict | None,
         if group == 0xFFFE or (collect is not None and tag > 0x7FE00010) or tag in _PYDICOM_TAGS:
             raise _ScanGaveUp("unusual element")
         if implicit:
-            vr, length, start = None, struct.unpack_from("<I", buf, pos + 4)[0], pos + 8
+            vr, length, start = None, _UNPACK_LONG(buf, pos + 4)[0], pos + 8
         else:
             vr = buf[pos + 4:pos + 6]
             if vr in _LONG_LENGTH_VRS:
-                length, start = struct.unpack_from("<I", buf, pos + 8)[0], pos + 12
+                length, start = _UNPACK_LONG(buf, pos + 8)[0], pos + 12
             elif vr in _SHORT_LENGTH_VRS:
-                length, start = struct.unpack_from("<H", buf, pos + 6)[0], pos + 8
+                length, start = _UNPACK_SHORT(buf, pos + 6)[0], pos + 8
             else:
                 raise _ScanGaveUp("unknown VR")
         if length == _UNDEFINED_LENGTH:
@@ -757,8 +763,9 @@ def _walk_elements(buf: bytes, pos: int, implicit: bool, collect: dict | None,
         if end > size:
             raise _ScanGaveUp("element runs past the scanned bytes")
         if collect is not None and (file_meta or tag in _SCANNED_TAGS):
-            collect[tag] = RawDataElement(Tag(tag), vr.decode("ascii") if vr else None, length, buf[start:end],
-                                          start, implicit, True, True, False)
+            # the tag stays an int: these elements are read by `_values`, never by pydicom's Dataset
+            collect[tag] = RawDataElement(tag, _VR_NAMES.get(vr), length, buf[start:end], start, implicit, True, True,
+                                          False)
         pos = end
 
 
