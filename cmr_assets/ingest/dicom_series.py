@@ -57,8 +57,8 @@ Public API:
 - `read_file(source_dir, path) -> list[DicomHeader] | Rejection` (one header per frame);
   `read_header(source_dir, path) -> DicomHeader | Rejection` (the first one)
 - `decoder_hint(transfer_syntax) -> str`: the package that would decode a syntax
-- `worker_pool(workers)`: context manager giving a spawn pool of `workers - 1` processes (or None
-  for in-process); the calling process is the other worker
+- `worker_pool(workers)`: context manager giving a pool of `workers - 1` processes (or None for
+  in-process); the calling process is the other worker. `pool_start_method()`: "fork" or "spawn"
 - `read_headers(source_dir, files, pool=None, log=None) -> (headers, rejections)`
 - `parallel_map(function, argument_tuples, pool) -> Iterator` (results in order; the caller works too)
 - `drop_duplicate_instances(headers) -> (headers, rejections)`
@@ -934,7 +934,7 @@ def read_headers(
     return headers, rejections
 
 
-def _start_method() -> str:
+def pool_start_method() -> str:
     """"fork" on Linux when this process runs a single Python thread (the CLI, the benchmark), else
     "spawn": a forked worker starts in ~10 ms instead of ~0.5-1 s (a fresh interpreter importing
     pydicom and numpy), but forking a threaded host such as Dagster could copy a lock that another
@@ -950,13 +950,13 @@ def worker_pool(workers: int) -> Iterator[Executor | None]:
     processes (None, i.e. this process alone, when `workers <= 1`); `parallel_map` has this process
     take tasks too, so a worker that is still starting up costs no wall time.
 
-    Started as `_start_method` says; when spawned, a script calling ingestion with `workers > 1`
+    Started as `pool_start_method` says; when spawned, a script calling ingestion with `workers > 1`
     needs the usual `if __name__ == "__main__":` guard.
     """
     if workers <= 1:
         yield None
         return
-    with ProcessPoolExecutor(max_workers=workers - 1, mp_context=get_context(_start_method())) as pool:
+    with ProcessPoolExecutor(max_workers=workers - 1, mp_context=get_context(pool_start_method())) as pool:
         yield pool
 
 
