@@ -7,14 +7,21 @@ same files, ours ends with the same information); a stricter comparison gives th
 the chosen-phase files ("per decoded slice"), which it could not know without our header pass.
 Ours also normalises, resizes, writes PNG + .npy and inserts DuckDB rows; the bare loop does not.
 
+The issue 12 aims (at least 0.9x the bare loop on one worker, 1.6x with 2 workers on 2 cores)
+are judged on the "per file seen" rows: the same files on both sides. The "per decoded slice" rows
+are context only (no aim).
+
 The cohort is the demo's synthetic cohort (its first `n_scans` folders hard-linked, or copied
 when linking fails) when `make demo` has written it, else a fresh seeded synthetic cohort. Every
-file is read once before timing so all loops start with a warm page cache.
+file is read once before timing so all loops start with a warm page cache. Each repeat times the
+bare loops and then ingestion per worker count, back to back (fresh data folder each time); the
+best time of each side counts, and every sample, the load average (1 minute) before and after the
+section and the pool's start method are recorded, because on a shared machine load comes and goes.
 
 Public API:
 - `prepare_cohort(work_dir, n_scans, demo_scans=None) -> (Path, source description)`
 - `bare_decode_seconds(files) -> float`, `bare_header_seconds(files) -> float`
-- `bench_ingestion(work_dir, n_scans, worker_counts=(1, 2), demo_scans=None) -> dict`
+- `bench_ingestion(work_dir, n_scans, worker_counts=(1, 2), demo_scans=None, repeats=1) -> dict`
 """
 
 from __future__ import annotations
@@ -28,8 +35,8 @@ from typing import Any
 
 import pydicom
 
-from benchmarks.common import comparison
-from cmr_assets.ingest.dicom_series import discover_files, plan_all_series, read_headers
+from benchmarks.common import comparison, peak_rss_mb
+from cmr_assets.ingest.dicom_series import discover_files, plan_all_series, pool_start_method, read_headers
 from cmr_assets.ingest.ingestion import MIN_FILES_PER_WORKER, ingest_folder
 from cmr_assets.ingest.synthetic import generate_cohort
 from cmr_assets.settings import DataPaths
@@ -80,9 +87,17 @@ def bare_header_seconds(files: Sequence[Path]) -> float:
     return time.perf_counter() - started
 
 
+def _ingest_once(source: Path, work_dir: Path, workers: int) -> dict[str, Any]:
+    paths = DataPaths(work_dir / f"data_workers_{workers}")
+    if paths.root.exists():
+        shutil.rmtree(paths.root)
+    return ingest_folder(source, paths, paths.duckdb, workers=workers, log=lambda _message: None).as_dict()
+
+
 def bench_ingestion(work_dir: Path, n_scans: int, worker_counts: Sequence[int] = (1, 2),
-                    demo_scans: Path | None = None) -> dict[str, Any]:
-    """Time `ingest_folder` per worker count (fresh data dir each) and the bare loops on the same files."""
+                    demo_scans: Path | None = None, repeats: int = 1) -> dict[str, Any]:
+    """Time `ingest_folder` per worker count and the bare loops on the same files, `repeats` times
+    back to back; the best time of each side counts."""
     source, cohort_source = prepare_cohort(work_dir, n_scans, demo_scans)
     files = discover_files(source)
     total_bytes = _warm(files)
@@ -93,37 +108,53 @@ def bench_ingestion(work_dir: Path, n_scans: int, worker_counts: Sequence[int] =
     plans, _ = plan_all_series(headers)
     chosen = [source / position.chosen.path for plan in plans for position in plan.positions]
 
-    bare_all = bare_decode_seconds(files)
-    bare_chosen = bare_decode_seconds(chosen)
-    bare_headers = bare_header_seconds(files)
+    load_before = os.getloadavg()[0]
+    samples: dict[str, list[float]] = {"bare_all": [], "bare_chosen": [], "bare_headers": []}
+    reports: dict[int, dict[str, Any]] = {}
+    for _ in range(repeats):
+        samples["bare_all"].append(bare_decode_seconds(files))
+        samples["bare_chosen"].append(bare_decode_seconds(chosen))
+        samples["bare_headers"].append(bare_header_seconds(files))
+        for workers in worker_counts:
+            report = _ingest_once(source, work_dir, workers)
+            samples.setdefault(f"ours_workers_{workers}", []).append(report["seconds"])
+            if workers not in reports or report["seconds"] < reports[workers]["seconds"]:
+                reports[workers] = report
+    load_after = os.getloadavg()[0]
+    bare_all, bare_chosen, bare_headers = (min(samples[key]) for key in ("bare_all", "bare_chosen", "bare_headers"))
     bare_files_per_s = len(files) / bare_all
     bare_slices_per_s = len(chosen) / bare_chosen
+    load = f"load average {load_before:.2f} -> {load_after:.2f}"
 
     runs: list[dict[str, Any]] = []
     rows: list[dict[str, Any]] = []
     for workers in worker_counts:
-        paths = DataPaths(work_dir / f"data_workers_{workers}")
-        if paths.root.exists():
-            shutil.rmtree(paths.root)
-        report = ingest_folder(source, paths, paths.duckdb, workers=workers, log=lambda _message: None)
-        pool_processes = min(workers, len(files) // MIN_FILES_PER_WORKER)
-        runs.append({"workers": workers, "pool_processes": max(pool_processes, 0), **report.as_dict()})
+        report = reports[workers]
+        processes = max(min(workers, len(files) // MIN_FILES_PER_WORKER), 1)
+        runs.append({"workers": workers, "processes_working": processes, **report})
         aim_ratio = INGEST_AIM_ONE_WORKER if workers == 1 else INGEST_AIM_TWO_WORKERS
         aim = f">= {aim_ratio}x bare loop" + ("" if workers == 1 else f" ({workers} workers)")
-        pool_note = "" if pool_processes > 1 else (
-            f" (in-process: ingestion starts a pool only with >= {MIN_FILES_PER_WORKER} files per worker)")
+        pool_note = f"{processes} process(es) working" + ("" if processes == workers else (
+            f": ingestion starts a pool only with >= {MIN_FILES_PER_WORKER} files per worker"))
         rows.append(comparison(
-            f"ingestion, per file seen, workers={workers}", "files/s", report.files_per_s, bare_files_per_s,
-            True, aim, aim_ratio, f"bare loop decodes all {len(files)} files{pool_note}"))
+            f"ingestion, per file seen, workers={workers}", "files/s", report["files_per_s"],
+            bare_files_per_s, True, aim, aim_ratio,
+            f"bare loop decodes all {len(files)} files; best of {repeats}; {load}; {pool_note}"))
         rows.append(comparison(
-            f"ingestion, per decoded slice, workers={workers}", "slices/s", report.slices_per_s, bare_slices_per_s,
-            True, aim, aim_ratio, f"bare loop decodes only the {len(chosen)} chosen-phase files{pool_note}"))
+            f"ingestion, per decoded slice, workers={workers}", "slices/s", report["slices_per_s"],
+            bare_slices_per_s, True, "none (context)", 0.0,
+            f"bare loop decodes only the {len(chosen)} chosen-phase files, which it could not know without "
+            f"a header pass; best of {repeats}; {load}"))
     return {
         "n_scans": n_scans,
         "n_files": len(files),
         "n_chosen_slices": len(chosen),
         "total_mb": round(total_bytes / 2**20, 1),
         "cohort_source": cohort_source,
+        "repeats": repeats,
+        "load_average_1min_before_after": [round(load_before, 2), round(load_after, 2)],
+        "pool_start_method": pool_start_method(),
+        "samples_seconds": samples,
         "bare_loop": {
             "decode_all_seconds": bare_all,
             "decode_all_files_per_s": bare_files_per_s,
@@ -133,5 +164,6 @@ def bench_ingestion(work_dir: Path, n_scans: int, worker_counts: Sequence[int] =
         },
         "our_header_pass_files_per_s": len(files) / our_header_seconds,
         "ours": runs,
+        "peak_rss_mb": peak_rss_mb(),
         "comparisons": rows,
     }

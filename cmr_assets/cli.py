@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ingest = sub.add_parser("ingest", help="ingest any folder of DICOM into the current data dir")
     ingest.add_argument("source_dir", help="folder to search for DICOM files (nested folders, any names)")
-    ingest.add_argument("--workers", type=int, default=2, help="header-reading processes (default 2)")
+    ingest.add_argument("--workers", type=int, default=2, help="processes working, this one included (default 2)")
     ingest.set_defaults(func=_cmd_ingest)
 
     filt = sub.add_parser("filter", help="classify the slices of one series with the registered model")

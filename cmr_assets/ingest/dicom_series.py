@@ -57,9 +57,10 @@ Public API:
 - `read_file(source_dir, path) -> list[DicomHeader] | Rejection` (one header per frame);
   `read_header(source_dir, path) -> DicomHeader | Rejection` (the first one)
 - `decoder_hint(transfer_syntax) -> str`: the package that would decode a syntax
-- `worker_pool(workers)`: context manager giving a spawn process pool (or None for in-process)
+- `worker_pool(workers)`: context manager giving a pool of `workers - 1` processes (or None for
+  in-process); the calling process is the other worker. `pool_start_method()`: "fork" or "spawn"
 - `read_headers(source_dir, files, pool=None, log=None) -> (headers, rejections)`
-- `parallel_map(function, argument_tuples, pool) -> Iterator` (results in order)
+- `parallel_map(function, argument_tuples, pool) -> Iterator` (results in order; the caller works too)
 - `drop_duplicate_instances(headers) -> (headers, rejections)`
 - `split_stacks(headers) -> list[list[DicomHeader]]`
 - `plan_series(headers, context="") -> (SeriesPlan | None, rejections)` for the images of one stack
@@ -79,6 +80,7 @@ import logging
 import os
 import struct
 import sys
+import threading
 import time
 import zlib
 from collections import defaultdict
@@ -173,10 +175,11 @@ class Rejection:
 
 @dataclass(frozen=True, slots=True)
 class PixelLocation:
-    """Where a native (uncompressed, little-endian) single-frame file keeps its pixel values.
+    """Where a single-frame little-endian file keeps its pixel values, as the header pass found it.
 
     `offset` counts from the start of the file, or, for a deflated file, from the start of the
-    inflated data set, whose deflated stream begins at `deflate_start` in the file.
+    inflated data set, whose deflated stream begins at `deflate_start` in the file. `encapsulated`:
+    compressed fragments start at `offset` (`length` 0), decoded by the syntax's pydicom decoder.
     """
 
     offset: int
@@ -185,6 +188,7 @@ class PixelLocation:
     bits_stored: int
     signed: bool
     deflate_start: int | None = None
+    encapsulated: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,15 +355,49 @@ def _tag_and_vr(keyword: str) -> tuple[int, str]:
     return tag, dictionary_VR(tag)
 
 
-def _values(ds: pydicom.Dataset, keyword: str) -> list | None:
+def _element(ds: pydicom.Dataset | dict, keyword: str) -> tuple[int, str, object]:
+    """(tag, dictionary VR, element or None) from a pydicom data set or a header scan's raw elements."""
+    tag, dictionary_vr = _tag_and_vr(keyword)
+    return tag, dictionary_vr, ds.get(tag) if isinstance(ds, dict) else ds.get_item(tag)
+
+
+def _has(ds: pydicom.Dataset | dict, keyword: str) -> bool:
+    return _tag_and_vr(keyword)[0] in ds
+
+
+def _element_value(ds: pydicom.Dataset | dict, keyword: str) -> object:
+    """The element's value as pydicom converts it (None when absent)."""
+    tag, _vr, elem = _element(ds, keyword)
+    if elem is None:
+        return None
+    if not isinstance(ds, dict):
+        return ds[tag].value
+    charset = ds.get(_CHARSET_TAG)
+    return _converted(elem.tag, elem.VR, elem.value, elem.is_implicit_VR, charset.value if charset else None)
+
+
+_CHARSET_TAG = 0x00080005
+
+
+@lru_cache(maxsize=1024)
+def _converted(tag: int, vr: str | None, value: bytes, implicit: bool, charset: bytes | None) -> object:
+    """pydicom's conversion of one raw element (cached: the elements that need it repeat along a series)."""
+    elements = {tag: RawDataElement(Tag(tag), vr, len(value), value, 0, implicit, True)}
+    if charset is not None:
+        elements[_CHARSET_TAG] = RawDataElement(Tag(_CHARSET_TAG), None if implicit else "CS", len(charset),
+                                                charset, 0, implicit, True)
+    return pydicom.Dataset(elements)[tag].value
+
+
+def _values(ds: pydicom.Dataset | dict, keyword: str) -> list | None:
     """The element's values, or None when absent or empty.
 
-    Fast path: a numeric-string, code-string or UID element still in its raw (unconverted) form is
+    `ds` is a pydicom data set, or the header scan's raw elements by tag (`_scan_header`). Fast
+    path: a numeric-string, code-string or UID element still in its raw (unconverted) form is
     split from its ASCII bytes, which skips pydicom's per-element conversion (character set look-up,
     value objects): that conversion was half of the header pass. Anything else goes through pydicom.
     """
-    tag, dictionary_vr = _tag_and_vr(keyword)
-    elem = ds.get_item(tag)
+    tag, dictionary_vr, elem = _element(ds, keyword)
     if elem is None:
         return None
     value = elem.value
@@ -370,7 +408,7 @@ def _values(ds: pydicom.Dataset, keyword: str) -> list | None:
             return [part.strip("\x00 ") for part in text.split("\\")] if text else None
         if vr == "US" and value and len(value) % 2 == 0 and isinstance(elem, RawDataElement):
             return list(struct.unpack(f"{'<' if elem.is_little_endian else '>'}{len(value) // 2}H", value))
-    value = ds[tag].value
+    value = _element_value(ds, keyword)
     if value is None or value == "":
         return None
     return list(value) if isinstance(value, list | tuple | pydicom.multival.MultiValue) else [value]
@@ -430,7 +468,8 @@ def _decoder_available(transfer_syntax: UID) -> bool:
 def _pixel_element(handle: BinaryIO, transfer_syntax: UID,
                    file_size: int) -> tuple[Rejection | None, tuple[int, int] | None]:
     """Right where `stop_before_pixels` stopped: a problem with the pixel element (none, truncated),
-    and for defined-length (native) pixel data the (value offset, length) in the file."""
+    and the (value offset, length) in the file; the length is `_UNDEFINED_LENGTH` for encapsulated
+    (compressed) frames, which the decoder validates."""
     if not transfer_syntax.is_transfer_syntax:
         return None, None  # unknown syntax: rejected as unsupported after the header checks
     if transfer_syntax.is_deflated:
@@ -449,7 +488,7 @@ def _pixel_element(handle: BinaryIO, transfer_syntax: UID,
     else:
         header_length, length = 8, struct.unpack(endian + "H", raw[6:8])[0]
     if length == _UNDEFINED_LENGTH:
-        return None, None  # encapsulated (compressed) frames; the decoder validates them
+        return None, (start + header_length, length)
     present = file_size - start - header_length
     if present < length:
         return Rejection("", REJECT_TRUNCATED, f"pixel data needs {length} bytes, {present} present"), None
@@ -461,21 +500,24 @@ _NATIVE_SYNTAXES = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian, De
 
 def _native_location(ds: pydicom.Dataset, header: DicomHeader, transfer_syntax: UID, where: tuple[int, ...] | None,
                      deflate_start: int | None) -> PixelLocation | None:
-    """A `PixelLocation` when the fast native decode gives exactly what pydicom's would, else None."""
-    if where is None or transfer_syntax not in _NATIVE_SYNTAXES or header.frame is not None:
+    """A `PixelLocation` when decoding from it gives exactly what pydicom's `pixel_array` would, else None."""
+    if where is None or header.frame is not None:
         return None
-    if "ModalityLUTSequence" in ds or _text(ds, "PhotometricInterpretation") not in ("MONOCHROME1", "MONOCHROME2"):
+    encapsulated = where[1] == _UNDEFINED_LENGTH
+    if not (encapsulated and transfer_syntax.is_encapsulated) and transfer_syntax not in _NATIVE_SYNTAXES:
+        return None
+    if _has(ds, "ModalityLUTSequence") or _text(ds, "PhotometricInterpretation") not in ("MONOCHROME1", "MONOCHROME2"):
         return None
     allocated, stored = _optional_int(ds, "BitsAllocated"), _optional_int(ds, "BitsStored")
     representation = _optional_int(ds, "PixelRepresentation")
     if allocated not in (8, 16) or not stored or stored > allocated or representation not in (0, 1):
         return None
     offset, length = where
-    needed = header.rows * header.cols * allocated // 8
-    if not needed or length - needed not in (0, 1):  # one pad byte for odd lengths
+    needed = 0 if encapsulated else header.rows * header.cols * allocated // 8
+    if not encapsulated and (not needed or length - needed not in (0, 1)):  # one pad byte for odd lengths
         return None
     return PixelLocation(offset=offset, length=needed, bits_allocated=allocated, bits_stored=stored,
-                         signed=representation == 1, deflate_start=deflate_start)
+                         signed=representation == 1, deflate_start=deflate_start, encapsulated=encapsulated)
 
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
@@ -495,21 +537,30 @@ def _optional_int(ds: pydicom.Dataset, keyword: str) -> int | None:
         return None
 
 
-def _header_from_dataset(relative: str, ds: pydicom.Dataset,
+def _single_frame_rescale(ds: pydicom.Dataset | dict) -> tuple[float, float] | None:
+    """(RescaleSlope, RescaleIntercept) when both are present, as pydicom's `apply_rescale` wants them."""
+    slope, intercept = _optional_float(ds, "RescaleSlope"), _optional_float(ds, "RescaleIntercept")
+    return _shared_pair(slope, intercept) if slope is not None and intercept is not None else None
+
+
+def _header_from_dataset(relative: str, ds: pydicom.Dataset | dict,
                          transfer_syntax: UID) -> list[DicomHeader] | Rejection:
-    """One `DicomHeader` per image of the file (one per frame of a multi-frame file), or why none."""
-    meta = getattr(ds, "file_meta", None)
-    if (meta is not None and meta.get("MediaStorageSOPClassUID") == MEDIA_STORAGE_DIRECTORY) \
-            or "DirectoryRecordSequence" in ds:
+    """One `DicomHeader` per image of the file (one per frame of a multi-frame file), or why none.
+
+    `ds` is a pydicom data set, or the header scan's raw elements (file meta included) by tag.
+    """
+    meta = ds if isinstance(ds, dict) else getattr(ds, "file_meta", None)
+    if (meta is not None and _text(meta, "MediaStorageSOPClassUID") == MEDIA_STORAGE_DIRECTORY) \
+            or _has(ds, "DirectoryRecordSequence"):
         return Rejection(relative, REJECT_NOT_IMAGE, "DICOMDIR (media index; files are found by content)")
     series_uid, sop_uid = _text(ds, "SeriesInstanceUID"), _text(ds, "SOPInstanceUID")
     if not series_uid or not sop_uid:
         return Rejection(relative, REJECT_NOT_IMAGE, "no SeriesInstanceUID/SOPInstanceUID (e.g. DICOMDIR)")
-    if "Rows" not in ds or "Columns" not in ds:
+    if not _has(ds, "Rows") or not _has(ds, "Columns"):
         return Rejection(relative, REJECT_NO_PIXELS, "no Rows/Columns")
     if (_optional_int(ds, "SamplesPerPixel") or 1) != 1:
         return Rejection(relative, REJECT_UNSUPPORTED_IMAGE, "not a greyscale image")
-    model = ds.get("ManufacturerModelName")
+    model = _element_value(ds, "ManufacturerModelName")
     study_uid = _text(ds, "StudyInstanceUID")
     header = DicomHeader(
         path=relative,
@@ -530,14 +581,13 @@ def _header_from_dataset(relative: str, ds: pydicom.Dataset,
         series_number=_optional_int(ds, "SeriesNumber"),
         study_uid=sys.intern(study_uid) if study_uid else None,
         patient_id=_text(ds, "PatientID") or None,
+        rescale=_single_frame_rescale(ds),
+        monochrome1=_text(ds, "PhotometricInterpretation") == "MONOCHROME1",
     )
     frames = _optional_int(ds, "NumberOfFrames")
     if frames is None or frames <= 1:
-        slope, intercept = _optional_float(ds, "RescaleSlope"), _optional_float(ds, "RescaleIntercept")
-        both = slope is not None and intercept is not None  # as pydicom's apply_rescale
-        return [replace(header, rescale=_shared_pair(slope, intercept) if both else None,
-                        monochrome1=_text(ds, "PhotometricInterpretation") == "MONOCHROME1")]
-    if "PerFrameFunctionalGroupsSequence" not in ds:
+        return [header]
+    if not _has(ds, "PerFrameFunctionalGroupsSequence"):
         return Rejection(relative, REJECT_UNSUPPORTED_IMAGE,
                          f"multi-frame file ({frames} frames) without per-frame functional groups")
     return _frame_headers(header, ds, frames)
@@ -667,20 +717,30 @@ _PIXEL_TAG_INTS = frozenset({0x7FE00008, 0x7FE00009, 0x7FE00010})
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 
 
+_UNPACK_TAG = struct.Struct("<HH").unpack_from
+_UNPACK_LONG = struct.Struct("<I").unpack_from
+_UNPACK_SHORT = struct.Struct("<H").unpack_from
+_VR_NAMES = {vr: vr.decode("ascii") for vr in _LONG_LENGTH_VRS | _SHORT_LENGTH_VRS}
+
+
 class _ScanGaveUp(Exception):
     """The fast header scan met something it leaves to pydicom."""
 
 
-def _walk_elements(buf: bytes, pos: int, implicit: bool, collect: dict | None) -> tuple[int, int | None]:
+def _walk_elements(buf: bytes, pos: int, implicit: bool, collect: dict | None,
+                   file_meta: bool = False) -> tuple[int, int | None]:
     """Walk little-endian data elements from `pos`: at top level (`collect` given) until a pixel data
     tag, returning (its offset, tag); inside an item until the item delimiter, returning (the offset
-    after it, None). Wanted top-level elements go into `collect` as raw (unconverted) elements."""
+    after it, None). Wanted top-level elements go into `collect` as raw (unconverted) elements.
+    With `file_meta`, walk group 0x0002 (all of it collected) and stop where the data set begins."""
     size = len(buf)
     while True:
         if pos + 8 > size:
             raise _ScanGaveUp("header longer than the scanned bytes")
-        group, element = struct.unpack_from("<HH", buf, pos)
+        group, element = _UNPACK_TAG(buf, pos)
         tag = group << 16 | element
+        if file_meta and group != 2:
+            return pos, None
         if collect is None and tag == _ITEM_END:
             return pos + 8, None
         if collect is not None and tag in _PIXEL_TAG_INTS:
@@ -688,13 +748,13 @@ def _walk_elements(buf: bytes, pos: int, implicit: bool, collect: dict | None) -
         if group == 0xFFFE or (collect is not None and tag > 0x7FE00010) or tag in _PYDICOM_TAGS:
             raise _ScanGaveUp("unusual element")
         if implicit:
-            vr, length, start = None, struct.unpack_from("<I", buf, pos + 4)[0], pos + 8
+            vr, length, start = None, _UNPACK_LONG(buf, pos + 4)[0], pos + 8
         else:
             vr = buf[pos + 4:pos + 6]
             if vr in _LONG_LENGTH_VRS:
-                length, start = struct.unpack_from("<I", buf, pos + 8)[0], pos + 12
+                length, start = _UNPACK_LONG(buf, pos + 8)[0], pos + 12
             elif vr in _SHORT_LENGTH_VRS:
-                length, start = struct.unpack_from("<H", buf, pos + 6)[0], pos + 8
+                length, start = _UNPACK_SHORT(buf, pos + 6)[0], pos + 8
             else:
                 raise _ScanGaveUp("unknown VR")
         if length == _UNDEFINED_LENGTH:
@@ -705,9 +765,10 @@ def _walk_elements(buf: bytes, pos: int, implicit: bool, collect: dict | None) -
         end = start + length
         if end > size:
             raise _ScanGaveUp("element runs past the scanned bytes")
-        if collect is not None and tag in _SCANNED_TAGS:
-            collect[tag] = RawDataElement(Tag(tag), vr.decode("ascii") if vr else None, length, buf[start:end],
-                                          start, implicit, True, True, False)
+        if collect is not None and (file_meta or tag in _SCANNED_TAGS):
+            # the tag stays an int: these elements are read by `_values`, never by pydicom's Dataset
+            collect[tag] = RawDataElement(tag, _VR_NAMES.get(vr), length, buf[start:end], start, implicit, True, True,
+                                          False)
         pos = end
 
 
@@ -728,49 +789,61 @@ def _skip_sequence(buf: bytes, pos: int, implicit: bool) -> int:
             pos += 8 + length
 
 
-def _scan_header(buf: bytes, implicit: bool) -> tuple[pydicom.Dataset, int]:
-    """The wanted elements of a little-endian data set in `buf` (raw, as pydicom would hold them) and
-    the offset of its pixel data element; raises `_ScanGaveUp` for anything it leaves to pydicom."""
-    collected: dict = {}
+def _scan_header(buf: bytes, implicit: bool, collected: dict) -> int:
+    """Add the wanted elements of a little-endian data set in `buf` to `collected` (raw, as pydicom
+    would hold them, by tag) and return the offset of its pixel data element; raises `_ScanGaveUp`
+    for anything it leaves to pydicom."""
     offset, _ = _walk_elements(buf, 0, implicit, collected)
-    ds = pydicom.Dataset(collected)
-    if (_optional_int(ds, "NumberOfFrames") or 1) > 1:
+    if (_optional_int(collected, "NumberOfFrames") or 1) > 1:
         raise _ScanGaveUp("multi-frame file")
-    return ds, offset
+    return offset
+
+
+def _scan_deflated(data: bytes, elements: dict) -> tuple[bytes, int]:
+    """`_scan_header` of a deflated data set, inflating only what its header needs: 4 KiB first (a
+    typical header is 1-2 KiB; inflating costs per byte out), else `DEFLATED_HEADER_BYTES`."""
+    buf = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data, DEFLATED_HEADER_BYTES // 4)
+    try:
+        return buf, _scan_header(buf, False, elements)
+    except _ScanGaveUp:
+        buf = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data, DEFLATED_HEADER_BYTES)
+        return buf, _scan_header(buf, False, elements)
 
 
 def _fast_header(handle: BinaryIO, file_size: int) -> tuple | None:
-    """(dataset, transfer syntax, problem, where, deflate_start) from one read of a file's first bytes,
-    or None to let pydicom read the header. Covers files with a preamble in explicit or implicit VR
-    little endian, compressed syntaxes (their data set is explicit VR little endian) and deflated
-    files; big endian, preamble-less streams, multi-frame functional groups and anything unusual go
-    to pydicom, so results are the same either way."""
-    handle.seek(128 + 4)
-    meta = _read_file_meta_info(handle)
-    syntax = UID(str(meta.get("TransferSyntaxUID", "")))
-    if not syntax.is_transfer_syntax or not syntax.is_little_endian:
-        return None
-    data_start = handle.tell()
-    deflate_start = None
-    if syntax.is_deflated:
-        deflate_start = data_start
-        buf = zlib.decompressobj(-zlib.MAX_WBITS).decompress(handle.read(), DEFLATED_HEADER_BYTES)
-    else:
-        buf = handle.read(HEADER_SCAN_BYTES)
+    """(raw elements, transfer syntax, problem, where, deflate_start) from one read of a file's first
+    bytes, or None to let pydicom read the header. Covers files with a preamble in explicit or
+    implicit VR little endian, compressed syntaxes (their data set is explicit VR little endian) and
+    deflated files. The raw elements are a plain dict by tag, file meta included: pydicom's
+    `Dataset` and file-meta reader were most of what was left of the header pass. Big endian,
+    preamble-less streams, multi-frame functional groups and anything unusual go to pydicom, so
+    results are the same either way."""
+    handle.seek(0)
+    head = handle.read(HEADER_SCAN_BYTES)
+    elements: dict = {}
     try:
-        ds, offset = _scan_header(buf, syntax.is_implicit_VR)
-    except (_ScanGaveUp, struct.error, UnicodeDecodeError):
+        data_start, _ = _walk_elements(head, 128 + 4, False, elements, file_meta=True)
+        syntax = UID(_text(elements, "TransferSyntaxUID") or "")
+        if not syntax.is_transfer_syntax or not syntax.is_little_endian:
+            return None
+        deflate_start = None
+        if syntax.is_deflated:
+            deflate_start = data_start
+            buf, offset = _scan_deflated(head[data_start:], elements)
+        else:
+            buf = head[data_start:]
+            offset = _scan_header(buf, syntax.is_implicit_VR, elements)
+    except (_ScanGaveUp, struct.error, UnicodeDecodeError, zlib.error):
         return None
-    ds.file_meta = meta
     if deflate_start is None:
         handle.seek(data_start + offset)
         problem, where = _pixel_element(handle, syntax, file_size)
-        return ds, syntax, problem, where, None
+        return elements, syntax, problem, where, None
     element = buf[offset:offset + 12]
     where = None
     if len(element) == 12 and element[4:6] in (b"OB", b"OW"):
         where = (offset + 12, struct.unpack("<I", element[8:12])[0])
-    return ds, syntax, None, where, deflate_start
+    return elements, syntax, None, where, deflate_start
 
 
 def read_header(source_dir: Path, path: Path) -> DicomHeader | Rejection:
@@ -864,26 +937,58 @@ def read_headers(
     return headers, rejections
 
 
+def pool_start_method() -> str:
+    """"fork" on Linux when this process runs a single Python thread (the CLI, the benchmark), else
+    "spawn": a forked worker starts in ~10 ms instead of ~0.5-1 s (a fresh interpreter importing
+    pydicom and numpy), but forking a threaded host such as Dagster could copy a lock that another
+    thread holds, so there the workers are spawned."""
+    if sys.platform == "linux" and threading.active_count() == 1:
+        return "fork"
+    return "spawn"
+
+
 @contextmanager
 def worker_pool(workers: int) -> Iterator[Executor | None]:
-    """A process pool of `workers` processes (None, i.e. this process, when `workers <= 1`).
+    """A process pool for `workers` processes working, this one included: `workers - 1` worker
+    processes (None, i.e. this process alone, when `workers <= 1`); `parallel_map` has this process
+    take tasks too, so a worker that is still starting up costs no wall time.
 
-    Spawned, not forked, so it is safe under threaded hosts such as Dagster; a script calling
-    ingestion with `workers > 1` therefore needs the usual `if __name__ == "__main__":` guard.
+    Started as `pool_start_method` says; when spawned, a script calling ingestion with `workers > 1`
+    needs the usual `if __name__ == "__main__":` guard.
     """
     if workers <= 1:
         yield None
         return
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=workers - 1, mp_context=get_context(pool_start_method())) as pool:
         yield pool
 
 
-def parallel_map(function: Callable, argument_tuples: list[tuple], pool: Executor | None) -> Iterator:
-    """`function(*args)` for each tuple, results in order; in `pool` when given."""
+PARALLEL_WINDOW = 64
+
+
+def parallel_map(function: Callable, argument_tuples: Sequence[tuple], pool: Executor | None) -> Iterator:
+    """`function(*args)` for each tuple, results in order; with a pool, shared between it and this process.
+
+    Tasks go in windows of `PARALLEL_WINDOW`: the pool takes a window's tasks from the front, this
+    process from the back (cancelling what the pool has not started), and the next window is queued
+    before this one's results are handed on, so neither side waits for the other's start-up or for
+    the consumer. At most two windows of results are held at once.
+    """
     if pool is None or len(argument_tuples) <= 1:
         yield from (function(*args) for args in argument_tuples)
         return
-    yield from pool.map(function, *zip(*argument_tuples, strict=True))
+    windows = [argument_tuples[i:i + PARALLEL_WINDOW] for i in range(0, len(argument_tuples), PARALLEL_WINDOW)]
+    queued = [pool.submit(function, *args) for args in windows[0]]
+    for number, window in enumerate(windows):
+        futures, local = queued, {}
+        for index in range(len(window) - 1, -1, -1):
+            if not futures[index].cancel():
+                break
+            local[index] = function(*window[index])
+        if number + 1 < len(windows):
+            queued = [pool.submit(function, *args) for args in windows[number + 1]]
+        for index, future in enumerate(futures):
+            yield local[index] if index in local else future.result()
 
 
 # ---------------------------------------------------------------- grouping, validation, ordering
@@ -1129,6 +1234,21 @@ def _rescaled(stored: np.ndarray, rescale: tuple[float, float] | None) -> np.nda
     return (stored.astype(np.float64) * rescale[0] + rescale[1]).astype(np.float32)
 
 
+def _read_encapsulated(path: Path, header: DicomHeader) -> np.ndarray:
+    """Stored pixel values of a compressed file, decoded from the fragments at the offset the header
+    pass found (no second header parse) by the syntax's pydicom decoder, with the options that
+    `pixel_array` would take from the data set."""
+    where = header.pixel_location
+    with open(path, "rb") as handle:
+        handle.seek(where.offset)
+        values, _ = get_decoder(UID(header.transfer_syntax)).as_array(
+            handle, rows=header.rows, columns=header.cols, samples_per_pixel=1, number_of_frames=1,
+            bits_allocated=where.bits_allocated, bits_stored=where.bits_stored,
+            pixel_representation=int(where.signed),
+            photometric_interpretation="MONOCHROME1" if header.monochrome1 else "MONOCHROME2")
+    return values
+
+
 def _read_native(path: Path, header: DicomHeader) -> np.ndarray:
     """Stored pixel values read straight from their bytes (one read, no second header parse).
 
@@ -1164,7 +1284,8 @@ def _decode(source_dir: Path, header: DicomHeader) -> np.ndarray:
     try:
         with _quiet_pydicom():
             if header.pixel_location is not None:
-                pixels = _rescaled(_read_native(source_dir / header.path, header), header.rescale)
+                read = _read_encapsulated if header.pixel_location.encapsulated else _read_native
+                pixels = _rescaled(read(source_dir / header.path, header), header.rescale)
                 inverted = header.monochrome1
             elif header.frame is not None:
                 frame = pixel_array(source_dir / header.path, index=header.frame - 1)
@@ -1185,10 +1306,17 @@ def _decode(source_dir: Path, header: DicomHeader) -> np.ndarray:
 
 
 def normalise_stack(stack: np.ndarray) -> np.ndarray:
-    """Map the stack's 1st..99.5th percentiles to 0..255 uint8 (robust to hot pixels and outliers)."""
+    """Map the stack's 1st..99.5th percentiles to 0..255 uint8 (robust to hot pixels and outliers).
+
+    In place (one float64 buffer, as before): a fresh temporary per step cost more than the arithmetic.
+    """
     low, high = np.percentile(stack, [LOW_PERCENTILE, HIGH_PERCENTILE])
     scale = 255.0 / (high - low) if high > low else 0.0
-    return np.clip(np.rint((stack - low) * scale), 0, 255).astype(np.uint8)
+    mapped = np.subtract(stack, low, dtype=np.float64)
+    mapped *= scale
+    np.rint(mapped, out=mapped)
+    np.clip(mapped, 0, 255, out=mapped)
+    return mapped.astype(np.uint8)
 
 
 def resize_field_of_view(image: np.ndarray, pixel_spacing: tuple[float, float],
