@@ -75,7 +75,11 @@ class MlflowResource(dg.ConfigurableResource):
 
     def newest_label_hash(self, strategy: str) -> str | None:
         """`label_hash` of the strategy's newest registered version (None when none is registered)."""
-        return mlflow_registry.newest_version_label_hash(self.client(), settings.REGISTERED_MODEL_NAMES[strategy])
+        return self.newest_training_params(strategy).get("label_hash")
+
+    def newest_training_params(self, strategy: str) -> dict[str, str]:
+        """Training params of the strategy's newest registered version (empty when none is registered)."""
+        return mlflow_registry.newest_version_params(self.client(), settings.REGISTERED_MODEL_NAMES[strategy])
 
     def log_evaluation_run(self, **kwargs: Any) -> str:
         """`mlflow_registry.log_evaluation_run` on this store (pass report, report_files, pictures)."""

@@ -27,6 +27,10 @@ from cmr_assets_tests.conftest import pipeline_environment
 from cmr_assets_tests.test_end_to_end import TINY_RUN
 
 MODELS = {"ops": {name: TINY_RUN["ops"][name] for name in ("model_single", "model_ranking")}}
+# A first wave without the budget-filling extra rounds: few views per image, so new answers can move labels.
+FIRST_WAVE = {"fill_budget": False}
+LIVE_RUN = {"ops": {**TINY_RUN["ops"], "labelling_tasks_single": {"config": FIRST_WAVE},
+                    "labelling_tasks_ranking": {"config": FIRST_WAVE}}}
 ANNOTATORS = ("dr_a", "dr_b")
 
 
@@ -38,7 +42,7 @@ def live(tmp_path_factory):
         from cmr_assets.definitions import build_definitions
         from cmr_assets.pipeline_runs import run_job
 
-        assert run_job("cmr_pipeline", TINY_RUN).success
+        assert run_job("cmr_pipeline", LIVE_RUN).success
         yield {"root": root, "paths": DataPaths(root / "data"), "defs": build_definitions(),
                "tracking_uri": f"sqlite:///{root / 'mlflow.db'}"}
 
@@ -79,6 +83,28 @@ def _back_date_inbox(paths: DataPaths, seconds: float) -> None:
         os.utime(path, (stamp, stamp))
 
 
+def _soft_labels(live) -> dict[str, tuple[float, ...]]:
+    rows = _query(live, "SELECT slice_id, p_too_basal, p_lv, p_too_apical FROM labels_ranking")
+    return {row[0]: row[1:] for row in rows}
+
+
+def _truth_by_png(live) -> dict[bytes, tuple[float, str]]:
+    """(position01, true class) of every slice, keyed by its PNG's bytes (what the app serves)."""
+    rows = _query(live, "SELECT s.png_path, r.position01, r.label FROM slices s "
+                        "JOIN reference_labels r USING (slice_id)")
+    return {(live["paths"].root / png).read_bytes(): (position, label) for png, position, label in rows}
+
+
+def _answer_as_the_truth(client, ticket: str, truth_by_png) -> tuple[list[int], list[int]]:
+    """An expert who sees the truth: images ordered base -> apex, dividers at the true class changes
+    (Dawid-Skene rightly gives little weight to answers that carry no information)."""
+    truths = [truth_by_png[client.get(f"/img/{ticket}/{index}").content] for index in range(8)]
+    order = sorted(range(8), key=lambda index: truths[index][0])
+    classes = [truths[index][1] for index in order]
+    n_basal = classes.count("too_basal")
+    return order, [n_basal, n_basal + classes.count("lv")]
+
+
 def test_answers_relabel_promptly_and_retrain_once_when_the_inbox_is_quiet(live) -> None:
     paths = live["paths"]
     for name in ANNOTATORS:
@@ -89,6 +115,7 @@ def test_answers_relabel_promptly_and_retrain_once_when_the_inbox_is_quiet(live)
                                   "config": {"adaptive_batches": 6, "annotators": list(ANNOTATORS)}}}})
     assert designed.success
     views_before = _query(live, "SELECT sum(n_views) FROM labels_ranking")[0][0]
+    soft_before = _soft_labels(live)
     ranking_versions_before = _versions(live, "ranking")
     single_versions_before = _versions(live, "single")
 
@@ -97,6 +124,7 @@ def test_answers_relabel_promptly_and_retrain_once_when_the_inbox_is_quiet(live)
     settled, _ = _sensor_tick(labels_settled_sensor, live)
     assert isinstance(settled, dg.SkipReason) and "unchanged" in settled.skip_message
 
+    truth_by_png = _truth_by_png(live)
     acknowledged: list[str] = []
     with TestClient(create_app(app_config(paths))) as client:
         for name in ANNOTATORS:
@@ -104,8 +132,9 @@ def test_answers_relabel_promptly_and_retrain_once_when_the_inbox_is_quiet(live)
             token = log_in(client, name)
             task = client.get("/api/ranking/next").json()["task"]
             while task is not None:
+                order, dividers = _answer_as_the_truth(client, task["ticket"], truth_by_png)
                 response = client.post("/api/ranking/submit", json={
-                    "ticket": task["ticket"], "order": list(range(8)), "dividers": [2, 6], "artefacts": []},
+                    "ticket": task["ticket"], "order": order, "dividers": dividers, "artefacts": []},
                     headers={"X-CSRF-Token": token})
                 assert response.status_code == 200 and response.json()["duplicate"] is False
                 acknowledged.append(task["ticket"])
@@ -124,6 +153,8 @@ def test_answers_relabel_promptly_and_retrain_once_when_the_inbox_is_quiet(live)
     stored = {row[0] for row in _query(live, "SELECT submission_id FROM raw_annotations_ranking")}
     assert set(acknowledged) <= stored  # every acknowledged answer reached the labels' input
     assert _query(live, "SELECT sum(n_views) FROM labels_ranking")[0][0] == views_before + 8 * len(acknowledged)
+    soft_after = _soft_labels(live)  # the ranking model trains on these (TINY_RUN: soft_labels)
+    assert max(abs(a - b) for k in soft_after for a, b in zip(soft_after[k], soft_before[k], strict=True)) > 0.01
 
     _back_date_inbox(paths, 11 * 60)
     retrain, _ = _sensor_tick(labels_settled_sensor, live)

@@ -9,18 +9,19 @@ answers within a sensor tick (`annotation_files_sensor` -> `relabel` job). Retra
 2. no relabel run is queued or running and every annotation file is ingested (labels are current),
 3. the inbox has been quiet: no annotation file written for `RetrainPolicyResource.quiet_minutes`
    (schedule: not needed),
-4. a strategy's training label hash (train + val slice ids and targets on the current split)
-   differs from the hash logged by the strategy's newest registered version, i.e. the labels a
-   model would learn from changed since a model was last trained and registered.
+4. a strategy's training label hash (train + val slice ids and targets on the current split, and
+   the class probabilities when the newest registered version trained on soft labels) differs from
+   the hash logged by that version, i.e. what a model would learn from changed since a model was
+   last trained and registered.
 
 Only the strategies whose hash changed are selected (plus the evaluation report), and the run key
 is the changed hashes, so Dagster never starts two runs for one label state from the sensor.
 
 Public API:
 - `RetrainPolicyResource(quiet_minutes=10)`
-- `training_label_hash(slices, split, labels, label_column="label") -> str`
-- `current_label_hashes(database) -> dict[strategy, str | None]`
-- `last_trained_label_hash(mlflow, strategy) -> str | None`
+- `training_label_hash(slices, split, labels, label_column="label", soft_labels=False) -> str`
+- `current_label_hashes(database, soft_labels={}) -> dict[strategy, str | None]`
+- `last_trained(mlflow, strategy) -> LastTrained(label_hash, soft_labels)`
 - `strategies_to_retrain(current, last_trained) -> list[str]`
 - `runs_in_flight(instance, job_name) -> int`
 - `retrain_request(changed, current, run_key_prefix, tags) -> RunRequest`
@@ -30,7 +31,9 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 import dagster as dg
 import duckdb
@@ -53,26 +56,40 @@ class RetrainPolicyResource(dg.ConfigurableResource):
     quiet_minutes: float = 10.0
 
 
+class LastTrained(NamedTuple):
+    """What the strategy's newest registered version learnt from: its `label_hash`, and whether it
+    trained on soft labels (then the class probabilities are part of the hash)."""
+
+    label_hash: str | None
+    soft_labels: bool = False
+
+
 def training_label_hash(slices: pd.DataFrame, split: pd.DataFrame, labels: pd.DataFrame,
-                        label_column: str = "label") -> str:
+                        label_column: str = "label", soft_labels: bool = False) -> str:
     """The `label_hash` a model trained now would log: its train + val rows and their targets."""
-    return label_hash(*(labelled_rows(slices, split, labels, which, label_column) for which in ("train", "val")))
+    rows = (labelled_rows(slices, split, labels, which, label_column) for which in ("train", "val"))
+    return label_hash(*rows, soft_labels=soft_labels)
 
 
-def current_label_hashes(database: Path) -> dict[str, str | None]:
-    """Each strategy's training label hash now (None without slices, split or labels).
-    Raises `duckdb.Error` while the pipeline holds the write lock."""
+def current_label_hashes(database: Path, soft_labels: Mapping[str, bool] | None = None) -> dict[str, str | None]:
+    """Each strategy's training label hash now (None without slices, split or labels), with its
+    class probabilities where `soft_labels[strategy]`. Raises `duckdb.Error` while the pipeline
+    holds the write lock."""
+    soft_labels = soft_labels or {}
     with duckdb.connect(str(database), read_only=True) as con:
         slices = read_table(con, "slices", "slice_id, scan_id, array_path, array_index")
         split = read_table(con, "dataset_split")
         tables = {s: read_table(con, f"labels_{s}") for s in STRATEGIES}
-    return {s: training_label_hash(slices, split, labels) if min(len(slices), len(split), len(labels)) else None
+    return {s: training_label_hash(slices, split, labels, soft_labels=soft_labels.get(s, False))
+            if min(len(slices), len(split), len(labels)) else None
             for s, labels in tables.items()}
 
 
-def last_trained_label_hash(mlflow: MlflowResource, strategy: str) -> str | None:
-    """`label_hash` of the strategy's newest registered version (None when none is registered)."""
-    return mlflow.newest_label_hash(strategy)
+def last_trained(mlflow: MlflowResource, strategy: str) -> LastTrained:
+    """`label_hash` and `soft_labels` of the strategy's newest registered version (None, False when
+    none is registered)."""
+    params = mlflow.newest_training_params(strategy)
+    return LastTrained(params.get("label_hash"), params.get("soft_labels") == "True")
 
 
 def strategies_to_retrain(current: dict[str, str | None], last_trained: dict[str, str | None]) -> list[str]:

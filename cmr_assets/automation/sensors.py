@@ -27,10 +27,11 @@ from cmr_assets.automation.file_cursor import (
 )
 from cmr_assets.automation.retrain import (
     LANE_TAG,
+    STRATEGIES,
     RetrainPolicyResource,
     current_label_hashes,
     inbox_quiet_for,
-    last_trained_label_hash,
+    last_trained,
     retrain_request,
     runs_in_flight,
     strategies_to_retrain,
@@ -64,6 +65,11 @@ retrain_job = dg.define_asset_job(
 )
 
 
+def _database_busy(error: duckdb.Error) -> dg.SkipReason:
+    """The pipeline holds DuckDB's write lock: look again next tick."""
+    return dg.SkipReason(f"database busy ({type(error).__name__}); will look again")
+
+
 def _folder_sensor_tick(context: dg.SensorEvaluationContext, folder, patterns, what: str,
                         already_done: Callable[[list[FileStamp]], list[FileStamp]] | None = None,
                         stamps: list[FileStamp] | None = None):
@@ -78,8 +84,8 @@ def _folder_sensor_tick(context: dg.SensorEvaluationContext, folder, patterns, w
     if already_done is not None:
         try:
             done = set(already_done(stamps))
-        except duckdb.Error as error:  # the pipeline holds the write lock: look again next tick
-            return dg.SkipReason(f"database busy ({type(error).__name__}); will look again")
+        except duckdb.Error as error:
+            return _database_busy(error)
         if all(s in done for s in stamps):
             context.update_cursor(format_cursor(now))
             return dg.SkipReason(f"all {now.n_files} {what} are already ingested")
@@ -133,16 +139,20 @@ def retrain_due(context: dg.SensorEvaluationContext | dg.ScheduleEvaluationConte
     stamps = scan_folder(paths.annotations_incoming, ANNOTATION_PATTERNS, recursive=False, follow_symlinks=False)
     try:
         done = set(ingested_annotation_files(paths.duckdb)(stamps))
-        current = current_label_hashes(paths.duckdb)
     except duckdb.Error as error:
-        return dg.SkipReason(f"database busy ({type(error).__name__}); will look again")
+        return _database_busy(error)
     if any(s not in done for s in stamps):
         return dg.SkipReason("annotation files not yet ingested; relabel first")
     if quiet_s is not None:
         quiet_for = inbox_quiet_for([s.mtime_ns for s in stamps])
         if quiet_for < quiet_s:
             return dg.SkipReason(f"annotators still at work: inbox quiet for {quiet_for:.0f} s of {quiet_s:.0f} s")
-    changed = strategies_to_retrain(current, {s: last_trained_label_hash(mlflow, s) for s in current})
+    trained = {s: last_trained(mlflow, s) for s in STRATEGIES}
+    try:
+        current = current_label_hashes(paths.duckdb, {s: t.soft_labels for s, t in trained.items()})
+    except duckdb.Error as error:
+        return _database_busy(error)
+    changed = strategies_to_retrain(current, {s: t.label_hash for s, t in trained.items()})
     if not changed:
         return dg.SkipReason("training labels unchanged since the newest registered models were trained")
     failed = [s for s in changed if labels_check_failed(context.instance, s)]

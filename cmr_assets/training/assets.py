@@ -147,7 +147,7 @@ def train_strategy_model(context: dg.AssetExecutionContext, strategy: str, confi
         raise dg.Failure(f"model_{strategy}: no split or no labels_{strategy} yet; materialise them first")
     train = labelled_rows(slices, split, labels, "train", config.label_column)
     val = labelled_rows(slices, split, labels, "val", config.label_column)
-    training_labels = label_hash(train, val)
+    training_labels = label_hash(train, val, config.soft_labels)
     split_hash = frame_hash(split, ["scan_id", "split"])
     newest = mlflow.newest_label_hash(strategy)
     if newest == training_labels and not config.force:

@@ -63,10 +63,18 @@ def frame_hash(frame: pd.DataFrame, columns: list[str]) -> str:
     return hashlib.sha256("\n".join(rows).encode()).hexdigest()[:16]
 
 
-def label_hash(train: pd.DataFrame, val: pd.DataFrame) -> str:
-    """What a model learns from (train + val slice ids and targets): logged with every model, and
-    compared by the nightly schedule to decide whether labels changed since the champion."""
-    return frame_hash(pd.concat([train, val]), ["slice_id", "target"])
+SOFT_LABEL_DECIMALS = 2
+
+
+def label_hash(train: pd.DataFrame, val: pd.DataFrame, soft_labels: bool = False) -> str:
+    """What a model learns from (train + val slice ids and targets, and the class probabilities
+    when it trains on soft labels, to `SOFT_LABEL_DECIMALS`): logged with every model, and compared
+    by the sensor and nightly schedule to decide whether labels changed since the champion."""
+    rows = pd.concat([train, val])
+    if not soft_labels:
+        return frame_hash(rows, ["slice_id", "target"])
+    rounded = rows[PROBABILITY_COLUMNS].astype(float).round(SOFT_LABEL_DECIMALS) + 0.0  # -0.0 -> 0.0
+    return frame_hash(rows[["slice_id", "target"]].join(rounded), ["slice_id", "target", *PROBABILITY_COLUMNS])
 
 
 def array_hash(images: np.ndarray) -> str:

@@ -28,6 +28,7 @@ Public API:
   datasets=None) -> LoggedModel` (`datasets`: context -> `mlflow.data` dataset, logged as run inputs;
   metrics are attached to the logged model and to the `validation` dataset)
 - `promote_if_better(client, model_name, new_version, new_val_macro_f1, split_hash, rescore=None) -> dict`
+- `newest_version_params(client, model_name) -> dict[str, str]` (empty without a version)
 - `newest_version_label_hash(client, model_name) -> str | None`
 - `load_champion(model_name_or_uri, tracking_uri=None, map_location="cpu") -> torch.nn.Module`
 - `log_evaluation_run(tracking_uri, artifact_location, report, report_files, pictures, tags=None,
@@ -264,16 +265,21 @@ def log_trained_model(tracking_uri: str, artifact_location: str, strategy: str, 
                        registered_model=registered_model, version=version)
 
 
-def newest_version_label_hash(client: mlflow.MlflowClient, model_name: str) -> str | None:
-    """The `label_hash` param of the run behind the newest registered version (None without one)."""
+def newest_version_params(client: mlflow.MlflowClient, model_name: str) -> dict[str, str]:
+    """The params of the training run behind the newest registered version (empty without one)."""
     try:
         versions = client.search_model_versions(f"name = '{model_name}'")
     except MlflowException:
-        return None
+        return {}
     if not versions:
-        return None
+        return {}
     newest = max(versions, key=lambda v: int(v.version))
-    return client.get_run(newest.run_id).data.params.get("label_hash") if newest.run_id else None
+    return dict(client.get_run(newest.run_id).data.params) if newest.run_id else {}
+
+
+def newest_version_label_hash(client: mlflow.MlflowClient, model_name: str) -> str | None:
+    """The `label_hash` param of the run behind the newest registered version (None without one)."""
+    return newest_version_params(client, model_name).get("label_hash")
 
 
 def _tag_float(tags: Mapping[str, str], key: str) -> float | None:

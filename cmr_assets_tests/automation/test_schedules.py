@@ -51,8 +51,17 @@ def relabel(tables: dict[str, pd.DataFrame], strategy: str, slice_id: str, label
     labels.loc[labels["slice_id"] == slice_id, "label"] = label
 
 
-def current_hash(tables: dict[str, pd.DataFrame], strategy: str) -> str:
-    return training_label_hash(tables["slices"], tables["dataset_split"], tables[f"labels_{strategy}"])
+def current_hash(tables: dict[str, pd.DataFrame], strategy: str, soft_labels: bool = False) -> str:
+    return training_label_hash(tables["slices"], tables["dataset_split"], tables[f"labels_{strategy}"],
+                               soft_labels=soft_labels)
+
+
+def shift_probability(tables: dict[str, pd.DataFrame], strategy: str, slice_id: str, amount: float) -> None:
+    """Move probability from the slice's label to `too_apical` (its hard label stays)."""
+    labels = tables[f"labels_{strategy}"]
+    row = labels["slice_id"] == slice_id
+    labels.loc[row, "p_lv"] -= amount
+    labels.loc[row, "p_too_apical"] += amount
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +70,10 @@ def mlflow_store(tmp_path_factory) -> str:
     return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
 
 
-def register_champion(tracking_uri: str, strategy: str, label_hash: str, artifacts: Path) -> None:
-    """A registered version aliased `champion` whose training run logged `label_hash`, as training does."""
+def register_champion(tracking_uri: str, strategy: str, label_hash: str, artifacts: Path,
+                      soft_labels: bool = False) -> None:
+    """A registered version aliased `champion` whose training run logged `label_hash` and
+    `soft_labels`, as training does."""
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     name = REGISTERED_MODEL_NAMES[strategy]
     if not client.search_registered_models(f"name = '{name}'"):
@@ -72,6 +83,7 @@ def register_champion(tracking_uri: str, strategy: str, label_hash: str, artifac
         "schedule-test", artifact_location=artifacts.as_uri())
     run = client.create_run(experiment_id)
     client.log_param(run.info.run_id, "label_hash", label_hash)
+    client.log_param(run.info.run_id, "soft_labels", soft_labels)
     client.set_terminated(run.info.run_id)
     version = client.create_model_version(name, source=(artifacts / run.info.run_id).as_uri(),
                                           run_id=run.info.run_id)
@@ -103,6 +115,16 @@ def test_label_hash_follows_training_rows_only() -> None:
     assert current_hash(tables, "single") != before
 
 
+def test_soft_label_hash_follows_the_probabilities_to_two_decimals() -> None:
+    tables = tiny_tables()
+    hard, soft = current_hash(tables, "ranking"), current_hash(tables, "ranking", soft_labels=True)
+    shift_probability(tables, "ranking", "scanA-01", 1e-4)  # numerical noise of the aggregation
+    assert current_hash(tables, "ranking", soft_labels=True) == soft
+    shift_probability(tables, "ranking", "scanA-01", 0.2)
+    assert current_hash(tables, "ranking") == hard  # a hard-label model learns the same targets
+    assert current_hash(tables, "ranking", soft_labels=True) != soft
+
+
 def test_schedule_targets_retrain_job() -> None:
     assert nightly_retrain_schedule.job_name == "retrain_models"
     assert nightly_retrain_schedule.cron_schedule == "0 2 * * *"
@@ -125,6 +147,21 @@ def test_schedule_skips_when_labels_unchanged_and_retrains_what_changed(data_pat
     assert isinstance(changed, dg.RunRequest)
     assert changed.tags["cmr/labels_changed"] == "single" and changed.run_key.startswith("nightly-20250302-")
     assert changed.asset_selection == [dg.AssetKey("model_single"), dg.AssetKey("evaluation_report")]
+
+
+def test_a_soft_label_champion_is_retrained_when_its_probabilities_move(data_paths, mlflow_store, tmp_path) -> None:
+    tables = tiny_tables()
+    write_tables(data_paths, tables)
+    for strategy in ("ranking", "single"):
+        soft = strategy == "ranking"
+        register_champion(mlflow_store, strategy, current_hash(tables, strategy, soft), tmp_path / "artifacts", soft)
+    assert isinstance(evaluate(data_paths, mlflow_store), dg.SkipReason)
+
+    for strategy in ("ranking", "single"):  # the same move in both: only the soft-label model learns from it
+        shift_probability(tables, strategy, "scanA-01", 0.2)
+    write_tables(data_paths, tables)
+    changed = evaluate(data_paths, mlflow_store)
+    assert isinstance(changed, dg.RunRequest) and changed.tags["cmr/labels_changed"] == "ranking"
 
 
 def test_schedule_skips_without_a_split(data_paths, mlflow_store) -> None:
