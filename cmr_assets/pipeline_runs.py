@@ -95,11 +95,13 @@ def run_demo(n_scans: int | None = None, seed: int | None = None) -> int:
     started = time.time()
     with MemorySampler() as sampler:
         result = run_job(PIPELINE_JOB, demo_run_config(n_scans, seed))
-    profile = {"wall_seconds": round(time.time() - started, 1),
-               "peak_rss_mb": round(max((r for _, r in sampler.samples), default=0.0), 1),
-               "success": result.success, "run_id": result.run_id, "steps": step_profile(result.run_id, sampler)}
+    wall_seconds = round(time.time() - started, 1)
+    peak_rss_mb = round(max((r for _, r in sampler.samples), default=0.0), 1)
+    steps = step_profile(result.run_id, sampler)
+    profile = {"wall_seconds": wall_seconds, "peak_rss_mb": peak_rss_mb,
+               "success": result.success, "run_id": result.run_id, "steps": steps}
     (paths.reports / "demo_profile.json").write_text(json.dumps(profile, indent=2))
-    for step in profile["steps"]:
+    for step in steps:
         print(f"  {step['asset']:<32} {step['seconds']:>8.1f} s  {step['peak_rss_mb']:>8.0f} MB  {step['status']}")
     print(f"demo {'succeeded' if result.success else 'FAILED'} in {profile['wall_seconds']:.0f} s "
           f"(peak {profile['peak_rss_mb']:.0f} MB); run {result.run_id}")

@@ -144,7 +144,7 @@ def load_task_snapshot(duckdb_path: Path, slice_png_root: Path, data_root: Path)
     single_rows, ranking_rows = read.single, read.ranking
     png_paths = {slice_id: data_root / png_path for slice_id, png_path, _ in read.slices
                  if png_path and SLICE_ID_PATTERN.fullmatch(slice_id)}
-    heart_crops = {slice_id: tuple(int(v) for v in box) for slice_id, _, box in read.slices
+    heart_crops = {slice_id: (int(box[0]), int(box[1]), int(box[2]), int(box[3])) for slice_id, _, box in read.slices
                    if slice_id in png_paths and box is not None and len(box) == 4}
     candidates = tuple(c for c in candidates_from_rows(read.reference, read.labels) if c.slice_id in png_paths)
     single: dict[str, list[SingleTask]] = defaultdict(list)

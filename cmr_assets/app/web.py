@@ -273,7 +273,7 @@ class ClientAddress:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         client = scope.get("client")
         if scope["type"] in ("http", "websocket") and client and self.trusted(client[0]):
-            headers = {}
+            headers: dict[bytes, bytes] = {}
             for key, value in scope.get("headers", []):
                 if key in (b"x-forwarded-for", b"x-forwarded-proto"):  # several headers: join them
                     headers[key] = (headers[key] + b"," + value) if key in headers else value

@@ -67,8 +67,8 @@ class LastTrained(NamedTuple):
 def training_label_hash(slices: pd.DataFrame, split: pd.DataFrame, labels: pd.DataFrame,
                         label_column: str = "label", soft_labels: bool = False) -> str:
     """The `label_hash` a model trained now would log: its train + val rows and their targets."""
-    rows = (labelled_rows(slices, split, labels, which, label_column) for which in ("train", "val"))
-    return label_hash(*rows, soft_labels=soft_labels)
+    train, val = (labelled_rows(slices, split, labels, which, label_column) for which in ("train", "val"))
+    return label_hash(train, val, soft_labels=soft_labels)
 
 
 def current_label_hashes(database: Path, soft_labels: Mapping[str, bool] | None = None) -> dict[str, str | None]:

@@ -197,6 +197,8 @@ def _curve_point(strategy: str, hours: float, raw: pd.DataFrame, inputs: dict[st
            "note": ""}
     if train_config is None:
         return row
+    if test_images is None:
+        raise ValueError("test_images: needed to score the model trained with train_config")
     if not labelled:
         return {**row, "note": "no model: no image labelled within this budget"}
     train = labelled_rows(inputs["slices"], inputs["split"], labels, "train")

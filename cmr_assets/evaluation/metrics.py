@@ -82,6 +82,7 @@ def classification_metrics(y_true: Any, proba: Any,
     precision, recall, f1, support = precision_recall_fscore_support(
         truth, predicted, labels=labels, zero_division=0)
     per_class_auc: list[float | None] = []
+    defined_auc: list[float] = []
     undefined: list[str] = []
     for k, name in enumerate(class_names):
         positives = truth == k
@@ -89,13 +90,14 @@ def classification_metrics(y_true: Any, proba: Any,
             per_class_auc.append(None)
             undefined.append(name)
         else:
-            per_class_auc.append(float(roc_auc_score(positives, probabilities[:, k])))
+            defined_auc.append(float(roc_auc_score(positives, probabilities[:, k])))
+            per_class_auc.append(defined_auc[-1])
     if undefined:
         roc_auc = None
         roc_auc_note = (f"ROC AUC undefined: class(es) {', '.join(undefined)} have no positive or no "
                         "negative example in the test set")
     else:
-        roc_auc = float(np.mean(per_class_auc))
+        roc_auc = float(np.mean(defined_auc))  # every class defined here
         roc_auc_note = None
 
     return {
@@ -163,6 +165,8 @@ def bootstrap_accuracy_difference(y_true: Any, pred_a: Any, pred_b: Any, n_boot:
     if not 0 < confidence < 1:
         raise ValueError(f"confidence: must lie in (0, 1), got {confidence}")
     difference = correct_a.astype(np.float64) - correct_b.astype(np.float64)
+    unit_sums: np.ndarray
+    unit_sizes: np.ndarray
     if groups is None:
         unit_sums, unit_sizes = difference, np.ones_like(difference)
         unit = "image"

@@ -113,7 +113,7 @@ def rank_score_distribution_png(frame: pd.DataFrame, score_column: str = "score"
     if missing:
         raise ValueError(f"frame: missing column(s) {missing}; has {list(frame.columns)}")
     scores = pd.to_numeric(frame[score_column], errors="coerce").to_numpy(dtype=np.float64)
-    labels = frame[label_column].map(lambda v: class_names[v] if isinstance(v, int | np.integer) else v)
+    labels = frame[label_column].map(lambda v: class_names[int(v)] if isinstance(v, int | np.integer) else v)
     finite = np.isfinite(scores)
     if not finite.any():
         raise ValueError(f"frame[{score_column!r}]: no finite scores to plot")
@@ -121,7 +121,7 @@ def rank_score_distribution_png(frame: pd.DataFrame, score_column: str = "score"
     fig, ax = plt.subplots(figsize=(6.5, 3.6))
     for name in class_names:
         selected = finite & (labels == name).to_numpy()
-        ax.hist(scores[selected], bins=bins, alpha=0.55, label=f"{name} (n={int(selected.sum())})")
+        ax.hist(scores[selected], bins=bins.tolist(), alpha=0.55, label=f"{name} (n={int(selected.sum())})")
     ax.set_xlabel(f"latent rank score ({score_column}), base -> apex")
     ax.set_ylabel("images")
     ax.legend(fontsize=8)

@@ -163,9 +163,9 @@ def summarise_repeats(predictions: pd.DataFrame, n_boot: int = 1000, seed: int =
         values = np.stack([w[name] for w in within])  # (repeats, draws)
         return values[chosen, columns].mean(axis=1)
 
-    strategies = {}
+    strategies: dict[str, dict[str, float | list[float] | None]] = {}
     for strategy in (STRATEGY_A, STRATEGY_B):
-        block = {}
+        block: dict[str, float | list[float] | None] = {}
         for metric in ("accuracy", "macro_f1", "roc_auc"):
             points = [r[strategy][metric] for r in per_repeat]
             block[f"test_{metric}_mean"] = float(np.mean(points)) if None not in points else None

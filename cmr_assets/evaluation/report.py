@@ -137,13 +137,21 @@ def build_evaluation_report(per_strategy: Mapping[str, StrategyEvaluation], comp
     absent = [k for k in ("kappa_intra", "kappa_inter") if k not in agreement]
     if absent:
         raise ValueError(f"agreement: missing {absent} (use None when not measured)")
+    strategy_blocks = {s: _strategy_block(per_strategy[s]) for s in STRATEGIES}
+    comparison_block: dict[str, Any] = {"model_a": "ranking", "model_b": "single", **comparison}
+    if repeated is not None:
+        for strategy in STRATEGIES:
+            strategy_blocks[strategy].update(repeated["strategies"][strategy])
+        comparison_block.update({key: repeated[key] for key in ("repeats", "accuracy_diff_mean",
+                                                                "accuracy_diff_ci95", "per_repeat")})
+        comparison_block["repeats_interval"] = repeated["interval"]
     report = {
         "format_version": 1,
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "n_test_images": int(n_test_images),
         "reference_source": reference_source,
-        "strategies": {s: _strategy_block(per_strategy[s]) for s in STRATEGIES},
-        "comparison": {"model_a": "ranking", "model_b": "single", **comparison},
+        "strategies": strategy_blocks,
+        "comparison": comparison_block,
         "agreement": dict(agreement),
         "paper": PAPER_RESULTS,
         "pictures": dict(pictures or {}),
@@ -151,12 +159,6 @@ def build_evaluation_report(per_strategy: Mapping[str, StrategyEvaluation], comp
         "learning_curves": dict(learning_curves) if learning_curves is not None else None,
         "provenance": dict(provenance or {}),
     }
-    if repeated is not None:
-        for strategy in STRATEGIES:
-            report["strategies"][strategy].update(repeated["strategies"][strategy])
-        report["comparison"].update({key: repeated[key] for key in ("repeats", "accuracy_diff_mean",
-                                                                   "accuracy_diff_ci95", "per_repeat")})
-        report["comparison"]["repeats_interval"] = repeated["interval"]
     return _jsonable(report)
 
 
@@ -315,7 +317,7 @@ def _repeated_lines(report: Mapping[str, Any]) -> list[str]:
              "seed each; repeat 0 = the registered models)", "",
              *_table(["mean [95% interval]", "ranking", "single"], rows), "",
              f"Accuracy difference (ranking - single): {100 * comparison['accuracy_diff_mean']:+.1f} points"
-             + (f", [{100 * low:+.1f}, {100 * high:+.1f}]" if low is not None else "")
+             + (f", [{100 * low:+.1f}, {100 * high:+.1f}]" if low is not None and high is not None else "")
              + f"; {comparison.get('repeats_interval', '')}.", ""]
     return lines + _table(["repeat", "test images", "ranking accuracy", "single accuracy", "McNemar p"], [
         [str(r["repeat"]), _fmt(r["n_test_images"], "int"), _fmt(r["ranking"]["accuracy"], "pct"),

@@ -125,7 +125,8 @@ def slices(context: dg.AssetExecutionContext, config: ScanSourceConfig, data_pat
         stored = read_table(con, "slices")
         by_reason = con.execute("SELECT reason, count(*) AS files FROM rejected_files GROUP BY reason "
                                 "ORDER BY files DESC").df()
-    metadata = {key: value for key, value in report.as_dict().items() if isinstance(value, int | float)}
+    metadata: dict[str, int | float | dg.MetadataValue] = {
+        key: value for key, value in report.as_dict().items() if isinstance(value, int | float)}
     metadata.update({"slices_total": len(stored), "scans_total": int(stored["scan_id"].nunique()) if len(stored) else 0,
                      "rejections_by_reason": table(by_reason)})
     png = _slice_montage(paths, stored)

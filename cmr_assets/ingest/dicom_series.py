@@ -91,18 +91,21 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from multiprocessing import get_context
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, TypeAlias, cast, overload
 
 import numpy as np
 import pydicom
 from PIL import Image
 from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import _at_pixel_data, _read_file_meta_info, read_dataset
 from pydicom.pixels import apply_rescale, get_decoder, pixel_array
-from pydicom.tag import Tag
+from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+if TYPE_CHECKING:
+    from pydicom.pixels.decoders.base import DecodeOptions
 
 logger = logging.getLogger(__name__)
 
@@ -348,32 +351,44 @@ def _looks_like_raw_dataset(head: bytes) -> bool:
 
 _TEXT_VRS = frozenset({"DS", "IS", "CS", "UI"})
 
+# The header scan's raw (unconverted) elements by tag, file meta included (`_fast_header`).
+_RawElements: TypeAlias = dict[int, RawDataElement]
+# What the header readers take: a pydicom data set, or a header scan's raw elements.
+_HeaderSource: TypeAlias = pydicom.Dataset | _RawElements
+
 
 @lru_cache(maxsize=256)
 def _tag_and_vr(keyword: str) -> tuple[int, str]:
     tag = tag_for_keyword(keyword)
+    if tag is None:  # only ever called with the dictionary keywords written in this module
+        raise ValueError(f"not a DICOM dictionary keyword: {keyword!r}")
     return tag, dictionary_VR(tag)
 
 
-def _element(ds: pydicom.Dataset | dict, keyword: str) -> tuple[int, str, object]:
+def _element(ds: _HeaderSource, keyword: str) -> tuple[int, str, DataElement | RawDataElement | None]:
     """(tag, dictionary VR, element or None) from a pydicom data set or a header scan's raw elements."""
     tag, dictionary_vr = _tag_and_vr(keyword)
-    return tag, dictionary_vr, ds.get(tag) if isinstance(ds, dict) else ds.get_item(tag)
+    if isinstance(ds, dict):
+        return tag, dictionary_vr, ds.get(tag)
+    # pydicom's `get_item` overload says DataElement; it returns the raw element while unconverted, None when absent
+    elem: DataElement | RawDataElement | None = ds.get_item(tag)
+    return tag, dictionary_vr, elem
 
 
-def _has(ds: pydicom.Dataset | dict, keyword: str) -> bool:
+def _has(ds: _HeaderSource, keyword: str) -> bool:
     return _tag_and_vr(keyword)[0] in ds
 
 
-def _element_value(ds: pydicom.Dataset | dict, keyword: str) -> object:
+def _element_value(ds: _HeaderSource, keyword: str) -> object:
     """The element's value as pydicom converts it (None when absent)."""
-    tag, _vr, elem = _element(ds, keyword)
-    if elem is None:
-        return None
     if not isinstance(ds, dict):
-        return ds[tag].value
+        tag, _vr, elem = _element(ds, keyword)
+        return None if elem is None else ds[tag].value
+    raw = ds.get(_tag_and_vr(keyword)[0])
+    if raw is None or raw.value is None:  # the header scan always stores the value bytes
+        return None
     charset = ds.get(_CHARSET_TAG)
-    return _converted(elem.tag, elem.VR, elem.value, elem.is_implicit_VR, charset.value if charset else None)
+    return _converted(raw.tag, raw.VR, raw.value, raw.is_implicit_VR, charset.value if charset else None)
 
 
 _CHARSET_TAG = 0x00080005
@@ -382,15 +397,18 @@ _CHARSET_TAG = 0x00080005
 @lru_cache(maxsize=1024)
 def _converted(tag: int, vr: str | None, value: bytes, implicit: bool, charset: bytes | None) -> object:
     """pydicom's conversion of one raw element (cached: the elements that need it repeat along a series)."""
-    elements = {tag: RawDataElement(Tag(tag), vr, len(value), value, 0, implicit, True)}
+    key = Tag(tag)
+    elements: dict[BaseTag, DataElement | RawDataElement] = {key: RawDataElement(key, vr, len(value), value, 0,
+                                                                                  implicit, True)}
     if charset is not None:
-        elements[_CHARSET_TAG] = RawDataElement(Tag(_CHARSET_TAG), None if implicit else "CS", len(charset),
-                                                charset, 0, implicit, True)
+        elements[Tag(_CHARSET_TAG)] = RawDataElement(Tag(_CHARSET_TAG), None if implicit else "CS", len(charset),
+                                                     charset, 0, implicit, True)
     return pydicom.Dataset(elements)[tag].value
 
 
-def _values(ds: pydicom.Dataset | dict, keyword: str) -> list | None:
-    """The element's values, or None when absent or empty.
+def _values(ds: _HeaderSource, keyword: str) -> list[Any] | None:
+    """The element's values (whatever pydicom converts them to: str, int, float, DSfloat, IS, ...),
+    or None when absent or empty.
 
     `ds` is a pydicom data set, or the header scan's raw elements by tag (`_scan_header`). Fast
     path: a numeric-string, code-string or UID element still in its raw (unconverted) form is
@@ -414,12 +432,30 @@ def _values(ds: pydicom.Dataset | dict, keyword: str) -> list | None:
     return list(value) if isinstance(value, list | tuple | pydicom.multival.MultiValue) else [value]
 
 
-def _text(ds: pydicom.Dataset, keyword: str) -> str | None:
+def _text(ds: _HeaderSource, keyword: str) -> str | None:
     values = _values(ds, keyword)
     return str(values[0]) if values and values[0] != "" else None
 
 
-def _optional_floats(ds: pydicom.Dataset, keyword: str, count: int) -> tuple[float, ...] | None:
+@overload
+def _optional_floats(ds: _HeaderSource, keyword: str, count: Literal[2]) -> tuple[float, float] | None: ...
+
+
+@overload
+def _optional_floats(ds: _HeaderSource, keyword: str, count: Literal[3]) -> tuple[float, float, float] | None: ...
+
+
+@overload
+def _optional_floats(ds: _HeaderSource, keyword: str,
+                     count: Literal[6]) -> tuple[float, float, float, float, float, float] | None: ...
+
+
+@overload
+def _optional_floats(ds: _HeaderSource, keyword: str, count: int) -> tuple[float, ...] | None: ...
+
+
+def _optional_floats(ds: _HeaderSource, keyword: str, count: int) -> tuple[float, ...] | None:
+    """Exactly `count` finite numbers, else None."""
     values = _values(ds, keyword)
     if values is None or len(values) != count:
         return None
@@ -430,7 +466,7 @@ def _optional_floats(ds: pydicom.Dataset, keyword: str, count: int) -> tuple[flo
     return numbers if all(np.isfinite(numbers)) else None
 
 
-def _optional_float(ds: pydicom.Dataset, keyword: str) -> float | None:
+def _optional_float(ds: _HeaderSource, keyword: str) -> float | None:
     numbers = _optional_floats(ds, keyword, 1)
     return numbers[0] if numbers else None
 
@@ -498,7 +534,7 @@ def _pixel_element(handle: BinaryIO, transfer_syntax: UID,
 _NATIVE_SYNTAXES = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian})
 
 
-def _native_location(ds: pydicom.Dataset, header: DicomHeader, transfer_syntax: UID, where: tuple[int, ...] | None,
+def _native_location(ds: _HeaderSource, header: DicomHeader, transfer_syntax: UID, where: tuple[int, int] | None,
                      deflate_start: int | None) -> PixelLocation | None:
     """A `PixelLocation` when decoding from it gives exactly what pydicom's `pixel_array` would, else None."""
     if where is None or header.frame is not None:
@@ -529,7 +565,7 @@ def _shared_pair(first: float, second: float) -> tuple[float, float]:
     return (first, second)
 
 
-def _optional_int(ds: pydicom.Dataset, keyword: str) -> int | None:
+def _optional_int(ds: _HeaderSource, keyword: str) -> int | None:
     values = _values(ds, keyword)
     try:
         return int(values[0]) if values and values[0] != "" else None
@@ -537,13 +573,13 @@ def _optional_int(ds: pydicom.Dataset, keyword: str) -> int | None:
         return None
 
 
-def _single_frame_rescale(ds: pydicom.Dataset | dict) -> tuple[float, float] | None:
+def _single_frame_rescale(ds: _HeaderSource) -> tuple[float, float] | None:
     """(RescaleSlope, RescaleIntercept) when both are present, as pydicom's `apply_rescale` wants them."""
     slope, intercept = _optional_float(ds, "RescaleSlope"), _optional_float(ds, "RescaleIntercept")
     return _shared_pair(slope, intercept) if slope is not None and intercept is not None else None
 
 
-def _header_from_dataset(relative: str, ds: pydicom.Dataset | dict,
+def _header_from_dataset(relative: str, ds: _HeaderSource,
                          transfer_syntax: UID) -> list[DicomHeader] | Rejection:
     """One `DicomHeader` per image of the file (one per frame of a multi-frame file), or why none.
 
@@ -587,7 +623,8 @@ def _header_from_dataset(relative: str, ds: pydicom.Dataset | dict,
     frames = _optional_int(ds, "NumberOfFrames")
     if frames is None or frames <= 1:
         return [header]
-    if not _has(ds, "PerFrameFunctionalGroupsSequence"):
+    # raw elements never hold the functional groups (the header scan leaves multi-frame files to pydicom)
+    if isinstance(ds, dict) or not _has(ds, "PerFrameFunctionalGroupsSequence"):
         return Rejection(relative, REJECT_UNSUPPORTED_IMAGE,
                          f"multi-frame file ({frames} frames) without per-frame functional groups")
     return _frame_headers(header, ds, frames)
@@ -640,14 +677,16 @@ def _frame_headers(file_header: DicomHeader, ds: pydicom.Dataset, frames: int) -
     headers = []
     for number, item in enumerate(per_frame, start=1):
         groups = (item, shared)
-        values: dict = {}
+        # DicomHeader fields by name for `replace`: each gets the count `_FRAME_GEOMETRY` gives its type
+        values: dict[str, Any] = {}
         for field_name, (sequence, keyword, count) in _FRAME_GEOMETRY.items():
             found = _macro_floats(groups, sequence, keyword, count)
             if found is None:
-                found = getattr(file_header, field_name)
+                values[field_name] = getattr(file_header, field_name)
             elif count == 1:
-                found = found[0]
-            values[field_name] = found
+                values[field_name] = found[0]
+            else:
+                values[field_name] = found
         trigger = _macro_floats(groups, "CardiacSynchronizationSequence", "NominalCardiacTriggerDelayTime", 1)
         if trigger is None:
             for sequence in _UNASSIGNED:
@@ -687,7 +726,8 @@ def _read_deflated_header(handle: BinaryIO) -> tuple[pydicom.Dataset, tuple[int,
     end = head.find(_PIXEL_DATA_TAG_LE)
     if end < 0:
         return None
-    ds = read_dataset(DicomBytesIO(head[:end + 12]), is_implicit_VR=False, is_little_endian=True,
+    # a DicomBytesIO is file-like but no BinaryIO subclass (pydicom casts it the same way in dcmread)
+    ds = read_dataset(cast(BinaryIO, DicomBytesIO(head[:end + 12])), is_implicit_VR=False, is_little_endian=True,
                       stop_when=_at_pixel_data)
     ds.file_meta = meta
     element = head[end:end + 12]
@@ -727,7 +767,7 @@ class _ScanGaveUp(Exception):
     """The fast header scan met something it leaves to pydicom."""
 
 
-def _walk_elements(buf: bytes, pos: int, implicit: bool, collect: dict | None,
+def _walk_elements(buf: bytes, pos: int, implicit: bool, collect: _RawElements | None,
                    file_meta: bool = False) -> tuple[int, int | None]:
     """Walk little-endian data elements from `pos`: at top level (`collect` given) until a pixel data
     tag, returning (its offset, tag); inside an item until the item delimiter, returning (the offset
@@ -767,8 +807,8 @@ def _walk_elements(buf: bytes, pos: int, implicit: bool, collect: dict | None,
             raise _ScanGaveUp("element runs past the scanned bytes")
         if collect is not None and (file_meta or tag in _SCANNED_TAGS):
             # the tag stays an int: these elements are read by `_values`, never by pydicom's Dataset
-            collect[tag] = RawDataElement(tag, _VR_NAMES.get(vr), length, buf[start:end], start, implicit, True, True,
-                                          False)
+            vr_name = None if vr is None else _VR_NAMES.get(vr)
+            collect[tag] = RawDataElement(tag, vr_name, length, buf[start:end], start, implicit, True, True, False)
         pos = end
 
 
@@ -789,7 +829,7 @@ def _skip_sequence(buf: bytes, pos: int, implicit: bool) -> int:
             pos += 8 + length
 
 
-def _scan_header(buf: bytes, implicit: bool, collected: dict) -> int:
+def _scan_header(buf: bytes, implicit: bool, collected: _RawElements) -> int:
     """Add the wanted elements of a little-endian data set in `buf` to `collected` (raw, as pydicom
     would hold them, by tag) and return the offset of its pixel data element; raises `_ScanGaveUp`
     for anything it leaves to pydicom."""
@@ -799,7 +839,7 @@ def _scan_header(buf: bytes, implicit: bool, collected: dict) -> int:
     return offset
 
 
-def _scan_deflated(data: bytes, elements: dict) -> tuple[bytes, int]:
+def _scan_deflated(data: bytes, elements: _RawElements) -> tuple[bytes, int]:
     """`_scan_header` of a deflated data set, inflating only what its header needs: 4 KiB first (a
     typical header is 1-2 KiB; inflating costs per byte out), else `DEFLATED_HEADER_BYTES`."""
     buf = zlib.decompressobj(-zlib.MAX_WBITS).decompress(data, DEFLATED_HEADER_BYTES // 4)
@@ -810,7 +850,11 @@ def _scan_deflated(data: bytes, elements: dict) -> tuple[bytes, int]:
         return buf, _scan_header(buf, False, elements)
 
 
-def _fast_header(handle: BinaryIO, file_size: int) -> tuple | None:
+# (raw elements, transfer syntax, problem, (pixel value offset, length), deflate start): see `_fast_header`
+_FastHeader: TypeAlias = tuple[_RawElements, UID, Rejection | None, tuple[int, int] | None, int | None]
+
+
+def _fast_header(handle: BinaryIO, file_size: int) -> _FastHeader | None:
     """(raw elements, transfer syntax, problem, where, deflate_start) from one read of a file's first
     bytes, or None to let pydicom read the header. Covers files with a preamble in explicit or
     implicit VR little endian, compressed syntaxes (their data set is explicit VR little endian) and
@@ -820,7 +864,7 @@ def _fast_header(handle: BinaryIO, file_size: int) -> tuple | None:
     results are the same either way."""
     handle.seek(0)
     head = handle.read(HEADER_SCAN_BYTES)
-    elements: dict = {}
+    elements: _RawElements = {}
     try:
         data_start, _ = _walk_elements(head, 128 + 4, False, elements, file_meta=True)
         syntax = UID(_text(elements, "TransferSyntaxUID") or "")
@@ -870,6 +914,7 @@ def read_file(source_dir: Path, path: Path) -> list[DicomHeader] | Rejection:
                 with _quiet_pydicom():
                     fast = _fast_header(handle, file_size) if has_preamble else None
                     deflated = _read_deflated_header(handle) if has_preamble and fast is None else None
+                    ds: _HeaderSource
                     deflate_start = None
                     if fast is not None:
                         ds, transfer_syntax, problem, where, deflate_start = fast
@@ -1025,6 +1070,13 @@ def _unit_normal_cached(orientation: tuple[float, ...]) -> np.ndarray:
     return normal
 
 
+def _orientation(header: DicomHeader) -> tuple[float, float, float, float, float, float]:
+    """ImageOrientationPatient of an image that `plan_series` kept (complete geometry, so never None)."""
+    if header.image_orientation is None:
+        raise ValueError(f"{header.label}: no ImageOrientationPatient")
+    return header.image_orientation
+
+
 def _frame_ranges(numbers: Sequence[int]) -> str:
     """1, 2, 3, 7 -> "1-3, 7"."""
     ordered = sorted(set(numbers))
@@ -1084,7 +1136,7 @@ def plan_series(headers: Sequence[DicomHeader], context: str = "") -> tuple[Seri
         return None, rejections
     if len({(h.rows, h.cols) for h in usable}) > 1:
         return None, rejections + _reject_all(usable, REJECT_SERIES_MATRIX, f"{prefix}files differ in Rows/Columns")
-    normals = np.stack([_unit_normal(h.image_orientation) for h in usable])
+    normals = np.stack([_unit_normal(_orientation(h)) for h in usable])
     reference = normals[0] if normals[0] @ APEX_DIRECTION_LPS >= 0 else -normals[0]
     worst_deg = float(np.degrees(np.arccos(np.clip(np.abs(normals @ reference).min(), -1.0, 1.0))))
     if worst_deg > PARALLEL_TOLERANCE_DEG:
@@ -1113,6 +1165,8 @@ def plan_series(headers: Sequence[DicomHeader], context: str = "") -> tuple[Seri
         files = tuple(sorted((usable[i] for i in group), key=key))
         positions.append(SlicePosition(position_mm=centre - centres[0], files=files, chosen=files[0]))
     first = usable[0]
+    if first.pixel_spacing is None:  # cannot happen: `usable` images have complete geometry
+        raise ValueError(f"{first.label}: no PixelSpacing")
     plan = SeriesPlan(
         series_uid=first.series_uid,
         positions=tuple(positions),
@@ -1189,7 +1243,7 @@ def plan_all_series(headers: Sequence[DicomHeader]) -> tuple[list[SeriesPlan], l
     """
     kept, rejections = drop_duplicate_instances(headers)
     stacks = split_stacks(kept)
-    uid_stacks = defaultdict(int)
+    uid_stacks: defaultdict[str, int] = defaultdict(int)
     for stack in stacks:
         uid_stacks[stack[0].series_uid] += 1
     plans: list[SeriesPlan] = []
@@ -1211,7 +1265,7 @@ def plan_all_series(headers: Sequence[DicomHeader]) -> tuple[list[SeriesPlan], l
         rejections.extend(_reject_all(images, REJECT_SERIES_NOT_SHORT_AXIS,
                                       f"{_describe(images)}: one phase per position, and the study has "
                                       f"a short-axis cine ({other})"))
-    counts = defaultdict(int)
+    counts: defaultdict[str, int] = defaultdict(int)
     for plan in selected:
         counts[plan.series_uid] += 1
     return [_with_scan_key(plan) if counts[plan.series_uid] > 1 else plan for plan in selected], rejections
@@ -1219,7 +1273,7 @@ def plan_all_series(headers: Sequence[DicomHeader]) -> tuple[list[SeriesPlan], l
 
 def _with_scan_key(plan: SeriesPlan) -> SeriesPlan:
     """A key that tells apart stacks sharing one SeriesInstanceUID (the plain UID otherwise)."""
-    normal = _unit_normal(plan.positions[0].chosen.image_orientation)
+    normal = _unit_normal(_orientation(plan.positions[0].chosen))
     signature = ",".join(f"{v:.2f}" for v in (normal if normal @ APEX_DIRECTION_LPS >= 0 else -normal))
     return replace(plan, scan_key=f"{plan.series_uid}|{plan.series_number}|{plan.rows}x{plan.cols}|{signature}")
 
@@ -1239,13 +1293,17 @@ def _read_encapsulated(path: Path, header: DicomHeader) -> np.ndarray:
     pass found (no second header parse) by the syntax's pydicom decoder, with the options that
     `pixel_array` would take from the data set."""
     where = header.pixel_location
+    if where is None:  # cannot happen: `_decode` calls this only for images with a pixel location
+        raise ValueError(f"{header.label}: no pixel location")
+    options: DecodeOptions = {
+        "rows": header.rows, "columns": header.cols, "samples_per_pixel": 1, "number_of_frames": 1,
+        "bits_allocated": where.bits_allocated, "bits_stored": where.bits_stored,
+        "pixel_representation": int(where.signed),
+        "photometric_interpretation": "MONOCHROME1" if header.monochrome1 else "MONOCHROME2"}
     with open(path, "rb") as handle:
         handle.seek(where.offset)
-        values, _ = get_decoder(UID(header.transfer_syntax)).as_array(
-            handle, rows=header.rows, columns=header.cols, samples_per_pixel=1, number_of_frames=1,
-            bits_allocated=where.bits_allocated, bits_stored=where.bits_stored,
-            pixel_representation=int(where.signed),
-            photometric_interpretation="MONOCHROME1" if header.monochrome1 else "MONOCHROME2")
+        # pydicom annotates `**kwargs: DecodeOptions` where it means `**kwargs: Unpack[DecodeOptions]`
+        values, _ = get_decoder(UID(header.transfer_syntax)).as_array(handle, **options)  # type: ignore[arg-type]
     return values
 
 
@@ -1256,6 +1314,8 @@ def _read_native(path: Path, header: DicomHeader) -> np.ndarray:
     when PixelRepresentation is 1.
     """
     where = header.pixel_location
+    if where is None:  # cannot happen: `_decode` calls this only for images with a pixel location
+        raise ValueError(f"{header.label}: no pixel location")
     with open(path, "rb") as handle:
         if where.deflate_start is None:
             handle.seek(where.offset)

@@ -41,6 +41,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import (
+    UID,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGLosslessSV1,
@@ -49,7 +50,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-ENHANCED_MR_STORAGE = "1.2.840.10008.5.1.4.1.1.4.1"
+ENHANCED_MR_STORAGE = UID("1.2.840.10008.5.1.4.1.1.4.1")
 LOSSLESS_SYNTAXES = {
     "jpeg_ls": JPEGLSLossless,
     "jpeg_2000": JPEG2000Lossless,
@@ -71,7 +72,7 @@ def select_phases(series_dir: Path, phases: Sequence[int]) -> list[Path]:
         ds = _read(path, pixels=False)
         key = tuple(round(float(v), 1) for v in ds.ImagePositionPatient)
         by_position[key].append((float(ds.TriggerTime), path))
-    chosen = []
+    chosen: list[Path] = []
     for files in by_position.values():
         ranked = [path for _, path in sorted(files)]
         chosen.extend(ranked[p] for p in phases if p < len(ranked))
@@ -260,14 +261,14 @@ def write_enhanced_mr(files: Sequence[Path], out_path: Path, shared_orientation:
                     "StudyDate", "StudyTime", "StudyID", "AccessionNumber", "Manufacturer",
                     "ManufacturerModelName", "SeriesNumber", "FrameOfReferenceUID"):
         if keyword in first:
-            setattr(ds, keyword, first.data_element(keyword).value)
+            setattr(ds, keyword, first[keyword].value)
     ds.Modality = "MR"
     ds.SeriesInstanceUID = series_uid or generate_uid()
     ds.InstanceNumber = 1
     ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
     for keyword in ("Rows", "Columns", "SamplesPerPixel", "PhotometricInterpretation", "BitsAllocated",
                     "BitsStored", "HighBit", "PixelRepresentation"):
-        setattr(ds, keyword, first.data_element(keyword).value)
+        setattr(ds, keyword, first[keyword].value)
     ds.NumberOfFrames = len(sources)
     dimension_uid = generate_uid()
     ds.DimensionOrganizationSequence = [_item(DimensionOrganizationUID=dimension_uid)]
@@ -377,7 +378,7 @@ def _write_dicomdir(root: Path, files: Sequence[Path]) -> Path:
     """A minimal DICOMDIR: one IMAGE record per file under PATIENT/STUDY/SERIES records."""
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.1.3.10"
+    ds.file_meta.MediaStorageSOPClassUID = UID("1.2.840.10008.1.3.10")  # Media Storage Directory Storage
     ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.FileSetID = "CMRSTUDY"
@@ -415,7 +416,7 @@ def write_study(cine_files: Sequence[Path], localizer_dir: Path, out_dir: Path) 
                     if tuple(float(v) for v in h.ImagePositionPatient) == middle]
     long_axis = _copy_as_new_series(one_position, out_dir / "SE0400", 400,
                                     ImageOrientationPatient=_long_axis_orientation(headers[0].ImageOrientationPatient))
-    first_phase = {}
+    first_phase: dict[tuple[float, ...], Path] = {}
     for path, h in sorted(zip(cine_files, headers, strict=True), key=lambda pair: float(pair[1].TriggerTime)):
         first_phase.setdefault(tuple(float(v) for v in h.ImagePositionPatient), path)
     single_phase = _copy_as_new_series(sorted(first_phase.values()), out_dir / "SE0900", 900)

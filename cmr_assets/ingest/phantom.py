@@ -258,7 +258,10 @@ def _paint(image: np.ndarray, mask: np.ndarray, value: float | np.ndarray) -> No
     image += mask * (value - image)
 
 
-def _offset(*terms: tuple[tuple[float, float], float]) -> tuple[float, float]:
+_Direction = tuple[float, float] | np.ndarray  # an in-plane (x, y) vector, heart frame
+
+
+def _offset(*terms: tuple[_Direction, float]) -> tuple[float, float]:
     """Sum of in-plane direction * distance terms."""
     return (sum(d[0] * s for d, s in terms), sum(d[1] * s for d, s in terms))
 

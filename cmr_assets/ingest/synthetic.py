@@ -402,7 +402,7 @@ def _series_dataset(plan: ScanPlan) -> Dataset:
 def _set_instance(ds: Dataset, plan: ScanPlan, slice_from_base: int, phase: int, instance: int,
                   pixels: np.ndarray) -> None:
     """Fill the per-file tags (UID, position, timing, window, pixels) of a series header in place."""
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = plan.uid("sop", instance)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = UID(plan.uid("sop", instance))
     ds.AcquisitionTime = ds.ContentTime = f"1024{slice_from_base:02d}"
     ds.TriggerTime = plan.trigger_times_ms[phase]
     ds.InstanceNumber = instance

@@ -43,6 +43,7 @@ import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -65,6 +66,13 @@ class _Looks:
     ranks: np.ndarray | None  # (L, 8) ranking: each member's place in the order
     intra: np.ndarray  # (P, 2) look pairs: same expert, same image / batch
     inter: np.ndarray  # (Q, 2) look pairs: different experts, first looks
+
+    @property
+    def ranked(self) -> np.ndarray:
+        """`ranks`, which only ranking looks have."""
+        if self.ranks is None:
+            raise ValueError("single-image looks have no ranks")
+        return self.ranks
 
 
 def _pairs(expert: np.ndarray, unit: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -182,8 +190,8 @@ def _statistics(single: _Looks, ranking: _Looks, roster: tuple[str, ...], single
         n_single_intra_pairs=len(single.intra), n_single_inter_pairs=len(single.inter),
         basal_rate_difference=_rate_differences(single, len(roster), 0),
         apical_rate_difference=_rate_differences(single, len(roster), 2),
-        ranking_intra_concordance=_concordance(ranking.ranks, ranking.intra),
-        ranking_inter_concordance=_concordance(ranking.ranks, ranking.inter),
+        ranking_intra_concordance=_concordance(ranking.ranked, ranking.intra),
+        ranking_inter_concordance=_concordance(ranking.ranked, ranking.inter),
         ranking_intra_class_agreement=_agreement(ranking.classes, ranking.intra),
         ranking_inter_class_agreement=_agreement(ranking.classes, ranking.inter),
         n_ranking_intra_pairs=len(ranking.intra), n_ranking_inter_pairs=len(ranking.inter),
@@ -272,6 +280,12 @@ FITTED = ("personal_impression_sd", "single_look_noise_sd", "basal_boundary_bias
           "seconds_per_single", "seconds_per_batch", "duration_log_sd")
 
 
+def _with(params: SimulatorParams, name: str, value: float | tuple[float, ...]) -> SimulatorParams:
+    """`replace(params, name=value)` for a field named at run time (a float or a tuple of floats)."""
+    changes: dict[str, Any] = {name: value}  # the field's type depends on `name`
+    return replace(params, **changes)
+
+
 def _fit_single_noise(model: _PilotModel, observed: PilotStatistics, params: SimulatorParams) -> SimulatorParams:
     best = (np.inf, params)
     for impression in np.linspace(0.0, 0.12, 25):
@@ -298,14 +312,14 @@ def _fit_biases(model: _PilotModel, observed: PilotStatistics, params: Simulator
         at = _rate_differences(model.single(params), n, cls)[0]
         shifted = biases.copy()
         shifted[0] += step if cls == 0 else -step  # moves expert 0's rate of this class up
-        after = _rate_differences(model.single(replace(params, **{name: tuple(shifted)})), n, cls)[0]
+        after = _rate_differences(model.single(_with(params, name, tuple(shifted))), n, cls)[0]
         slope = abs(after - at) / step
         if slope < 1e-6:
             continue
         # too_basal rate rises with the basal boundary; too_apical rate falls with the apical one
         sign = 1.0 if cls == 0 else -1.0
         relative = sign * np.asarray(measured) / slope * (n - 1) / n  # own bias minus the panel mean
-        params = replace(params, **{name: tuple(float(v) for v in biases.mean() + relative)})
+        params = _with(params, name, tuple(float(v) for v in biases.mean() + relative))
     return params
 
 
@@ -320,7 +334,7 @@ def _fit_side_by_side(model: _PilotModel, observed: PilotStatistics, params: Sim
         total = 0.0
         for statistic, pairs, n in targets:
             chosen = looks.intra if pairs == "intra" else looks.inter
-            value = _concordance(looks.ranks, chosen) if "concordance" in statistic else \
+            value = _concordance(looks.ranked, chosen) if "concordance" in statistic else \
                 _agreement(looks.classes, chosen)
             total += _z(getattr(observed, statistic), value, n) ** 2
         return total
@@ -330,8 +344,8 @@ def _fit_side_by_side(model: _PilotModel, observed: PilotStatistics, params: Sim
              "divider_impression_share": np.linspace(0.0, 1.0, 11)}
     for _ in range(3):
         for name, values in grids.items():
-            scored = [(loss(replace(params, **{name: float(v)})), float(v)) for v in values]
-            params = replace(params, **{name: min(scored)[1]})
+            scored = [(loss(_with(params, name, float(v))), float(v)) for v in values]
+            params = _with(params, name, min(scored)[1])
     return params
 
 

@@ -53,6 +53,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -142,7 +143,7 @@ def params_from_json(obj: dict) -> SimulatorParams:
     unknown = sorted(set(obj["params"]) - known)
     if unknown:
         raise ValueError(f"unknown simulator parameter(s) {unknown}")
-    values = {}
+    values: dict[str, Any] = {}  # field name -> value decoded from JSON
     for name, value in obj["params"].items():
         values[name] = datetime.fromisoformat(value) if name == "campaign_start" else \
             tuple(float(v) for v in value) if isinstance(value, list) else value

@@ -212,7 +212,8 @@ def dawid_skene(items: np.ndarray, raters: np.ndarray, classes: np.ndarray, prio
     posterior = prior.copy()
     for _ in range(n_iter):
         counts = np.full((n_raters, N_CLASSES, N_CLASSES), 0.5)  # add-half smoothing
-        np.add.at(counts, (raters, slice(None), classes), posterior[items])
+        # numpy's stub types ufunc.at indices as integer arrays only; a tuple with a slice is valid at runtime
+        np.add.at(counts, (raters, slice(None), classes), posterior[items])  # type: ignore[arg-type]
         log_confusion = np.log(counts / counts.sum(axis=2, keepdims=True))  # [rater, true, given]
         if fit_prior:
             log_prior = np.broadcast_to(np.log(posterior.mean(axis=0) + 1e-12), (n_items, N_CLASSES))

@@ -35,6 +35,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Mapping
+from typing import TypedDict
 
 import numpy as np
 import pandas as pd
@@ -140,7 +141,12 @@ def _tau_on_shared_batches(raw_ranking: pd.DataFrame) -> list[float]:
     return taus
 
 
-def _tau_of_separate_fits(raw_ranking: pd.DataFrame, alpha: float) -> tuple[dict, int]:
+class _PairTau(TypedDict):
+    tau: float
+    n_shared_images: int
+
+
+def _tau_of_separate_fits(raw_ranking: pd.DataFrame, alpha: float) -> tuple[dict[str, _PairTau], int]:
     """Per expert pair: tau between separately fitted scores on the images both have seen."""
     scores = {}
     for annotator, own in raw_ranking.groupby("annotator_id"):
@@ -148,7 +154,7 @@ def _tau_of_separate_fits(raw_ranking: pd.DataFrame, alpha: float) -> tuple[dict
         items = pd.Index(pd.unique(orders.ravel()))
         fit = fit_plackett_luce(items.get_indexer(orders.ravel()).reshape(orders.shape), len(items), alpha)
         scores[annotator] = pd.Series(fit.scores, index=items)
-    per_pair = {}
+    per_pair: dict[str, _PairTau] = {}
     for a, b in itertools.combinations(sorted(scores), 2):
         shared = scores[a].index.intersection(scores[b].index)
         if len(shared) >= 2:
@@ -168,8 +174,8 @@ def ranking_agreement(raw_ranking: pd.DataFrame, alpha: float = 0.01) -> dict:
     if not per_pair:
         return {"method": "separate_fits", "kendall_tau": float("nan"), "n": 0, "detail": {}}
     weights = np.array([pair["n_shared_images"] for pair in per_pair.values()])
-    taus = np.array([pair["tau"] for pair in per_pair.values()])
-    return {"method": "separate_fits", "kendall_tau": float(taus @ weights / weights.sum()),
+    pair_taus = np.array([pair["tau"] for pair in per_pair.values()])
+    return {"method": "separate_fits", "kendall_tau": float(pair_taus @ weights / weights.sum()),
             "n": n_shared, "detail": per_pair}
 
 

@@ -108,7 +108,7 @@ def raw_annotations(context: dg.AssetExecutionContext, data_paths: DataPathsReso
     context.log.info(f"annotation files: {report.files_seen} seen, {report.files_read} read, "
                      f"+{report.single_added} single, +{report.ranking_added} ranking, "
                      f"+{report.rejected_added} rejected")
-    common = {"files_seen": report.files_seen, "files_read": report.files_read,
+    common: dict[str, int | dg.MetadataValue] = {"files_seen": report.files_seen, "files_read": report.files_read,
               "rejected_total": int(rejected["records"].sum()) if len(rejected) else 0,
               "rejections_by_reason": table(rejected)}
     yield dg.MaterializeResult(asset_key="raw_annotations_single", metadata={

@@ -11,12 +11,12 @@ validation macro-F1 is >= the current champion's, re-scored on the same validati
 
 import time
 import warnings
-from typing import Any
+from dataclasses import replace
 
 import dagster as dg
 import pandas as pd
 from dagster_duckdb import DuckDBResource
-from mlflow import data as mlflow_data
+from mlflow.data.pandas_dataset import PandasDataset, from_pandas
 
 from cmr_assets.classes import CLASS_NAMES
 from cmr_assets.duckdb_io import append_rows, read_table
@@ -113,22 +113,22 @@ class ModelConfig(dg.Config):
 
     def train_config(self) -> TrainConfig:
         base = default_config(select_device(TrainConfig(device=self.device)))
-        overrides = {"architecture": self.architecture, "input_size": self.input_size, "epochs": self.epochs,
-                     "batch_size": self.batch_size, "max_minutes": self.max_minutes or SAFETY_CAP_MINUTES,
-                     "lr": self.learning_rate}
-        return TrainConfig(**{**base.__dict__, **{k: v for k, v in overrides.items() if v},
-                              "seed": self.seed, "soft_labels": self.soft_labels, "device": self.device})
+        return replace(base, architecture=self.architecture or base.architecture,
+                       input_size=self.input_size or base.input_size, epochs=self.epochs or base.epochs,
+                       batch_size=self.batch_size or base.batch_size,
+                       max_minutes=self.max_minutes or SAFETY_CAP_MINUTES, lr=self.learning_rate or base.lr,
+                       seed=self.seed, soft_labels=self.soft_labels, device=self.device)
 
 
 def _training_datasets(train: pd.DataFrame, val: pd.DataFrame, strategy: str, label_column: str,
-                       source: str) -> dict[str, Any]:
+                       source: str) -> dict[str, PandasDataset]:
     """The rows training learnt from, as MLflow datasets (slice ids, scans, labels; not the pixels)."""
     columns = ["slice_id", "scan_id", label_column, "target"]
     with warnings.catch_warnings():  # a local path matches MLflow's local-artifact source twice; same source
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
-        return {context: mlflow_data.from_pandas(rows[columns].reset_index(drop=True), source=source,
-                                                 targets="target", name=f"labels_{strategy}-{which}",
-                                                 digest=label_hash(rows, rows.iloc[0:0]))
+        return {context: from_pandas(rows[columns].reset_index(drop=True), source=source,
+                                     targets="target", name=f"labels_{strategy}-{which}",
+                                     digest=label_hash(rows, rows.iloc[0:0]))
                 for context, which, rows in (("training", "train", train), ("validation", "val", val))}
 
 
@@ -239,7 +239,7 @@ def train_strategy_model(context: dg.AssetExecutionContext, strategy: str, confi
         "best_val_macro_f1": float(result.best_val_macro_f1), "val_accuracy": float(val_metrics["accuracy"]),
         "device": result.device, "train_seconds": float(result.seconds), "epochs_run": len(result.history),
         "images_per_s": float(result.images_per_s), "stop_reason": result.stop_reason,
-        "n_train": len(train), "n_val": len(val), "label_hash": params["label_hash"], "split_hash": split_hash,
+        "n_train": len(train), "n_val": len(val), "label_hash": training_labels, "split_hash": split_hash,
         **provenance, "ood_val_flagged": ood_calibration["ood_val_flagged"],
         "history": table(history.round(4)), "validation_confusion": picture(cm_png, "validation confusion"),
     })

@@ -58,7 +58,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import torch
@@ -106,7 +106,7 @@ class TrainConfig:
     max_minutes: float = 4.0
 
 
-def gpu_config(**overrides: object) -> TrainConfig:
+def gpu_config(**overrides: Any) -> TrainConfig:
     """The GPU default: ResNet-18 at 128 px, large batches, more epochs (seconds on an H100)."""
     base = TrainConfig(
         architecture="resnet18", input_size=128, epochs=40, batch_size=256, lr=2e-3, patience=10,
@@ -530,7 +530,7 @@ def _fit(
             break
 
     model.load_state_dict(best_state)
-    model = model.to("cpu", memory_format=torch.contiguous_format).eval()
+    model = model.to("cpu").to(memory_format=torch.contiguous_format).eval()
     return TrainResult(
         model=model,
         history=history,

@@ -30,6 +30,8 @@ def load_slice_images(root: Path, slices: pd.DataFrame) -> np.ndarray:
         if out is None:
             out = np.empty((len(slices), *stack.shape[1:]), dtype=np.uint8)
         out[rows["_row"].to_numpy()] = stack[rows["array_index"].to_numpy()]
+    if out is None:  # every array_path missing (NaN): groupby yields no group
+        raise ValueError("slices: no row names an array_path")
     return out
 
 

@@ -255,7 +255,7 @@ def log_trained_model(tracking_uri: str, artifact_location: str, strategy: str, 
         version = str(info.registered_model_version)
         client.set_model_version_tag(registered_model, version, "strategy", strategy)
         for key in ("label_hash", "split_hash", "dagster.run_id", "dagster.asset_key"):
-            if (tags or {}).get(key):
+            if tags and tags.get(key):
                 client.set_model_version_tag(registered_model, version, key, tags[key])
         for key, value in (version_tags or {}).items():
             client.set_model_version_tag(registered_model, version, key, value)
@@ -343,9 +343,12 @@ def promote_if_better(client: mlflow.MlflowClient, model_name: str, new_version:
         else:
             comparison = "tagged_score_same_split"
             decision = "promoted" if new_val_macro_f1 >= old_score else "kept_champion"
-    if decision != "kept_champion":
+    if decision == "kept_champion":
+        assert champion_before is not None  # kept only against an existing champion
+        champion_version = champion_before["version"]
+    else:
         client.set_registered_model_alias(model_name, CHAMPION, new_version)
-    champion_version = new_version if decision != "kept_champion" else champion_before["version"]
+        champion_version = new_version
 
     decision_tags = {
         "val_macro_f1": repr(float(new_val_macro_f1)),
