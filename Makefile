@@ -25,6 +25,8 @@ experiment: install
 test: install
 	bash scripts/ensure_chromium.sh
 	$(BIN)/ruff check cmr_assets cmr_assets_tests benchmarks scripts
+	$(BIN)/mypy
+	$(BIN)/dg check defs
 	$(BIN)/pytest -q -p no:cacheprovider
 
 test-slow: install
@@ -32,6 +34,7 @@ test-slow: install
 
 lint: install
 	$(BIN)/ruff check cmr_assets cmr_assets_tests benchmarks scripts
+	$(BIN)/mypy
 
 ui: install
 	bash scripts/ui.sh

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import comparison
-from cmr_assets.classes import N_CLASSES
+from cmr_assets.domain import N_CLASSES
 from cmr_assets.training.core import TrainConfig, train_classifier
 from cmr_assets.training.models import build_model, normalise_batch
 

@@ -9,9 +9,9 @@ import dagster as dg
 import mlflow
 from dagster_duckdb import DuckDBResource
 
-from cmr_assets import settings
+from cmr_assets import mlflow_store, settings
+from cmr_assets.domain import REGISTERED_MODEL_NAMES
 from cmr_assets.settings import DataPaths, data_dir
-from cmr_assets.training import mlflow_registry
 
 
 class DataPathsResource(dg.ConfigurableResource):
@@ -30,7 +30,7 @@ def duckdb_resource(paths: DataPaths | None = None) -> DuckDBResource:
 
 
 class MlflowResource(dg.ConfigurableResource):
-    """MLflow tracking + registry settings; the logic lives in `cmr_assets.training.mlflow_registry`.
+    """MLflow tracking + registry settings; the logic lives in `cmr_assets.mlflow_store`.
 
     Empty fields fall back to `cmr_assets.settings` (`MLFLOW_TRACKING_URI` / `MLFLOW_ARTIFACT_ROOT`,
     else `mlflow/mlflow.db` and `mlflow/artifacts` in the project).
@@ -58,19 +58,19 @@ class MlflowResource(dg.ConfigurableResource):
 
     def client(self) -> mlflow.MlflowClient:
         """A client on this store, after checking the store is reachable (clear error naming the URI)."""
-        mlflow_registry.check_tracking_store(self.resolved_tracking_uri())
+        mlflow_store.check_tracking_store(self.resolved_tracking_uri())
         return mlflow.MlflowClient(tracking_uri=self.resolved_tracking_uri())
 
-    def log_trained_model(self, **kwargs: Any) -> mlflow_registry.LoggedModel:
-        """`mlflow_registry.log_trained_model` on this store (pass strategy, model, params, ... by name)."""
-        return mlflow_registry.log_trained_model(
+    def log_trained_model(self, **kwargs: Any) -> mlflow_store.LoggedModel:
+        """`mlflow_store.log_trained_model` on this store (pass strategy, model, params, ... by name)."""
+        return mlflow_store.log_trained_model(
             tracking_uri=self.resolved_tracking_uri(), artifact_location=self.resolved_artifact_location(),
             experiment_name=self.experiment_name, **kwargs)
 
     def promote_if_better(self, strategy: str, new_version: str | int, new_val_macro_f1: float,
                           split_hash: str, rescore: Any = None) -> dict[str, Any]:
-        """`mlflow_registry.promote_if_better` for the strategy's registered model."""
-        return mlflow_registry.promote_if_better(self.client(), settings.REGISTERED_MODEL_NAMES[strategy],
+        """`mlflow_store.promote_if_better` for the strategy's registered model."""
+        return mlflow_store.promote_if_better(self.client(), REGISTERED_MODEL_NAMES[strategy],
                                                  new_version, new_val_macro_f1, split_hash, rescore)
 
     def newest_label_hash(self, strategy: str) -> str | None:
@@ -79,25 +79,25 @@ class MlflowResource(dg.ConfigurableResource):
 
     def newest_training_params(self, strategy: str) -> dict[str, str]:
         """Training params of the strategy's newest registered version (empty when none is registered)."""
-        return mlflow_registry.newest_version_params(self.client(), settings.REGISTERED_MODEL_NAMES[strategy])
+        return mlflow_store.newest_version_params(self.client(), REGISTERED_MODEL_NAMES[strategy])
 
     def log_evaluation_run(self, **kwargs: Any) -> str:
-        """`mlflow_registry.log_evaluation_run` on this store (pass report, report_files, pictures)."""
-        return mlflow_registry.log_evaluation_run(
+        """`mlflow_store.log_evaluation_run` on this store (pass report, report_files, pictures)."""
+        return mlflow_store.log_evaluation_run(
             tracking_uri=self.resolved_tracking_uri(), artifact_location=self.resolved_artifact_location(),
             experiment_name=self.experiment_name, **kwargs)
 
     def log_run(self, **kwargs: Any) -> str:
-        """`mlflow_registry.log_run` on this store: a plain run (pass run_name, params, metrics, ...)."""
-        return mlflow_registry.log_run(
+        """`mlflow_store.log_run` on this store: a plain run (pass run_name, params, metrics, ...)."""
+        return mlflow_store.log_run(
             tracking_uri=self.resolved_tracking_uri(), artifact_location=self.resolved_artifact_location(),
             experiment_name=self.experiment_name, **kwargs)
 
     def load_champion(self, strategy: str) -> Any:
         """The `champion` torch module of a strategy's registered model."""
-        return mlflow_registry.load_champion(settings.REGISTERED_MODEL_NAMES[strategy],
+        return mlflow_store.load_champion(REGISTERED_MODEL_NAMES[strategy],
                                              tracking_uri=self.resolved_tracking_uri())
 
     def load_model(self, model_uri: str) -> Any:
         """The torch module behind any `models:/` or `runs:/` URI on this store."""
-        return mlflow_registry.load_champion(model_uri, tracking_uri=self.resolved_tracking_uri())
+        return mlflow_store.load_champion(model_uri, tracking_uri=self.resolved_tracking_uri())

@@ -10,10 +10,6 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Expert time per annotator and strategy in a campaign (the paper: 5 hours of labelling per strategy).
 DEFAULT_HOURS_PER_ANNOTATOR = 5.0
 MLFLOW_EXPERIMENT = "cmr-slice-classification"
-REGISTERED_MODEL_NAMES = {
-    "ranking": "cmr-slice-classifier-ranking",
-    "single": "cmr-slice-classifier-single",
-}
 
 
 def data_dir() -> Path:

@@ -6,10 +6,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from cmr_assets.domain import REGISTERED_MODEL_NAMES
 from cmr_assets.evaluation.report import validate_report
 from cmr_assets.inference.slice_filter import run_filter_cli
 from cmr_assets.ingest.synthetic import IDENTIFIER_MARKER
-from cmr_assets.settings import REGISTERED_MODEL_NAMES
 from cmr_assets_tests.conftest import pipeline_environment
 
 SUNNYBROOK = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "sunnybrook"

@@ -16,12 +16,13 @@ import mlflow
 import pytest
 from starlette.testclient import TestClient
 
-from cmr_assets.app.accounts import add_annotator
 from cmr_assets.app.web import create_app
 from cmr_assets.automation.retrain import RetrainPolicyResource
 from cmr_assets.automation.sensors import annotation_files_sensor, labels_settled_sensor
+from cmr_assets.domain import REGISTERED_MODEL_NAMES
+from cmr_assets.labelling.roster import add_annotator
 from cmr_assets.resources import DataPathsResource, MlflowResource
-from cmr_assets.settings import REGISTERED_MODEL_NAMES, DataPaths
+from cmr_assets.settings import DataPaths
 from cmr_assets_tests.app.conftest import FAST_HASH, PASSWORD, app_config, log_in
 from cmr_assets_tests.conftest import pipeline_environment
 from cmr_assets_tests.test_end_to_end import TINY_RUN

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.stats import binomtest
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cmr_assets.evaluation.metrics import mcnemar_exact  # noqa: E402
 from cmr_assets.training.core import gpu_config, predict_proba, select_device, train_classifier  # noqa: E402
 
 RUNS = (("ranking", False), ("ranking", True), ("single", False))
@@ -67,12 +67,8 @@ def main() -> int:
             "test_roc_auc": round(float(roc_auc_score(y_test, proba, multi_class="ovr", average="macro")), 4),
         }
         print(f"{key:<13} {results[key]}")
-    right_a = predictions["ranking"] == y_test
-    right_b = predictions["single"] == y_test
-    b, c = int((right_a & ~right_b).sum()), int((~right_a & right_b).sum())
-    mcnemar_p = binomtest(b, b + c, 0.5).pvalue if b + c else 1.0
     summary = {"device": name, "n_test_images": int(len(y_test)), "runs": results,
-               "mcnemar_ranking_vs_single": {"b": b, "c": c, "p_value": mcnemar_p}}
+               "mcnemar_ranking_vs_single": mcnemar_exact(y_test, predictions["ranking"], predictions["single"])}
     print(json.dumps(summary["mcnemar_ranking_vs_single"]))
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], "gpu_pipeline.json").write_text(json.dumps(summary, indent=2))

@@ -49,8 +49,8 @@ def _prepare(args: argparse.Namespace, annotators: list[str]) -> None:
     """v1 of both models, then new scans and a second wave of tasks for the people."""
     import dagster as dg
 
-    from cmr_assets.app.accounts import ScryptParams, add_annotator
     from cmr_assets.definitions import build_definitions
+    from cmr_assets.labelling.roster import ScryptParams, add_annotator
     from cmr_assets.pipeline_runs import run_job
     from cmr_assets.settings import DataPaths
     from cmr_assets_tests.conftest import SeriesSpec, write_series
@@ -190,7 +190,8 @@ def _figures(acknowledged: list[str], latencies: list[float], errors: list[str],
     import duckdb
     import mlflow
 
-    from cmr_assets.settings import REGISTERED_MODEL_NAMES, DataPaths
+    from cmr_assets.domain import REGISTERED_MODEL_NAMES
+    from cmr_assets.settings import DataPaths
 
     instance = dg.DagsterInstance.get()
     runs = {job: Counter(r.status.value for r in instance.get_runs(dg.RunsFilter(job_name=job))) for job in JOBS}

@@ -12,7 +12,7 @@ import getpass
 import ipaddress
 import sys
 
-from cmr_assets.app.accounts import RosterError, add_annotator, disable_annotator, load_roster, roster_path
+from cmr_assets.labelling.roster import RosterError, add_annotator, disable_annotator, load_roster, roster_path
 from cmr_assets.settings import DEFAULT_HOURS_PER_ANNOTATOR, DataPaths
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost")

@@ -21,7 +21,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from cmr_assets.classes import CLASS_NAMES
+from cmr_assets.domain import CLASS_NAMES
 
 MIN_CONFIDENCE = 0.8
 TYPICALITY_CAP = 3  # slices from the boundary; beyond this, confidence decides

@@ -55,9 +55,8 @@ from pathlib import Path
 from cmr_assets import __version__
 from cmr_assets.app.reference import choose_examples
 from cmr_assets.app.tasks import TaskSource, resolve_slice_png
-from cmr_assets.classes import CLASS_NAMES
+from cmr_assets.domain import BATCH_SIZE, CLASS_NAMES, STRATEGIES
 from cmr_assets.labelling.annotation_format import (
-    BATCH_SIZE,
     RankingAnnotation,
     SingleAnnotation,
     parse_annotation_file,
@@ -68,7 +67,6 @@ from cmr_assets.settings import DataPaths
 log = logging.getLogger(__name__)
 
 WEB_TOOL_VERSION = f"cmr_assets {__version__} web"
-STRATEGIES = ("single", "ranking")
 RECENT_ANSWERS = 10
 
 

@@ -55,9 +55,10 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cmr_assets.app.accounts import authenticate, load_roster, roster_path
-from cmr_assets.app.service import STRATEGIES, LabellingService, Presentation, SubmissionRejected
+from cmr_assets.app.service import LabellingService, Presentation, SubmissionRejected
 from cmr_assets.app.tasks import TaskSource
+from cmr_assets.domain import STRATEGIES
+from cmr_assets.labelling.roster import authenticate, load_roster, roster_path
 from cmr_assets.settings import DEFAULT_HOURS_PER_ANNOTATOR, DataPaths
 
 log = logging.getLogger(__name__)

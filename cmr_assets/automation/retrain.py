@@ -39,11 +39,11 @@ import dagster as dg
 import duckdb
 import pandas as pd
 
+from cmr_assets.domain import STRATEGIES
 from cmr_assets.duckdb_io import read_table
 from cmr_assets.resources import MlflowResource
 from cmr_assets.training.dataset import label_hash, labelled_rows
 
-STRATEGIES = ("ranking", "single")
 IN_FLIGHT = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
              dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
 LANE_TAG = "cmr/lane"

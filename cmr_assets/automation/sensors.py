@@ -27,7 +27,6 @@ from cmr_assets.automation.file_cursor import (
 )
 from cmr_assets.automation.retrain import (
     LANE_TAG,
-    STRATEGIES,
     RetrainPolicyResource,
     current_label_hashes,
     inbox_quiet_for,
@@ -36,6 +35,7 @@ from cmr_assets.automation.retrain import (
     runs_in_flight,
     strategies_to_retrain,
 )
+from cmr_assets.domain import STRATEGIES
 from cmr_assets.resources import DataPathsResource, MlflowResource
 
 ANNOTATION_PATTERNS = ("*.jsonl",)

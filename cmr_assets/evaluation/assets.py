@@ -12,15 +12,10 @@ import pandas as pd
 from dagster_duckdb import DuckDBResource
 from mlflow import MlflowClient
 
+from cmr_assets.domain import REGISTERED_MODEL_NAMES, STRATEGIES
 from cmr_assets.duckdb_io import read_table
 from cmr_assets.evaluation.experiment_assets import experiment_assets, load_stored_curves, load_stored_repeats
 from cmr_assets.evaluation.metrics import classification_metrics, paired_comparison
-from cmr_assets.evaluation.plots import (
-    confusion_matrix_png,
-    rank_score_distribution_png,
-    repeats_png,
-    roc_curves_png,
-)
 from cmr_assets.evaluation.real_check import (
     REAL_DATA_DIR,
     decisions_png,
@@ -30,19 +25,23 @@ from cmr_assets.evaluation.real_check import (
 )
 from cmr_assets.evaluation.repeats import predictions_frame, summarise_repeats
 from cmr_assets.evaluation.report import StrategyEvaluation, build_evaluation_report, render_markdown, write_report
+from cmr_assets.figures import (
+    confusion_matrix_png,
+    rank_score_distribution_png,
+    repeats_png,
+    roc_curves_png,
+)
 from cmr_assets.labelling.campaign import expert_hours_spent
 from cmr_assets.labels.agreement import label_accuracy
 from cmr_assets.labels.raw_annotations import latest_answer_per_task, read_raw_annotations
 from cmr_assets.metadata import picture
 from cmr_assets.resources import DataPathsResource, MlflowResource
 from cmr_assets.run_context import git_commit, machine_info
-from cmr_assets.settings import REGISTERED_MODEL_NAMES
 from cmr_assets.training.dataset import evaluation_rows, frame_hash, load_slice_images
 from cmr_assets.training.packaging import predict_slices
 from cmr_assets.training.provenance import TRAINING_DATA_TAG
 
 GROUP = "evaluation"
-STRATEGIES = ("ranking", "single")
 
 
 def labelling_cost(raw: pd.DataFrame, labels: pd.DataFrame) -> dict:

@@ -18,12 +18,12 @@ import numpy as np
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 
-from cmr_assets.classes import CLASS_NAMES
+from cmr_assets.domain import CLASS_NAMES, STRATEGIES
 from cmr_assets.duckdb_io import read_table
 from cmr_assets.evaluation.learning_curves import CURVE_COLUMNS, labels_at_budget, within_hours
 from cmr_assets.evaluation.metrics import classification_metrics
-from cmr_assets.evaluation.plots import learning_curves_png
 from cmr_assets.evaluation.repeats import PREDICTION_COLUMNS, predictions_frame, repeat_split
+from cmr_assets.figures import learning_curves_png
 from cmr_assets.fileio import write_atomically
 from cmr_assets.labels.agreement import label_accuracy
 from cmr_assets.labels.raw_annotations import read_raw_annotations
@@ -43,7 +43,6 @@ from cmr_assets.training.packaging import predict_slices
 from cmr_assets.training.split import class_mix_from_labels, split_group_of_scan
 
 GROUP = "evaluation"
-STRATEGIES = ("ranking", "single")
 REPEATS_FILE = "strategy_repeats.parquet"
 CURVES_FILE = "learning_curves.json"
 CPU_REPEATS, CUDA_REPEATS = 2, 5  # default repeats in all (repeat 0 = the registered models)

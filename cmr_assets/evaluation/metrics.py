@@ -35,7 +35,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from cmr_assets.classes import CLASS_NAMES
+from cmr_assets.domain import CLASS_NAMES
 
 
 def _labels_array(name: str, values: Any, n_classes: int) -> np.ndarray:

@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from cmr_assets.evaluation.plots import montage
-from cmr_assets.inference.slice_filter import decide
+from cmr_assets.figures import montage
+from cmr_assets.inference.decisions import decide
 from cmr_assets.ingest.dicom_series import OrderedSeries, read_series
 from cmr_assets.ingest.synthetic import plan_scan, stored_slices
 from cmr_assets.settings import PROJECT_ROOT

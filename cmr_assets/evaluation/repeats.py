@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cmr_assets.classes import N_CLASSES
+from cmr_assets.domain import N_CLASSES
 from cmr_assets.evaluation.metrics import classification_metrics, mcnemar_exact
 from cmr_assets.training.dataset import PROBABILITY_COLUMNS
 from cmr_assets.training.split import split_new_scans_by_group

@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
+from cmr_assets.domain import STRATEGIES
 from cmr_assets.fileio import write_atomically
 
-STRATEGIES = ("ranking", "single")
 STRATEGY_CONTRACT_KEYS = ("test_accuracy", "test_macro_f1", "test_roc_auc", "label_accuracy_vs_reference",
                           "expert_hours", "images_labelled", "min_views_per_image")
 PAPER_RESULTS: dict[str, Any] = {

@@ -22,9 +22,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from cmr_assets.domain import STRATEGIES
 from cmr_assets.fileio import write_atomically
 
-STRATEGIES = ("ranking", "single")
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
 

@@ -10,7 +10,7 @@ import numpy as np
 from dagster_duckdb import DuckDBResource
 
 from cmr_assets.duckdb_io import read_table
-from cmr_assets.evaluation.plots import montage
+from cmr_assets.figures import montage
 from cmr_assets.ingest.dicom_series import discover_files
 from cmr_assets.ingest.ingestion import ingest_folder
 from cmr_assets.ingest.synthetic import generate_cohort

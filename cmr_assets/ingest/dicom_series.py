@@ -104,6 +104,8 @@ from pydicom.pixels import apply_rescale, get_decoder, pixel_array
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from cmr_assets.domain import ARRAY_SIZE
+
 if TYPE_CHECKING:
     from pydicom.pixels.decoders.base import DecodeOptions
 
@@ -115,7 +117,6 @@ PARALLEL_TOLERANCE_DEG = 1.0
 MIN_POSITIONS = 3
 POSITION_TOLERANCE_FRACTION = 0.3
 DEFAULT_POSITION_TOLERANCE_MM = 1.0
-ARRAY_SIZE = 128
 LOW_PERCENTILE, HIGH_PERCENTILE = 1.0, 99.5
 HEADER_CHUNK = 64
 PHASE_RULE_TRIGGER = "min_trigger_time"

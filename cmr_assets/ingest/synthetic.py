@@ -40,7 +40,7 @@ halved write time; its output is byte-identical to ``dcmwrite`` (tested).
 Other public helpers: ``render_scan(plan) -> np.ndarray`` (stored values, positions x phases x rows
 x cols, base first), ``stored_slices(plan)`` (the end-diastolic slices as ingestion stores them,
 without DICOM: for experiments and tests), ``write_scan(plan, scan_dir) -> (files, bytes)`` and
-``SYNTHETIC_MODEL_NAME`` (the ManufacturerModelName that provenance recognises).
+``domain.SYNTHETIC_MODEL_NAME`` (the ManufacturerModelName that provenance recognises).
 ``workers > 1`` uses a "spawn" multiprocessing pool (safe under Dagster's threads): scripts that
 call ``generate_cohort`` need the usual ``if __name__ == "__main__":`` guard.
 """
@@ -72,7 +72,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from cmr_assets.classes import CLASS_NAMES
+from cmr_assets.domain import CLASS_NAMES, SYNTHETIC_MODEL_NAME
 from cmr_assets.ingest.dicom_series import stored_images
 from cmr_assets.ingest.phantom import (
     ARTEFACT_KINDS,
@@ -102,7 +102,6 @@ IDENTIFIER_TAGS: tuple[str, ...] = MARKED_IDENTIFIER_TAGS + (
 TRUTH_COLUMNS: tuple[str, ...] = (
     "series_uid", "scan_index", "slice_from_base", "position01", "true_class", "artefact", "artefact_kind",
 )
-SYNTHETIC_MODEL_NAME = "cmr_assets phantom"  # ManufacturerModelName: how provenance tells phantom scans apart
 APEX_DIRECTION_LPS = np.array([1.0, -1.0, -1.0]) / np.sqrt(3.0)
 SLICE_SPACING_MM = 10.0
 SLICE_THICKNESS_MM = 8.0

@@ -38,12 +38,10 @@ from typing import Any, ClassVar
 import pandas as pd
 
 from cmr_assets import __version__
-from cmr_assets.classes import CLASS_NAMES
+from cmr_assets.domain import BATCH_SIZE, CLASS_NAMES, STRATEGIES
 from cmr_assets.fileio import write_atomically
 
 FORMAT_VERSION = 1
-STRATEGIES = ("single", "ranking")
-BATCH_SIZE = 8
 TOOL_VERSION_SIMULATOR = f"cmr_assets {__version__} simulator"
 # A record submitted more than this after "now" is from a wrong clock, not from the future.
 CLOCK_SKEW_TOLERANCE = timedelta(minutes=5)

@@ -5,6 +5,7 @@ import dagster as dg
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 
+from cmr_assets.domain import BATCH_SIZE
 from cmr_assets.duckdb_io import append_rows, read_table
 from cmr_assets.labelling.campaign import (
     annotator_ids,
@@ -41,7 +42,6 @@ class CampaignConfig(dg.Config):
     inter_share: float = 0.05
     min_views: int = 3
     adaptive_batches: int = 0  # ranking only: extra batches aimed at images the current labels leave uncertain
-    batch_size: int = 8
     hours_per_expert: float = DEFAULT_HOURS_PER_ANNOTATOR
     # Equal expert time: plan more work than the hours allow (single: further votes from other
     # experts after every image has one; ranking: further rounds of batches), so the budget ends both.
@@ -131,14 +131,14 @@ def labelling_tasks_ranking(context: dg.AssetExecutionContext, config: CampaignC
         elif not todo.empty:
             rounds = ranking_rounds_for_budget(len(todo), len(config.roster()), config.hours_per_expert,
                                                load_simulator_params().seconds_per_batch, config.min_views,
-                                               config.batch_size) if config.fill_budget else config.min_views
+                                               BATCH_SIZE) if config.fill_budget else config.min_views
             designed.append(("random", design_ranking_batches(todo, config.roster(), rounds,
-                                                              config.batch_size, config.seed)))
+                                                              BATCH_SIZE, config.seed)))
         labels = read_table(con, "labels_ranking", "slice_id, p_too_basal, p_lv, p_too_apical").dropna() \
             if config.adaptive_batches else pd.DataFrame()
         if not labels.empty:
             designed.append(("adaptive", design_adaptive_batches(
-                slices, labels, config.roster(), config.adaptive_batches, config.batch_size,
+                slices, labels, config.roster(), config.adaptive_batches, BATCH_SIZE,
                 seed=config.seed + len(existing))))
         metadata: dict = {"batches_before": len(existing)}
         for kind, batches in designed:

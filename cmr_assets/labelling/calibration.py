@@ -48,13 +48,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cmr_assets.classes import CLASS_INDEX
+from cmr_assets.domain import BATCH_SIZE, CLASS_INDEX
 from cmr_assets.labelling.campaign import annotator_ids, design_pilot_tasks
 from cmr_assets.labelling.simulator import ExpertPanel, SimulatorParams, params_to_json, reference_like_cohort
 from cmr_assets.labels.raw_annotations import annotation_file_rows, latest_answer_per_task
 
-BATCH = 8
-_UPPER = np.triu_indices(BATCH, 1)
+_UPPER = np.triu_indices(BATCH_SIZE, 1)
 
 
 @dataclass(frozen=True)
@@ -94,7 +93,7 @@ def _experts(annotators: pd.Series) -> tuple[np.ndarray, list[str]]:
 
 def _divider_classes(divider_a: np.ndarray, divider_b: np.ndarray) -> np.ndarray:
     """Class (0/1/2) of each place 0..7 in the order, from the two dividers; (L, 8)."""
-    place = np.arange(BATCH)[None, :]
+    place = np.arange(BATCH_SIZE)[None, :]
     return (place >= divider_a[:, None]).astype(np.int64) + (place >= divider_b[:, None])
 
 
@@ -172,7 +171,7 @@ def pilot_statistics(single_rows: pd.DataFrame, ranking_rows: pd.DataFrame) -> P
     orders = [list(map(str, order)) for order in ranking["order"]]
     members = [sorted(order) for order in orders]
     ranks = np.array([[order.index(m) for m in sorted_members] for order, sorted_members in
-                      zip(orders, members, strict=True)], dtype=np.int64).reshape(-1, BATCH)
+                      zip(orders, members, strict=True)], dtype=np.int64).reshape(-1, BATCH_SIZE)
     by_place = _divider_classes(ranking["divider_a"].to_numpy(), ranking["divider_b"].to_numpy())
     ranking_looks = _ranking_looks(ranking_expert, pd.factorize(pd.Series(["|".join(m) for m in members]))[0],
                                    ranks, np.take_along_axis(by_place, ranks, axis=1))
@@ -217,7 +216,7 @@ class _PilotModel:
         self.single_image = index.get_indexer(tasks_single["slice_id"])
         members = [sorted(ids) for ids in tasks_ranking["slice_ids"]]
         self.ranking_expert = tasks_ranking["annotator_id"].map(number).to_numpy()
-        self.ranking_images = index.get_indexer(np.concatenate(members)).reshape(len(members), BATCH)
+        self.ranking_images = index.get_indexer(np.concatenate(members)).reshape(len(members), BATCH_SIZE)
         # unit impressions and zero biases, rescaled and shifted for each candidate (`_panel`)
         self.unit_panel = ExpertPanel.build(self.reference, replace(
             base, personal_impression_sd=1.0, basal_boundary_bias=(0.0,) * base.n_experts,
@@ -326,8 +325,8 @@ def _fit_biases(model: _PilotModel, observed: PilotStatistics, params: Simulator
 def _fit_side_by_side(model: _PilotModel, observed: PilotStatistics, params: SimulatorParams) -> SimulatorParams:
     targets = (("ranking_intra_concordance", "intra", observed.n_ranking_intra_pairs * 28),
                ("ranking_inter_concordance", "inter", observed.n_ranking_inter_pairs * 28),
-               ("ranking_intra_class_agreement", "intra", observed.n_ranking_intra_pairs * BATCH),
-               ("ranking_inter_class_agreement", "inter", observed.n_ranking_inter_pairs * BATCH))
+               ("ranking_intra_class_agreement", "intra", observed.n_ranking_intra_pairs * BATCH_SIZE),
+               ("ranking_inter_class_agreement", "inter", observed.n_ranking_inter_pairs * BATCH_SIZE))
 
     def loss(candidate: SimulatorParams) -> float:
         looks = model.ranking(candidate)

@@ -41,6 +41,7 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from cmr_assets.domain import BATCH_SIZE
 from cmr_assets.settings import DEFAULT_HOURS_PER_ANNOTATOR
 
 SINGLE_TASK_KINDS = ("primary", "intra_repeat", "inter_repeat", "extra_vote")
@@ -232,7 +233,8 @@ MAX_RANKING_ROUNDS = 10
 
 
 def ranking_rounds_for_budget(n_images: int, n_experts: int, hours_per_expert: float, seconds_per_batch: float,
-                              min_views: int = 3, batch_size: int = 8, max_rounds: int = MAX_RANKING_ROUNDS) -> int:
+                              min_views: int = 3, batch_size: int = BATCH_SIZE,
+                              max_rounds: int = MAX_RANKING_ROUNDS) -> int:
     """Rounds of batches (every image once per round) the experts' hours can buy, at least
     `min_views`: designing them all lets the budget, not the design, end the ranking campaign.
     At most `max_rounds` (10 views per image; only a cohort of a few scans gets there, where the
@@ -243,7 +245,7 @@ def ranking_rounds_for_budget(n_images: int, n_experts: int, hours_per_expert: f
 
 
 def design_ranking_batches(slices: pd.DataFrame, annotators: Sequence[str], min_views: int = 3,
-                           batch_size: int = 8, seed: int = 0) -> pd.DataFrame:
+                           batch_size: int = BATCH_SIZE, seed: int = 0) -> pd.DataFrame:
     """Random batches of `batch_size` distinct images, each image in at least `min_views` batches.
 
     The design is `min_views` rounds; in each round every image appears once, and each batch takes
@@ -283,7 +285,7 @@ def design_ranking_batches(slices: pd.DataFrame, annotators: Sequence[str], min_
 
 
 def design_adaptive_batches(slices: pd.DataFrame, probabilities: pd.DataFrame, annotators: Sequence[str],
-                            n_batches: int, batch_size: int = 8, uncertain_per_batch: int = 4,
+                            n_batches: int, batch_size: int = BATCH_SIZE, uncertain_per_batch: int = 4,
                             seed: int = 0) -> pd.DataFrame:
     """Batches that spend expert time where the class boundaries are still uncertain.
 

@@ -58,7 +58,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from cmr_assets.classes import CLASS_INDEX, CLASS_NAMES
+from cmr_assets.domain import CLASS_INDEX, CLASS_NAMES
 from cmr_assets.labelling.annotation_format import (
     RankingAnnotation,
     SingleAnnotation,

@@ -51,12 +51,11 @@ import pandas as pd
 from scipy.optimize import minimize
 from scipy.special import expit, log_expit
 
-from cmr_assets.classes import CLASS_INDEX, CLASS_NAMES, N_CLASSES
+from cmr_assets.domain import BATCH_SIZE, CLASS_INDEX, CLASS_NAMES, N_CLASSES
 from cmr_assets.labels.plackett_luce import PlackettLuceFit, fit_plackett_luce
 
 logger = logging.getLogger(__name__)
 
-BATCH_SIZE = 8
 PROBABILITY_COLUMNS = tuple(f"p_{name}" for name in CLASS_NAMES)
 SINGLE_COLUMNS = (
     "slice_id", "label", *PROBABILITY_COLUMNS, "n_votes", "n_views", "n_annotators",

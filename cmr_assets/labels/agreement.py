@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import kendalltau
 
-from cmr_assets.classes import CLASS_INDEX, CLASS_NAMES, N_CLASSES
+from cmr_assets.domain import CLASS_INDEX, CLASS_NAMES, N_CLASSES
 from cmr_assets.labels.plackett_luce import fit_plackett_luce
 
 AGREEMENT_COLUMNS = ("metric", "value", "n", "detail")

@@ -12,13 +12,13 @@ import dagster as dg
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 
-from cmr_assets.app.accounts import known_annotator_ids
-from cmr_assets.classes import CLASS_NAMES
+from cmr_assets.domain import CLASS_NAMES
 from cmr_assets.duckdb_io import read_table, replace_table
-from cmr_assets.evaluation.plots import rank_score_distribution_png, strategy_sensitivity_png
+from cmr_assets.figures import rank_score_distribution_png, strategy_sensitivity_png
 from cmr_assets.ingest.deid import load_or_create_key, scan_id_for
 from cmr_assets.ingest.slice_store import slice_id_for
 from cmr_assets.labelling.campaign import expert_hours_spent
+from cmr_assets.labelling.roster import known_annotator_ids
 from cmr_assets.labelling.sensitivity import SensitivityGrid, break_even_summary
 from cmr_assets.labelling.sensitivity import strategy_sensitivity as sweep_strategy_sensitivity
 from cmr_assets.labelling.simulator import load_simulator_params, reference_like_cohort

@@ -26,7 +26,7 @@ import logging
 import numpy as np
 import pandas as pd
 
-from cmr_assets.classes import CLASS_INDEX, CLASS_NAMES, N_CLASSES
+from cmr_assets.domain import CLASS_INDEX, CLASS_NAMES, N_CLASSES
 from cmr_assets.labels.aggregation import PROBABILITY_COLUMNS
 
 logger = logging.getLogger(__name__)

@@ -49,6 +49,8 @@ import scipy.sparse as sp
 from scipy.sparse.linalg import LinearOperator, cg
 from scipy.stats import spearmanr
 
+from cmr_assets.domain import BATCH_SIZE
+
 
 @dataclass(frozen=True)
 class PlackettLuceFit:
@@ -205,7 +207,7 @@ def _balanced_batches(n_items: int, n_batches: int, batch_size: int, rng: np.ran
 
 
 def simulate_rankings(
-    true_scores: np.ndarray, n_batches: int, seed: int, batch_size: int = 8
+    true_scores: np.ndarray, n_batches: int, seed: int, batch_size: int = BATCH_SIZE
 ) -> np.ndarray:
     """Plackett-Luce rankings (most basal first) of balanced random batches of ``true_scores``.
 

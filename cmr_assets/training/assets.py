@@ -18,10 +18,10 @@ import pandas as pd
 from dagster_duckdb import DuckDBResource
 from mlflow.data.pandas_dataset import PandasDataset, from_pandas
 
-from cmr_assets.classes import CLASS_NAMES
+from cmr_assets.domain import CLASS_NAMES
 from cmr_assets.duckdb_io import append_rows, read_table
 from cmr_assets.evaluation.metrics import classification_metrics
-from cmr_assets.evaluation.plots import confusion_matrix_png
+from cmr_assets.figures import confusion_matrix_png
 from cmr_assets.metadata import picture, table
 from cmr_assets.resources import DataPathsResource, MlflowResource
 from cmr_assets.run_context import git_commit

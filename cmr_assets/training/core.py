@@ -65,7 +65,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cmr_assets.classes import CLASS_NAMES, N_CLASSES
+from cmr_assets.domain import CLASS_NAMES, N_CLASSES
 from cmr_assets.training.models import build_model, crop_and_resize, normalise_batch
 
 logger = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cmr_assets.classes import CLASS_INDEX, CLASS_NAMES
+from cmr_assets.domain import CLASS_INDEX, CLASS_NAMES
 
 PROBABILITY_COLUMNS = [f"p_{name}" for name in CLASS_NAMES]
 

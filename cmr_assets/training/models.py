@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet18
 
-from cmr_assets.classes import N_CLASSES
+from cmr_assets.domain import N_CLASSES
 
 ARCHITECTURES: Final[tuple[str, ...]] = ("small_cnn", "resnet18")
 SMALL_CNN_STEM_CHANNELS: Final[int] = 16

@@ -25,8 +25,7 @@ import torch
 from torch import nn
 from torchvision.models import ResNet
 
-from cmr_assets.classes import N_CLASSES
-from cmr_assets.ingest.dicom_series import ARRAY_SIZE
+from cmr_assets.domain import ARRAY_SIZE, N_CLASSES
 from cmr_assets.training.models import crop_and_resize, normalise_batch
 
 OOD_VALIDATION_QUANTILE = 0.995

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 
 import pandas as pd
 
-from cmr_assets.ingest.synthetic import SYNTHETIC_MODEL_NAME
+from cmr_assets.domain import SYNTHETIC_MODEL_NAME
 from cmr_assets.labelling.campaign import SIMULATED_ANNOTATOR_PREFIX
 
 TRAINING_DATA_TAG = "cmr.training_data"

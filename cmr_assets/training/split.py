@@ -34,7 +34,7 @@ from typing import Final
 import numpy as np
 import pandas as pd
 
-from cmr_assets.classes import CLASS_NAMES, N_CLASSES
+from cmr_assets.domain import CLASS_NAMES, N_CLASSES
 
 SPLITS: Final[tuple[str, ...]] = ("train", "val", "test")
 _N_LV_BINS: Final[int] = 4

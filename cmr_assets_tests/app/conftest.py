@@ -18,8 +18,8 @@ import pytest
 from PIL import Image, ImageDraw
 from starlette.testclient import TestClient
 
-from cmr_assets.app.accounts import ScryptParams, add_annotator
 from cmr_assets.app.web import AppConfig, create_app
+from cmr_assets.labelling.roster import ScryptParams, add_annotator
 from cmr_assets.settings import DataPaths
 
 PASSWORD = "correct horse battery"

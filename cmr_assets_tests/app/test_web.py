@@ -8,9 +8,9 @@ from pathlib import Path
 import duckdb
 from starlette.testclient import TestClient
 
-from cmr_assets.app.accounts import add_annotator, disable_annotator
 from cmr_assets.app.web import create_app
 from cmr_assets.labelling.annotation_format import AnnotationContext, parse_annotation_file
+from cmr_assets.labelling.roster import add_annotator, disable_annotator
 from cmr_assets.settings import DataPaths
 from cmr_assets_tests.app.conftest import (
     FAST_HASH,

@@ -16,8 +16,9 @@ from cmr_assets.automation.schedules import (
     strategies_to_retrain,
     training_label_hash,
 )
+from cmr_assets.domain import REGISTERED_MODEL_NAMES
 from cmr_assets.resources import DataPathsResource, MlflowResource
-from cmr_assets.settings import REGISTERED_MODEL_NAMES, DataPaths
+from cmr_assets.settings import DataPaths
 
 SPLIT = {"scanA": "train", "scanB": "train", "scanC": "val", "scanD": "test"}
 NIGHT = datetime(2025, 3, 2, 2, 0, tzinfo=UTC)

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cmr_assets.evaluation import plots
+from cmr_assets import figures
 from cmr_assets.evaluation.metrics import classification_metrics, paired_comparison
 from cmr_assets.evaluation.report import (
     ReportContractError,
@@ -106,12 +106,12 @@ def test_pictures_are_png_and_written(tmp_path):
     scores = pd.DataFrame({"score": np.linspace(-2, 2, 60), "label": y_true})
     slices = [np.full((16, 16), v, np.uint8) for v in range(0, 250, 25)]
     outputs = [
-        plots.confusion_matrix_png(cm, path=tmp_path / "pics" / "cm.png"),
-        plots.roc_curves_png(y_true, probas),
-        plots.rank_score_distribution_png(scores),
-        plots.montage(slices, [str(i) for i in range(10)], ncols=4),
+        figures.confusion_matrix_png(cm, path=tmp_path / "pics" / "cm.png"),
+        figures.roc_curves_png(y_true, probas),
+        figures.rank_score_distribution_png(scores),
+        figures.montage(slices, [str(i) for i in range(10)], ncols=4),
     ]
     assert all(data.startswith(PNG_MAGIC) for data in outputs)
     assert (tmp_path / "pics" / "cm.png").read_bytes() == outputs[0]
     with pytest.raises(ValueError, match=r"images\[0\]"):
-        plots.montage([np.zeros((2, 2, 2), np.uint8)])
+        figures.montage([np.zeros((2, 2, 2), np.uint8)])

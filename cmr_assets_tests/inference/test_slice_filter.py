@@ -2,14 +2,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cmr_assets.inference.slice_filter import (
-    copy_kept,
-    decide,
-    format_table,
-    model_uri_for,
-    series_verdict,
-    synthetic_only_warning,
-)
+from cmr_assets.inference.decisions import decide, series_verdict
+from cmr_assets.inference.slice_filter import copy_kept, format_table, model_uri_for, synthetic_only_warning
 from cmr_assets.ingest.dicom_series import OrderedSeries, OrderedSlice
 
 

@@ -12,7 +12,7 @@ import pydicom
 import pytest
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, MRImageStorage, RLELossless
 
-from cmr_assets.classes import CLASS_NAMES
+from cmr_assets.domain import CLASS_NAMES
 from cmr_assets.ingest.phantom import ARTEFACT_KINDS, apply_artefact, render_position
 from cmr_assets.ingest.synthetic import (
     APEX_DIRECTION_LPS,

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import cohen_kappa_score
 
-from cmr_assets.classes import CLASS_INDEX
+from cmr_assets.domain import CLASS_INDEX
 from cmr_assets.labelling.annotation_format import AnnotationContext, parse_annotation_file
 from cmr_assets.labelling.campaign import (
     annotator_ids,

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import cohen_kappa_score
 
-from cmr_assets.classes import CLASS_NAMES
+from cmr_assets.domain import CLASS_NAMES
 from cmr_assets.labels.agreement import (
     AGREEMENT_COLUMNS,
     agreement_table,

@@ -6,11 +6,11 @@ import pytest
 import torch
 from pydicom.data import get_testdata_file
 
-from cmr_assets.classes import CLASS_INDEX
+from cmr_assets.domain import CLASS_INDEX
 from cmr_assets.ingest.dicom_series import normalise_stack, resize_field_of_view
 from cmr_assets.ingest.synthetic import plan_scan, stored_slices
+from cmr_assets.mlflow_store import load_champion, log_trained_model, promote_if_better
 from cmr_assets.training.core import TrainConfig, train_classifier
-from cmr_assets.training.mlflow_registry import load_champion, log_trained_model, promote_if_better
 from cmr_assets.training.packaging import DeployableClassifier, predict_slices, predict_slices_with_ood
 
 FAST = TrainConfig(input_size=64, epochs=3, batch_size=32, num_threads=1, lr=3e-3, device="cpu")

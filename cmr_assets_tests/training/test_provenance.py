@@ -2,7 +2,7 @@
 
 import pandas as pd
 
-from cmr_assets.ingest.synthetic import SYNTHETIC_MODEL_NAME
+from cmr_assets.domain import SYNTHETIC_MODEL_NAME
 from cmr_assets.training.provenance import provenance_tags
 
 

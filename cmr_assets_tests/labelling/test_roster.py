@@ -9,7 +9,8 @@ import stat
 
 import pytest
 
-from cmr_assets.app.accounts import (
+from cmr_assets.app.cli import allowed_hosts_for, register_cli
+from cmr_assets.labelling.roster import (
     RosterError,
     add_annotator,
     authenticate,
@@ -20,7 +21,6 @@ from cmr_assets.app.accounts import (
     roster_path,
     verify_password,
 )
-from cmr_assets.app.cli import allowed_hosts_for, register_cli
 from cmr_assets.settings import DataPaths
 from cmr_assets_tests.app.conftest import FAST_HASH
 

@@ -1,4 +1,5 @@
-"""Pictures for the evaluation report, MLflow and the Dagster UI (matplotlib, headless Agg backend).
+"""Pictures shared by every domain (montages, confusion matrices, ROC curves, score distributions,
+learning curves) for the reports, MLflow and the Dagster UI (matplotlib, headless Agg backend).
 
 Every function returns the PNG bytes and, when `path` is given, also writes them there (parent
 folders created), so the same picture can go to `reports/`, to MLflow and into asset metadata.
@@ -35,7 +36,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from sklearn.metrics import auc, roc_curve  # noqa: E402
 
-from cmr_assets.classes import CLASS_NAMES  # noqa: E402
+from cmr_assets.domain import CLASS_NAMES  # noqa: E402
 
 _DPI = 110
 

@@ -1,7 +1,7 @@
 """MLflow tracking and model registry for the two slice classifiers (plain functions, no Dagster).
 
 One experiment (`settings.MLFLOW_EXPERIMENT`), one registered model per labelling strategy
-(`settings.REGISTERED_MODEL_NAMES`). Alias protocol:
+(`domain.REGISTERED_MODEL_NAMES`). Alias protocol:
 - every newly logged version gets `challenger`, set only after the model is fully logged and
   registered, so an interrupted run never leaves an alias on a half-logged model (at worst an
   un-aliased version that nothing loads);
@@ -58,10 +58,9 @@ import torch
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
-from cmr_assets.settings import MLFLOW_EXPERIMENT, REGISTERED_MODEL_NAMES, mlflow_tracking_uri
+from cmr_assets.domain import CHALLENGER, CHAMPION, REGISTERED_MODEL_NAMES
+from cmr_assets.settings import MLFLOW_EXPERIMENT, mlflow_tracking_uri
 
-CHALLENGER = "challenger"
-CHAMPION = "champion"
 _TRACKING_URI_VARIABLE = "MLFLOW_TRACKING_URI"
 TRAIN_HOW = ("train one with `cmr-assets demo`, or materialise the `model_ranking` / `model_single` "
              "assets in the Dagster UI")

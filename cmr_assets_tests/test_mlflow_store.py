@@ -9,9 +9,8 @@ import pytest
 import torch
 from mlflow.entities import RunStatus
 
-from cmr_assets.resources import MlflowResource
-from cmr_assets.training import mlflow_registry
-from cmr_assets.training.mlflow_registry import (
+from cmr_assets import mlflow_store
+from cmr_assets.mlflow_store import (
     ChampionNotFoundError,
     MlflowUnavailableError,
     check_tracking_store,
@@ -19,6 +18,7 @@ from cmr_assets.training.mlflow_registry import (
     log_trained_model,
     promote_if_better,
 )
+from cmr_assets.resources import MlflowResource
 
 MODEL = "cmr-slice-classifier-ranking"
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
@@ -150,7 +150,7 @@ def test_interrupted_logging_leaves_aliases_alone(store, logged, monkeypatch):
     def interrupted(*args, **kwargs):
         raise RuntimeError("killed while writing the model")
 
-    monkeypatch.setattr(mlflow_registry.mlflow.pytorch, "log_model", interrupted)
+    monkeypatch.setattr(mlflow_store.mlflow.pytorch, "log_model", interrupted)
     with pytest.raises(RuntimeError, match="killed"):
         log_trained_model(**store, strategy="ranking", model=TinyNet(), params={}, history=[], metrics={},
                           input_example=np.zeros((1, 1, 16, 16), np.float32), pictures={})
@@ -274,7 +274,7 @@ def test_incomplete_run_is_logged_but_never_registered(store, logged):
     assert client.get_registered_model(MODEL).aliases == aliases_before
     run = client.get_run(result.run_id)
     assert run.data.tags["cmr.complete"] == "false" and run.data.metrics["epochs_run"] == 1.0
-    assert mlflow_registry.newest_version_label_hash(client, MODEL) != "h-incomplete"
+    assert mlflow_store.newest_version_label_hash(client, MODEL) != "h-incomplete"
 
 
 def test_lineage_tags_datasets_and_metrics_on_the_logged_model(store, logged):
@@ -301,4 +301,4 @@ def test_lineage_tags_datasets_and_metrics_on_the_logged_model(store, logged):
         "label_hash": "h-lineage", "dagster.run_id": "run-123", "dagster.asset_key": "model_ranking"}
     model = client.get_logged_model(version.model_id or result.model_uri.removeprefix("models:/"))
     assert [(m.key, m.value) for m in model.metrics] == [("val_macro_f1", 0.7)]
-    assert mlflow_registry.newest_version_label_hash(client, MODEL) == "h-lineage"
+    assert mlflow_store.newest_version_label_hash(client, MODEL) == "h-lineage"
