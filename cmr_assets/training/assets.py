@@ -21,7 +21,6 @@ from mlflow.data.pandas_dataset import PandasDataset, from_pandas
 from cmr_assets.domain import CLASS_NAMES
 from cmr_assets.duckdb_io import append_rows, read_table
 from cmr_assets.evaluation.metrics import classification_metrics
-from cmr_assets.figures import confusion_matrix_png
 from cmr_assets.metadata import picture, table
 from cmr_assets.resources import DataPathsResource, MlflowResource
 from cmr_assets.run_context import git_commit
@@ -33,14 +32,12 @@ from cmr_assets.training.core import (
     select_device,
 )
 from cmr_assets.training.dataset import (
-    array_hash,
     frame_hash,
     label_hash,
     labelled_rows,
 )
-from cmr_assets.training.fitting import fit_classifier
+from cmr_assets.training.fitting import train_strategy
 from cmr_assets.training.packaging import input_example, predict_slices
-from cmr_assets.training.provenance import provenance_tags
 from cmr_assets.training.split import class_mix_from_labels, split_group_of_scan, split_new_scans_by_group
 
 GROUP = "training"
@@ -167,45 +164,25 @@ def train_strategy_model(context: dg.AssetExecutionContext, strategy: str, confi
                      f"{train_config.architecture} at {train_config.input_size} px, up to {train_config.epochs} "
                      f"epochs (patience {train_config.patience}, safety cap {train_config.max_minutes:g} min)")
     try:
-        fitted = fit_classifier(paths.root, train, val, train_config, on_epoch)
+        trained = train_strategy(paths.root, strategy, train, val, scans, annotators.get("annotator_id", []),
+                                 train_config, config.label_column, on_epoch)
     except (TrainingDataError, TrainingResourceError) as error:
         raise dg.Failure(f"model_{strategy}: {error}") from error
-    result, deployable, val_metrics = fitted.result, fitted.deployable, fitted.val_metrics
-    train_images, val_images = fitted.train_images, fitted.val_images
-    complete = result.stop_reason != "time_cap"
-    val_targets = val["target"].to_numpy()
-    ood_calibration = deployable.calibrate_ood(train_images, train["target"].to_numpy(), val_images)
-    provenance = provenance_tags(scans[scans["scan_id"].isin(set(train["scan_id"]) | set(val["scan_id"]))],
-                                 annotators.get("annotator_id", []))
-    context.log.info(f"{strategy}: provenance {provenance}; OOD calibration {ood_calibration}")
-    counts = train[config.label_column].value_counts()
-    params = {
-        "architecture": train_config.architecture, "input_size": train_config.input_size,
-        "crop_fraction": train_config.crop_fraction,
-        "epochs": train_config.epochs, "batch_size": train_config.batch_size, "learning_rate": train_config.lr,
-        "patience": train_config.patience, "max_minutes": train_config.max_minutes,
-        "seed": train_config.seed, "soft_labels": train_config.soft_labels, "label_column": config.label_column,
-        "label_hash": training_labels,
-        "data_hash": array_hash(train_images), "split_hash": split_hash, "git_commit": git_commit(),
-        "device": result.device, "n_train": len(train), "n_val": len(val),
-        **{f"n_train_{name}": int(counts.get(name, 0)) for name in CLASS_NAMES},
-    }
+    fitted, result, val_metrics = trained.fitted, trained.fitted.result, trained.fitted.val_metrics
+    context.log.info(f"{strategy}: provenance {trained.provenance}; OOD calibration {trained.ood_calibration}")
     lineage = {"dagster.run_id": context.run_id, "dagster.asset_key": context.asset_key.to_user_string(),
                "dagster.job": context.job_name or "", "label_hash": training_labels, "split_hash": split_hash,
                "stop_reason": result.stop_reason}
-    cm_png = confusion_matrix_png(val_metrics["confusion_matrix"]["matrix"], title=f"{strategy}: validation")
     logged = mlflow.log_trained_model(
-        strategy=strategy, model=deployable, params=params, history=result.history,
-        metrics={"best_val_macro_f1": result.best_val_macro_f1, "val_macro_f1": val_metrics["macro_f1"],
-                 "val_accuracy": val_metrics["accuracy"], "train_images_per_s": result.images_per_s,
-                 "train_seconds": result.seconds, "best_epoch": result.best_epoch,
-                 "epochs_run": len(result.history), **ood_calibration},
-        version_tags=provenance,
-        input_example=input_example(val_images if len(val_images) else train_images),
-        pictures={"validation_confusion_matrix.png": cm_png}, tags=lineage, register=complete,
+        strategy=strategy, model=fitted.deployable, history=result.history, metrics=trained.metrics,
+        params={**trained.params, "label_hash": training_labels, "split_hash": split_hash, "git_commit": git_commit()},
+        version_tags=trained.provenance,
+        input_example=input_example(fitted.val_images if len(fitted.val_images) else fitted.train_images),
+        pictures={"validation_confusion_matrix.png": trained.confusion_png}, tags=lineage,
+        register=trained.complete,
         datasets=_training_datasets(train, val, strategy, config.label_column, str(paths.duckdb)))
     run_link = dg.MetadataValue.url(mlflow.run_url(logged.run_id))
-    if not complete:
+    if not trained.complete:
         raise dg.Failure(
             description=f"model_{strategy}: training reached the {train_config.max_minutes:g}-minute safety cap "
                         f"after {len(result.history)} of {train_config.epochs} epochs; logged as incomplete MLflow "
@@ -215,8 +192,8 @@ def train_strategy_model(context: dg.AssetExecutionContext, strategy: str, confi
 
     def rescore(model_uri: str) -> float:
         """The champion's macro-F1 on this run's validation images and labels."""
-        return float(classification_metrics(val_targets, predict_slices(mlflow.load_model(model_uri),
-                                                                        val_images))["macro_f1"])
+        return float(classification_metrics(val["target"].to_numpy(), predict_slices(mlflow.load_model(model_uri),
+                                                                                 fitted.val_images))["macro_f1"])
 
     decision = mlflow.promote_if_better(strategy, logged.version, float(val_metrics["macro_f1"]), split_hash,
                                         rescore)
@@ -240,8 +217,9 @@ def train_strategy_model(context: dg.AssetExecutionContext, strategy: str, confi
         "device": result.device, "train_seconds": float(result.seconds), "epochs_run": len(result.history),
         "images_per_s": float(result.images_per_s), "stop_reason": result.stop_reason,
         "n_train": len(train), "n_val": len(val), "label_hash": training_labels, "split_hash": split_hash,
-        **provenance, "ood_val_flagged": ood_calibration["ood_val_flagged"],
-        "history": table(history.round(4)), "validation_confusion": picture(cm_png, "validation confusion"),
+        **trained.provenance, "ood_val_flagged": trained.ood_calibration["ood_val_flagged"],
+        "history": table(history.round(4)), "validation_confusion": picture(trained.confusion_png,
+                                                                           "validation confusion"),
     })
 
 

@@ -1,13 +1,15 @@
 """One classifier fitted on labelled slice rows and packaged for use: the step that the model assets,
-the repeated strategy comparison and the learning curves share.
+the repeated strategy comparison and the learning curves share (`fit_classifier`), and everything a
+strategy's registered model carries besides (`train_strategy`: OOD calibration, provenance, the
+params and metrics to log, the validation confusion picture).
 
 Pure of Dagster and MLflow: rows (from `dataset.labelled_rows`) and a `TrainConfig` in, a
-`FittedClassifier` out, so scripts and tests call it directly.
+`FittedClassifier` / `StrategyTraining` out, so scripts and tests call it directly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,10 +18,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cmr_assets.domain import CLASS_NAMES
 from cmr_assets.evaluation.metrics import classification_metrics
+from cmr_assets.figures import confusion_matrix_png
 from cmr_assets.training.core import EpochMetrics, TrainConfig, TrainResult, train_classifier
-from cmr_assets.training.dataset import PROBABILITY_COLUMNS, load_slice_images
+from cmr_assets.training.dataset import PROBABILITY_COLUMNS, array_hash, load_slice_images
 from cmr_assets.training.packaging import DeployableClassifier, predict_slices
+from cmr_assets.training.provenance import provenance_tags
 
 
 @dataclass(frozen=True)
@@ -55,3 +60,52 @@ def fit_classifier(root: Path, train: pd.DataFrame, val: pd.DataFrame, config: T
     deployable = DeployableClassifier(result.model, config.input_size, config.crop_fraction).eval()
     val_metrics = classification_metrics(val_targets, predict_slices(deployable, val_images))
     return FittedClassifier(deployable, result, train_images, val_images, val_metrics)
+
+
+@dataclass(frozen=True)
+class StrategyTraining:
+    """One strategy's trained model with what its registered version carries: OOD calibration
+    (logged as metrics), provenance (version tags), params and metrics for the tracking run, and the
+    validation confusion matrix as a picture."""
+
+    fitted: FittedClassifier
+    ood_calibration: dict[str, float]
+    provenance: dict[str, str]
+    params: dict[str, Any]
+    metrics: dict[str, float]
+    confusion_png: bytes
+
+    @property
+    def complete(self) -> bool:
+        """False when the wall-clock safety cap stopped training: such a model is never registered."""
+        return self.fitted.result.stop_reason != "time_cap"
+
+
+def train_strategy(root: Path, strategy: str, train: pd.DataFrame, val: pd.DataFrame, scans: pd.DataFrame,
+                   annotator_ids: Sequence[str], config: TrainConfig, label_column: str = "label",
+                   on_epoch: Callable[[EpochMetrics], None] | None = None) -> StrategyTraining:
+    """Fit one strategy's model on its labelled rows and gather what its registered version logs.
+
+    `scans` (scan_id, manufacturer_model) and `annotator_ids` give the provenance of the train and
+    validation rows. Raises `TrainingDataError` / `TrainingResourceError` from the training core."""
+    fitted = fit_classifier(root, train, val, config, on_epoch)
+    result = fitted.result
+    ood_calibration = fitted.deployable.calibrate_ood(fitted.train_images, train["target"].to_numpy(),
+                                                      fitted.val_images)
+    used_scans = set(train["scan_id"]) | set(val["scan_id"])
+    provenance = provenance_tags(scans[scans["scan_id"].isin(used_scans)], annotator_ids)
+    counts = train[label_column].value_counts()
+    params = {
+        "architecture": config.architecture, "input_size": config.input_size, "crop_fraction": config.crop_fraction,
+        "epochs": config.epochs, "batch_size": config.batch_size, "learning_rate": config.lr,
+        "patience": config.patience, "max_minutes": config.max_minutes, "seed": config.seed,
+        "soft_labels": config.soft_labels, "label_column": label_column,
+        "data_hash": array_hash(fitted.train_images), "device": result.device, "n_train": len(train),
+        "n_val": len(val), **{f"n_train_{name}": int(counts.get(name, 0)) for name in CLASS_NAMES},
+    }
+    metrics = {"best_val_macro_f1": result.best_val_macro_f1, "val_macro_f1": fitted.val_metrics["macro_f1"],
+               "val_accuracy": fitted.val_metrics["accuracy"], "train_images_per_s": result.images_per_s,
+               "train_seconds": result.seconds, "best_epoch": result.best_epoch,
+               "epochs_run": len(result.history), **ood_calibration}
+    confusion = confusion_matrix_png(fitted.val_metrics["confusion_matrix"]["matrix"], title=f"{strategy}: validation")
+    return StrategyTraining(fitted, ood_calibration, provenance, params, metrics, confusion)
