@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from cmr_assets.app.page_actions import drag_before, ranking_strip
+from cmr_assets_tests.app.page_actions import drag_before, ranking_strip
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CLI = Path(sys.executable).parent / "cmr-assets"

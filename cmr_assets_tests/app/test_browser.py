@@ -19,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-from cmr_assets.app.page_actions import drag_before, ranking_strip
 from cmr_assets.labelling.annotation_format import parse_annotation_file
 from cmr_assets.settings import PROJECT_ROOT
 from cmr_assets_tests.app.conftest import (
@@ -31,6 +30,7 @@ from cmr_assets_tests.app.conftest import (
     build_campaign,
     live_server,
 )
+from cmr_assets_tests.app.page_actions import drag_before, ranking_strip
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from benchmarks.ranking import balanced_batches
 from cmr_assets.labels.aggregation import (
     RANKING_COLUMNS,
     SINGLE_COLUMNS,
@@ -13,7 +14,6 @@ from cmr_assets.labels.aggregation import (
     fit_ordered_logit,
     ordered_logit_probabilities,
 )
-from cmr_assets.labels.plackett_luce import _balanced_batches
 
 GUMBEL_MEDIAN = -np.log(np.log(2))
 LATENT_SPAN = 10.0  # planted latent score = LATENT_SPAN * position01
@@ -38,7 +38,7 @@ def simulate_ranking_annotations(
     position01 = (slices["slice_from_base"] + rng.uniform(size=len(slices))) / slices["n_slices"]
     latent = LATENT_SPAN * position01.to_numpy()
     n_batches = len(slices) * views_per_image // 8
-    batches = _balanced_batches(len(slices), n_batches, 8, rng)
+    batches = balanced_batches(len(slices), n_batches, 8, rng)
     perceived = latent[batches] - rng.gumbel(size=batches.shape)
     order = np.argsort(perceived, axis=1)
     batches = np.take_along_axis(batches, order, axis=1)

@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import cohen_kappa_score
 
+from benchmarks.ranking import simulate_rankings
 from cmr_assets.domain import CLASS_NAMES
 from cmr_assets.labels.agreement import (
     AGREEMENT_COLUMNS,
@@ -14,7 +15,6 @@ from cmr_assets.labels.agreement import (
     ranking_agreement,
     single_agreement,
 )
-from cmr_assets.labels.plackett_luce import simulate_rankings
 
 EXPERTS = ("sim-expert-1", "sim-expert-2", "sim-expert-3")
 

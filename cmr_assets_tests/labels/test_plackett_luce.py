@@ -2,12 +2,8 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from cmr_assets.labels.plackett_luce import (
-    _PenalisedLikelihood,
-    benchmark_against_choix,
-    fit_plackett_luce,
-    simulate_rankings,
-)
+from benchmarks.ranking import benchmark_against_choix, simulate_rankings
+from cmr_assets.labels.plackett_luce import _PenalisedLikelihood, fit_plackett_luce
 
 
 def planted(n_items: int, n_batches: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
