@@ -46,13 +46,14 @@ cmr_pipeline = dg.define_asset_job(
 
 def build_definitions() -> dg.Definitions:
     """Definitions bound to the current `CMR_DATA_DIR` / MLflow settings (read at load time)."""
+    data_paths = DataPathsResource()
     return dg.Definitions(
         assets=[*ingest_assets, *labelling_assets, *labels_assets, *training_assets, *evaluation_assets],
         asset_checks=[*ingest_checks, *labels_checks],
         jobs=[cmr_pipeline, simulate_experts, strategy_experiment, relabel_job, ingest_new_scans_job, retrain_job],
         sensors=[annotation_files_sensor, labels_settled_sensor, new_scans_sensor],
         schedules=[nightly_retrain_schedule],
-        resources={"data_paths": DataPathsResource(), "duckdb": duckdb_resource(), "mlflow": MlflowResource(),
+        resources={"data_paths": data_paths, "duckdb": duckdb_resource(data_paths.paths()), "mlflow": MlflowResource(),
                    "retrain_policy": RetrainPolicyResource(quiet_minutes=retrain_quiet_minutes())},
     )
 

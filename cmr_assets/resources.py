@@ -24,7 +24,8 @@ class DataPathsResource(dg.ConfigurableResource):
 
 
 def duckdb_resource(paths: DataPaths | None = None) -> DuckDBResource:
-    """A DuckDB resource on `$CMR_DATA_DIR/cmr.duckdb`; connections are opened per use and kept short."""
+    """A DuckDB resource on the database of `paths` (definitions pass the `data_paths` resource's, so
+    both follow one root; default `$CMR_DATA_DIR/cmr.duckdb`); connections are opened per use and kept short."""
     paths = (paths or DataPaths.default()).ensure()
     return DuckDBResource(database=str(paths.duckdb))
 

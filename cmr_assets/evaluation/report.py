@@ -1,6 +1,6 @@
 """The evaluation report: ranking-trained vs single-trained model, with the labelling cost beside it.
 
-`evaluation.json` carries the contract keys of PRODUCT.md ("Contract" section) plus richer fields;
+`evaluation.json` carries the contract keys that outside checks rely on (`validate_report`) plus richer fields;
 `evaluation.md` lays the numbers out like the paper's result, our two models beside the paper's.
 
 Public API:
@@ -52,7 +52,7 @@ PAPER_RESULTS: dict[str, Any] = {
 
 
 class ReportContractError(ValueError):
-    """The report lacks keys that outside checks rely on (PRODUCT.md contract)."""
+    """The report lacks keys that outside checks rely on (the product contract)."""
 
 
 @dataclass(frozen=True)
