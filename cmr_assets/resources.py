@@ -11,6 +11,7 @@ from dagster_duckdb import DuckDBResource
 
 from cmr_assets import mlflow_store, settings
 from cmr_assets.domain import REGISTERED_MODEL_NAMES
+from cmr_assets.promotion import promote_if_better
 from cmr_assets.settings import DataPaths, data_dir
 
 
@@ -70,8 +71,8 @@ class MlflowResource(dg.ConfigurableResource):
 
     def promote_if_better(self, strategy: str, new_version: str | int, new_val_macro_f1: float,
                           split_hash: str, rescore: Any = None) -> dict[str, Any]:
-        """`mlflow_store.promote_if_better` for the strategy's registered model."""
-        return mlflow_store.promote_if_better(self.client(), REGISTERED_MODEL_NAMES[strategy],
+        """`promotion.promote_if_better` for the strategy's registered model."""
+        return promote_if_better(self.client(), REGISTERED_MODEL_NAMES[strategy],
                                                  new_version, new_val_macro_f1, split_hash, rescore)
 
     def newest_label_hash(self, strategy: str) -> str | None:

@@ -19,8 +19,8 @@ from cmr_assets.settings import PROJECT_ROOT
 
 PACKAGE = PROJECT_ROOT / "cmr_assets"
 LAYERS = ("core", "io", "service", "entry")
-IO_MODULES = {"cmr_assets.resources", "cmr_assets.duckdb_io", "cmr_assets.mlflow_store", "cmr_assets.metadata",
-              "cmr_assets.run_context"}
+IO_MODULES = {"cmr_assets.resources", "cmr_assets.duckdb_io", "cmr_assets.mlflow_store", "cmr_assets.promotion",
+              "cmr_assets.metadata", "cmr_assets.run_context"}
 ENTRY_MODULES = {"cmr_assets.definitions", "cmr_assets.cli", "cmr_assets.pipeline_runs", "cmr_assets.app.cli"}
 SERVICE_PACKAGES = ("cmr_assets.automation", "cmr_assets.app", "cmr_assets.inference.slice_filter")
 ORCHESTRATION = ("dagster", "dagster_duckdb", "mlflow")

@@ -16,8 +16,8 @@ from cmr_assets.mlflow_store import (
     check_tracking_store,
     load_champion,
     log_trained_model,
-    promote_if_better,
 )
+from cmr_assets.promotion import promote_if_better
 from cmr_assets.resources import MlflowResource
 
 MODEL = "cmr-slice-classifier-ranking"
