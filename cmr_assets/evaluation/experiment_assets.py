@@ -229,10 +229,10 @@ def learning_curves(context: dg.AssetExecutionContext, config: LearningCurvesCon
     train_config, steps = None, config.steps
     if config.train_models:
         train_config = config.train_config()
-        if select_device(train_config).type == "cpu" and not config.epochs:
-            steps = steps or CPU_CURVE_STEPS
-            train_config = replace(train_config, augment=False,
-                                   input_size=config.input_size or CPU_CURVE_INPUT_SIZE)
+        if select_device(train_config).type == "cpu" and config.epochs is None:
+            steps = CPU_CURVE_STEPS if steps is None else steps
+            train_config = replace(train_config, augment=False, input_size=CPU_CURVE_INPUT_SIZE
+                                   if config.input_size is None else config.input_size)
     test = evaluation_rows(inputs["slices"], inputs["split"], inputs["reference"])
     test_images = load_slice_images(paths.root, test) if train_config is not None else None
     points = []

@@ -12,6 +12,7 @@ validation macro-F1 is >= the current champion's, re-scored on the same validati
 import time
 import warnings
 from dataclasses import replace
+from typing import TypeVar
 
 import dagster as dg
 import pandas as pd
@@ -41,6 +42,7 @@ from cmr_assets.training.packaging import input_example, predict_slices
 from cmr_assets.training.split import class_mix_from_labels, split_group_of_scan, split_new_scans_by_group
 
 GROUP = "training"
+T = TypeVar("T")
 # Wall-clock safety limit per model: far above a normal run (CPU ~4 min, GPU seconds), so under load
 # training still runs its epochs; reaching it marks the run incomplete (never registered).
 SAFETY_CAP_MINUTES = 60.0
@@ -92,16 +94,16 @@ def dataset_split(context: dg.AssetExecutionContext, config: SplitConfig,
 
 
 class ModelConfig(dg.Config):
-    """Training settings; 0 / empty means the device's default (small CNN on CPU, ResNet-18 on CUDA)
-    and, for `max_minutes`, the safety cap `SAFETY_CAP_MINUTES`. `force` retrains even when the
-    training labels equal those of the newest registered version."""
+    """Training settings; a setting left out (None) takes the device's default (small CNN on CPU,
+    ResNet-18 on CUDA) and, for `max_minutes`, the safety cap `SAFETY_CAP_MINUTES`. `force`
+    retrains even when the training labels equal those of the newest registered version."""
 
-    architecture: str = ""
-    input_size: int = 0
-    epochs: int = 0
-    batch_size: int = 0
-    max_minutes: float = 0.0
-    learning_rate: float = 0.0
+    architecture: str | None = None
+    input_size: int | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    max_minutes: float | None = None
+    learning_rate: float | None = None
     seed: int = 0
     soft_labels: bool = False
     label_column: str = "label"
@@ -109,12 +111,24 @@ class ModelConfig(dg.Config):
     force: bool = False
 
     def train_config(self) -> TrainConfig:
+        """The device's defaults with the settings given here; raises `ValueError` for values training
+        cannot use (a size, epoch count, batch size, time or learning rate that is not positive)."""
+        positive = {"input_size": self.input_size, "epochs": self.epochs, "batch_size": self.batch_size,
+                    "max_minutes": self.max_minutes, "learning_rate": self.learning_rate}
+        wrong = {name: value for name, value in positive.items() if value is not None and not value > 0}
+        if wrong:
+            raise ValueError(f"model config: {wrong} must be > 0 (leave a setting out for the default)")
         base = default_config(select_device(TrainConfig(device=self.device)))
-        return replace(base, architecture=self.architecture or base.architecture,
-                       input_size=self.input_size or base.input_size, epochs=self.epochs or base.epochs,
-                       batch_size=self.batch_size or base.batch_size,
-                       max_minutes=self.max_minutes or SAFETY_CAP_MINUTES, lr=self.learning_rate or base.lr,
+        return replace(base, architecture=_given(self.architecture, base.architecture),
+                       input_size=_given(self.input_size, base.input_size), epochs=_given(self.epochs, base.epochs),
+                       batch_size=_given(self.batch_size, base.batch_size),
+                       max_minutes=_given(self.max_minutes, SAFETY_CAP_MINUTES),
+                       lr=_given(self.learning_rate, base.lr),
                        seed=self.seed, soft_labels=self.soft_labels, device=self.device)
+
+
+def _given(value: T | None, default: T) -> T:
+    return default if value is None else value
 
 
 def _training_datasets(train: pd.DataFrame, val: pd.DataFrame, strategy: str, label_column: str,
