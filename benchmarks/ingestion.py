@@ -36,8 +36,9 @@ from typing import Any
 import pydicom
 
 from benchmarks.common import comparison, peak_rss_mb
-from cmr_assets.ingest.dicom_series import discover_files, plan_all_series, pool_start_method, read_headers
+from cmr_assets.ingest.dicom_files import discover_files, pool_start_method, read_headers
 from cmr_assets.ingest.ingestion import MIN_FILES_PER_WORKER, ingest_folder
+from cmr_assets.ingest.stack_geometry import plan_all_series
 from cmr_assets.ingest.synthetic import generate_cohort
 from cmr_assets.settings import DataPaths
 

@@ -11,7 +11,7 @@ from dagster_duckdb import DuckDBResource
 
 from cmr_assets.duckdb_io import read_table
 from cmr_assets.figures import montage
-from cmr_assets.ingest.dicom_series import discover_files
+from cmr_assets.ingest.dicom_files import discover_files
 from cmr_assets.ingest.ingestion import ingest_folder
 from cmr_assets.ingest.synthetic import generate_cohort
 from cmr_assets.metadata import picture, table

@@ -59,21 +59,16 @@ from cmr_assets.ingest.deid import (
     source_root_hash,
     study_key_for,
 )
-from cmr_assets.ingest.dicom_series import (
+from cmr_assets.ingest.dicom_files import (
     REJECT_EMPTY_FOLDER,
-    REJECT_SERIES_DECODE,
     Rejection,
-    SeriesDecodeError,
-    SeriesPlan,
     discover_files,
     parallel_map,
-    plan_all_series,
     read_headers,
-    render_series,
     worker_pool,
 )
-from cmr_assets.ingest.dicom_series import _decode as decode_image
 from cmr_assets.ingest.heart_crop import stack_heart_box
+from cmr_assets.ingest.pixels import REJECT_SERIES_DECODE, SeriesDecodeError, decode_image, render_series
 from cmr_assets.ingest.slice_store import (
     ensure_schema,
     existing_scan_ids,
@@ -82,6 +77,7 @@ from cmr_assets.ingest.slice_store import (
     scan_rows,
     write_scan_files,
 )
+from cmr_assets.ingest.stack_geometry import SeriesPlan, plan_all_series
 from cmr_assets.settings import DataPaths
 
 logger = logging.getLogger(__name__)

@@ -40,8 +40,9 @@ import duckdb
 import numpy as np
 
 from cmr_assets.fileio import write_atomically
-from cmr_assets.ingest.dicom_series import Rejection, RenderedSeries
+from cmr_assets.ingest.dicom_files import Rejection
 from cmr_assets.ingest.heart_crop import CropBox
+from cmr_assets.ingest.pixels import RenderedSeries
 from cmr_assets.settings import DataPaths
 
 SCANS_COLUMNS = ("scan_id", "n_slices", "n_files", "rows", "cols", "manufacturer_model", "ingested_at", "study_key",

@@ -10,21 +10,17 @@ import pydicom
 import pytest
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
 
-from cmr_assets.ingest.dicom_series import (
-    PHASE_RULE_INSTANCE,
-    PHASE_RULE_TRIGGER,
-    REJECT_DUPLICATE,
+from cmr_assets.ingest.dicom_files import (
     REJECT_NOT_DICOM,
     DicomHeader,
     discover_files,
-    normalise_stack,
-    plan_all_series,
     read_header,
     read_headers,
-    read_series,
-    resize_field_of_view,
     worker_pool,
 )
+from cmr_assets.ingest.dicom_series import read_series
+from cmr_assets.ingest.pixels import normalise_stack, resize_field_of_view
+from cmr_assets.ingest.stack_geometry import PHASE_RULE_INSTANCE, PHASE_RULE_TRIGGER, REJECT_DUPLICATE, plan_all_series
 from cmr_assets_tests.conftest import SA_ORIENTATION_SWAPPED, SeriesSpec, write_series
 
 PATIENTS = ["SCD0000101", "SCD0000201"]
@@ -185,7 +181,7 @@ def test_native_fast_decode_matches_pydicom(tmp_path: Path, layout: str) -> None
     values must be pydicom's."""
     from dataclasses import replace
 
-    from cmr_assets.ingest.dicom_series import _decode
+    from cmr_assets.ingest.pixels import decode_image
 
     [path] = write_series(tmp_path, SeriesSpec(n_positions=1, n_phases=1, rows=7, cols=9))
     ds = pydicom.dcmread(path)
@@ -211,14 +207,14 @@ def test_native_fast_decode_matches_pydicom(tmp_path: Path, layout: str) -> None
     header = read_header(tmp_path, path)
     assert isinstance(header, DicomHeader)
     assert header.pixel_location is not None and header.pixel_location.encapsulated == (layout == "rle")
-    fast, reference = _decode(tmp_path, header), _decode(tmp_path, replace(header, pixel_location=None))
+    fast, reference = decode_image(tmp_path, header), decode_image(tmp_path, replace(header, pixel_location=None))
     assert fast.dtype == reference.dtype == np.float32 and np.array_equal(fast, reference)
     assert header.monochrome1 == (layout == "monochrome1_implicit") and header.rescale == (2.0, -10.0)
 
 
 def test_fast_header_scan_gives_pydicoms_headers(tmp_path: Path, sunnybrook: Path, monkeypatch) -> None:
     """The one-read header scan must give exactly what the pydicom path gives, file by file."""
-    from cmr_assets.ingest import dicom_series
+    from cmr_assets.ingest import dicom_files
 
     files = write_series(tmp_path / "explicit", SeriesSpec(n_positions=2, n_phases=2, phi_marker="ZZ"))
     for name, syntax, kwargs in (("implicit", ImplicitVRLittleEndian, {"implicit_vr": True}),
@@ -238,7 +234,7 @@ def test_fast_header_scan_gives_pydicoms_headers(tmp_path: Path, sunnybrook: Pat
         (tmp_path / "real" / path.name).write_bytes(path.read_bytes())
     paths = discover_files(tmp_path)
     scanned = 0
-    real_fast = dicom_series._fast_header
+    real_fast = dicom_files._fast_header
 
     def counting(handle, size):
         nonlocal scanned
@@ -246,8 +242,8 @@ def test_fast_header_scan_gives_pydicoms_headers(tmp_path: Path, sunnybrook: Pat
         scanned += result is not None
         return result
 
-    monkeypatch.setattr(dicom_series, "_fast_header", counting)
-    fast = [dicom_series.read_file(tmp_path, p) for p in paths]
+    monkeypatch.setattr(dicom_files, "_fast_header", counting)
+    fast = [dicom_files.read_file(tmp_path, p) for p in paths]
     assert scanned == len(paths) == 4 * 4 + 5  # every file here took the fast scan
-    monkeypatch.setattr(dicom_series, "_fast_header", lambda handle, size: None)
-    assert [dicom_series.read_file(tmp_path, p) for p in paths] == fast
+    monkeypatch.setattr(dicom_files, "_fast_header", lambda handle, size: None)
+    assert [dicom_files.read_file(tmp_path, p) for p in paths] == fast

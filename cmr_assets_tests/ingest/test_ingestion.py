@@ -15,7 +15,7 @@ from pydicom.encaps import encapsulate
 from pydicom.pixels import get_decoder
 from pydicom.uid import JPEGBaseline8Bit
 
-from cmr_assets.ingest import dicom_series, ingestion
+from cmr_assets.ingest import dicom_files, ingestion
 from cmr_assets.ingest.deid import load_or_create_key, scan_id_for
 from cmr_assets.ingest.dicom_series import read_series
 from cmr_assets.ingest.ingestion import IngestReport, ingest_folder
@@ -71,7 +71,7 @@ def test_unreadable_file_is_rejected(tmp_path: Path, data_paths: DataPaths, monk
             raise PermissionError(13, "Permission denied", str(file))
         return real_open(file, *args, **kwargs)
 
-    monkeypatch.setattr(dicom_series, "open", open_with_permission_denied, raising=False)
+    monkeypatch.setattr(dicom_files, "open", open_with_permission_denied, raising=False)
     report, _ = _ingest(tmp_path / "src", data_paths, workers=1)
     assert _table(data_paths, "SELECT path, reason FROM rejected_files") == [
         ("locked.dcm", "unreadable file: Permission denied")]

@@ -16,15 +16,10 @@ import pydicom
 import pytest
 from libjpeg import decode as libjpeg_decode
 
-from cmr_assets.ingest import dicom_series
+from cmr_assets.ingest import dicom_files, pixels
 from cmr_assets.ingest.deid import load_or_create_key, scan_id_for, study_key_for
-from cmr_assets.ingest.dicom_series import (
-    REJECT_UNSUPPORTED_TS,
-    OrderedSeries,
-    decoder_hint,
-    read_file,
-    read_series,
-)
+from cmr_assets.ingest.dicom_files import REJECT_UNSUPPORTED_TS, Rejection, decoder_hint, read_file
+from cmr_assets.ingest.dicom_series import OrderedSeries, read_series
 from cmr_assets.ingest.ingestion import ingest_folder
 from cmr_assets.ingest.pacs_testdata import (
     LOSSLESS_SYNTAXES,
@@ -132,13 +127,13 @@ def test_compressed_enhanced_mr_decodes_only_the_chosen_frames(original: Path, r
     ds.compress(LOSSLESS_SYNTAXES["jpeg_ls"])
     ds.save_as(target)
     decoded: list[int | None] = []
-    real_pixel_array = dicom_series.pixel_array
+    real_pixel_array = pixels.pixel_array
 
     def counting_pixel_array(src, **kwargs):
         decoded.append(kwargs.get("index"))
         return real_pixel_array(src, **kwargs)
 
-    monkeypatch.setattr(dicom_series, "pixel_array", counting_pixel_array)
+    monkeypatch.setattr(pixels, "pixel_array", counting_pixel_array)
     series = read_series(tmp_path / "mf")
     _assert_same_slices(series, reference)
     assert sorted(decoded) == sorted(s.frames["enhanced.dcm"][0] - 1 for s in series.slices)  # 13 of 39
@@ -203,8 +198,8 @@ def test_real_cine_beside_its_localizers_gives_the_short_axis_slices(tmp_path: P
 
 def test_missing_decoder_names_the_syntax_and_the_package(original: Path, tmp_path: Path, monkeypatch) -> None:
     [path] = transcode([sorted(original.iterdir())[0]], tmp_path / "ls", LOSSLESS_SYNTAXES["jpeg_ls"])
-    assert not isinstance(read_file(tmp_path / "ls", path), dicom_series.Rejection)
-    monkeypatch.setattr(dicom_series, "_decoder_available", lambda syntax: False)
+    assert not isinstance(read_file(tmp_path / "ls", path), Rejection)
+    monkeypatch.setattr(dicom_files, "_decoder_available", lambda syntax: False)
     rejection = read_file(tmp_path / "ls", path)
     assert rejection.kind == REJECT_UNSUPPORTED_TS
     assert "JPEG-LS Lossless" in rejection.detail and "pyjpegls" in rejection.detail
