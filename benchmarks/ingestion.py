@@ -39,8 +39,8 @@ from benchmarks.common import comparison, peak_rss_mb
 from cmr_assets.ingest.dicom_files import discover_files, pool_start_method, read_headers
 from cmr_assets.ingest.ingestion import MIN_FILES_PER_WORKER, ingest_folder
 from cmr_assets.ingest.stack_geometry import plan_all_series
-from cmr_assets.ingest.synthetic import generate_cohort
 from cmr_assets.settings import DataPaths
+from cmr_assets.synthetic.cohort import generate_cohort
 
 INGEST_AIM_ONE_WORKER = 0.9  # issue 12: per worker at least 0.9x the bare loop
 INGEST_AIM_TWO_WORKERS = 1.6  # and at least 1.6x it with 2 workers on 2 cores

@@ -24,6 +24,7 @@ from cmr_assets.labelling.assets import labelling_assets
 from cmr_assets.labels.assets import labels_assets, labels_checks
 from cmr_assets.resources import DataPathsResource, MlflowResource, duckdb_resource
 from cmr_assets.settings import retrain_quiet_minutes
+from cmr_assets.synthetic.assets import synthetic_assets
 from cmr_assets.training.assets import training_assets
 
 PIPELINE_JOB = "cmr_pipeline"
@@ -48,7 +49,8 @@ def build_definitions() -> dg.Definitions:
     """Definitions bound to the current `CMR_DATA_DIR` / MLflow settings (read at load time)."""
     data_paths = DataPathsResource()
     return dg.Definitions(
-        assets=[*ingest_assets, *labelling_assets, *labels_assets, *training_assets, *evaluation_assets],
+        assets=[*synthetic_assets, *ingest_assets, *labelling_assets, *labels_assets, *training_assets,
+                *evaluation_assets],
         asset_checks=[*ingest_checks, *labels_checks],
         jobs=[cmr_pipeline, simulate_experts, strategy_experiment, relabel_job, ingest_new_scans_job, retrain_job],
         sensors=[annotation_files_sensor, labels_settled_sensor, new_scans_sensor],

@@ -9,7 +9,7 @@ import pytest
 from cmr_assets.domain import REGISTERED_MODEL_NAMES
 from cmr_assets.evaluation.report import validate_report
 from cmr_assets.inference.slice_filter import run_filter_cli
-from cmr_assets.ingest.synthetic import IDENTIFIER_MARKER
+from cmr_assets.synthetic.cohort import IDENTIFIER_MARKER
 from cmr_assets_tests.conftest import pipeline_environment
 
 SUNNYBROOK = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "sunnybrook"

@@ -2,7 +2,8 @@
 
 Layers, lowest first; a module may import its own layer and the ones below, never above:
   core     pure, typed domain code (DataFrames, arrays, tensors in, results out): no Dagster, no MLflow
-  io       stores and resources: DuckDB and MLflow access, Dagster resources and metadata helpers
+  io       MLflow access, Dagster resources and metadata helpers (DuckDB helpers are core: pure store code
+           writes rows through them)
   service  Dagster assets, automation, the labelling web app, the slice filter
   entry    Dagster definitions, command lines, job runners
 Domains keep to themselves where the arrow would point the wrong way (the contracts below).
@@ -19,20 +20,22 @@ from cmr_assets.settings import PROJECT_ROOT
 
 PACKAGE = PROJECT_ROOT / "cmr_assets"
 LAYERS = ("core", "io", "service", "entry")
-IO_MODULES = {"cmr_assets.resources", "cmr_assets.duckdb_io", "cmr_assets.mlflow_store", "cmr_assets.promotion",
-              "cmr_assets.metadata", "cmr_assets.run_context"}
+IO_MODULES = {"cmr_assets.resources", "cmr_assets.mlflow_store", "cmr_assets.promotion", "cmr_assets.metadata",
+              "cmr_assets.run_context"}
 ENTRY_MODULES = {"cmr_assets.definitions", "cmr_assets.cli", "cmr_assets.pipeline_runs", "cmr_assets.app.cli"}
 SERVICE_PACKAGES = ("cmr_assets.automation", "cmr_assets.app", "cmr_assets.inference.slice_filter")
 ORCHESTRATION = ("dagster", "dagster_duckdb", "mlflow")
 # (importer prefix, imported prefix, why not)
-DOMAINS = ("ingest", "labelling", "labels", "training", "evaluation", "inference", "automation", "app")
+DOMAINS = ("synthetic", "ingest", "labelling", "labels", "training", "evaluation", "inference", "automation", "app")
 SHARED = {"cmr_assets.evaluation.metrics"}  # the one home of the metrics, also for validation during training
 # (importer prefix, imported prefix, why not)
 FORBIDDEN = [
     ("cmr_assets.labels", "cmr_assets.app", "the roster is a labelling concept (cmr_assets.labelling.roster)"),
     *[(f"cmr_assets.{domain}", "cmr_assets.evaluation", "pictures are shared (cmr_assets.figures); evaluation "
-       "comes after these domains") for domain in ("ingest", "labelling", "labels", "training")],
+       "comes after these domains") for domain in ("synthetic", "ingest", "labelling", "labels", "training")],
     ("cmr_assets.training", "cmr_assets.ingest", "what both need lives in cmr_assets.domain"),
+    ("cmr_assets.ingest", "cmr_assets.synthetic", "the synthetic cohort is written for ingestion, which reads any "
+     "DICOM; `raw_scans` names `synthetic_cohort` by its key"),
     *[(module, f"cmr_assets.{domain}", "io sits below the domains") for module in sorted(IO_MODULES)
       for domain in DOMAINS],
 ]

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cmr_assets.ingest.pacs_testdata import (  # noqa: E402
+from cmr_assets.synthetic.pacs_exports import (  # noqa: E402
     LOSSLESS_SYNTAXES,
     select_phases,
     transcode,

@@ -28,6 +28,7 @@ from pathlib import Path
 import duckdb
 
 from cmr_assets.app.reference import Candidate, candidates_from_rows
+from cmr_assets.duckdb_io import read_only
 from cmr_assets.settings import DataPaths
 
 log = logging.getLogger(__name__)
@@ -102,8 +103,7 @@ def _label_rows(connection: duckdb.DuckDBPyConnection, tables: set[str]) -> tupl
 
 
 def _read_tables(duckdb_path: Path) -> _Tables:
-    connection = duckdb.connect(str(duckdb_path), read_only=True)
-    try:
+    with read_only(duckdb_path) as connection:
         tables = _table_names(connection)
         if "slices" in tables:
             crop = "heart_crop" if "heart_crop" in _column_names(connection, "slices") else "NULL"
@@ -115,8 +115,6 @@ def _read_tables(duckdb_path: Path) -> _Tables:
                                      "ORDER BY task_id").fetchall() if "tasks_single" in tables else [])
         ranking = (connection.execute("SELECT batch_id, annotator_id, slice_ids FROM tasks_ranking "
                                       "ORDER BY batch_id").fetchall() if "tasks_ranking" in tables else [])
-    finally:
-        connection.close()
     return _Tables(slices, single, ranking, reference, labels)
 
 

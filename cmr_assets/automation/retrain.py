@@ -36,11 +36,10 @@ from pathlib import Path
 from typing import NamedTuple
 
 import dagster as dg
-import duckdb
 import pandas as pd
 
 from cmr_assets.domain import STRATEGIES
-from cmr_assets.duckdb_io import read_table
+from cmr_assets.duckdb_io import read_only, read_table
 from cmr_assets.resources import MlflowResource
 from cmr_assets.training.dataset import label_hash, labelled_rows
 
@@ -76,7 +75,7 @@ def current_label_hashes(database: Path, soft_labels: Mapping[str, bool] | None 
     class probabilities where `soft_labels[strategy]`. Raises `duckdb.Error` while the pipeline
     holds the write lock."""
     soft_labels = soft_labels or {}
-    with duckdb.connect(str(database), read_only=True) as con:
+    with read_only(database) as con:
         slices = read_table(con, "slices", "slice_id, scan_id, array_path, array_index")
         split = read_table(con, "dataset_split")
         tables = {s: read_table(con, f"labels_{s}") for s in STRATEGIES}

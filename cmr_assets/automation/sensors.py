@@ -36,6 +36,7 @@ from cmr_assets.automation.retrain import (
     strategies_to_retrain,
 )
 from cmr_assets.domain import STRATEGIES
+from cmr_assets.duckdb_io import read_only, table_exists
 from cmr_assets.resources import DataPathsResource, MlflowResource
 
 ANNOTATION_PATTERNS = ("*.jsonl",)
@@ -100,9 +101,8 @@ def ingested_annotation_files(database: Path) -> Callable[[list[FileStamp]], lis
     def done(stamps: list[FileStamp]) -> list[FileStamp]:
         if not database.exists():
             return []
-        with duckdb.connect(str(database), read_only=True) as con:
-            if not con.execute("SELECT count(*) FROM information_schema.tables "
-                               "WHERE table_name = 'annotation_files'").fetchall()[0][0]:
+        with read_only(database) as con:
+            if not table_exists(con, "annotation_files"):
                 return []
             sizes = dict(con.execute("SELECT source_file, size FROM annotation_files").fetchall())
         return [s for s in stamps if sizes.get(s.path) == s.size]

@@ -34,8 +34,8 @@ from torch import nn
 from cmr_assets.figures import montage
 from cmr_assets.inference.decisions import decide
 from cmr_assets.ingest.dicom_series import OrderedSeries, read_series
-from cmr_assets.ingest.synthetic import plan_scan, stored_slices
 from cmr_assets.settings import PROJECT_ROOT
+from cmr_assets.synthetic.cohort import plan_scan, stored_slices
 from cmr_assets.training.packaging import predict_slices_with_ood
 
 REAL_DATA_DIR = PROJECT_ROOT / "real_data" / "sunnybrook"

@@ -1,8 +1,10 @@
-"""Ingestion as assets: the synthetic cohort, the raw DICOM inventory and the de-identified slices."""
+"""Ingestion as assets: the raw DICOM inventory and the de-identified slices.
+
+`raw_scans` follows `synthetic_cohort` (cmr_assets/synthetic/assets.py), named here by its key so that
+ingestion does not import the synthetic package.
+"""
 
 
-import json
-import time
 from pathlib import Path
 
 import dagster as dg
@@ -13,22 +15,11 @@ from cmr_assets.duckdb_io import read_table
 from cmr_assets.figures import montage
 from cmr_assets.ingest.dicom_files import discover_files
 from cmr_assets.ingest.ingestion import ingest_folder
-from cmr_assets.ingest.synthetic import generate_cohort
 from cmr_assets.metadata import picture, table
 from cmr_assets.resources import DataPathsResource
 from cmr_assets.settings import DataPaths
 
 GROUP = "ingest"
-
-
-class SyntheticCohortConfig(dg.Config):
-    """The embedded default cohort: seeded synthetic short-axis cine DICOM (see ingest/synthetic.py)."""
-
-    enabled: bool = True
-    n_scans: int = 300
-    seed: int = 0
-    n_phases: int = 3
-    workers: int = 2
 
 
 class ScanSourceConfig(dg.Config):
@@ -42,44 +33,7 @@ def _source_dir(config: ScanSourceConfig, paths: DataPaths) -> Path:
     return Path(config.source_dir).expanduser().resolve() if config.source_dir else paths.scans
 
 
-def _cohort_manifest(paths: DataPaths) -> Path:
-    return paths.reference / "synthetic_cohort.json"
-
-
-@dg.asset(group_name=GROUP, kinds={"dicom"})
-def synthetic_cohort(context: dg.AssetExecutionContext, config: SyntheticCohortConfig,
-                     data_paths: DataPathsResource) -> dg.MaterializeResult:
-    """Writes the seeded synthetic cohort as real DICOM plus its truth table (kept apart from the images).
-
-    Skipped when the same cohort (size, seed, phases) is already on disk.
-    """
-    paths = data_paths.paths()
-    wanted = {"n_scans": config.n_scans, "seed": config.seed, "n_phases": config.n_phases}
-    manifest = _cohort_manifest(paths)
-    if not config.enabled:
-        return dg.MaterializeResult(metadata={"generated": False, "reason": "disabled"})
-    if manifest.exists() and paths.synthetic_truth.exists():
-        previous = json.loads(manifest.read_text())
-        if {k: previous.get(k) for k in wanted} == wanted:
-            context.log.info(f"synthetic cohort {wanted} already on disk; nothing to do")
-            return dg.MaterializeResult(metadata={"generated": False, **previous})
-    started = time.perf_counter()
-
-    def progress(done: int, total: int) -> None:
-        if done == total or done % max(1, total // 10) == 0:
-            rate = done / max(time.perf_counter() - started, 1e-9)
-            context.log.info(f"synthetic cohort: {done}/{total} scans written ({rate:.1f} scans/s)")
-
-    summary = generate_cohort(paths.synthetic_scans, paths.synthetic_truth, config.n_scans, config.seed,
-                              config.n_phases, config.workers, progress)
-    record = {**wanted, "n_files": summary.n_files, "n_slices": summary.n_slices,
-              "megabytes": round(summary.total_bytes / 1e6, 1), "seconds": round(summary.seconds, 1)}
-    manifest.write_text(json.dumps(record, indent=2))
-    return dg.MaterializeResult(metadata={"generated": True, **record,
-                                          "folder": dg.MetadataValue.path(str(paths.synthetic_scans))})
-
-
-@dg.asset(group_name=GROUP, deps=[synthetic_cohort], kinds={"dicom"})
+@dg.asset(group_name=GROUP, deps=["synthetic_cohort"], kinds={"dicom"})
 def raw_scans(context: dg.AssetExecutionContext, config: ScanSourceConfig,
               data_paths: DataPathsResource) -> dg.MaterializeResult:
     """The inventory of the DICOM source folder (files and bytes by top-level folder); no pixels read."""
@@ -163,5 +117,5 @@ def positions_monotone_within_scan(duckdb: DuckDBResource) -> dg.AssetCheckResul
     return dg.AssetCheckResult(passed=not offenders, metadata={"scans_not_monotone": len(offenders)})
 
 
-ingest_assets = [synthetic_cohort, raw_scans, slices]
+ingest_assets = [raw_scans, slices]
 ingest_checks = [every_slice_has_its_image, positions_monotone_within_scan]

@@ -31,14 +31,15 @@ from __future__ import annotations
 import io
 import struct
 import zlib
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
 
 import duckdb
 import numpy as np
 
+from cmr_assets.duckdb_io import transaction
 from cmr_assets.fileio import write_atomically
 from cmr_assets.ingest.dicom_files import Rejection
 from cmr_assets.ingest.heart_crop import CropBox
@@ -216,22 +217,11 @@ def _insert_frame(con: duckdb.DuckDBPyConnection, table: str, columns: Sequence[
             con.unregister("incoming_rows")
 
 
-@contextmanager
-def _transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
-    con.execute("BEGIN TRANSACTION")
-    try:
-        yield
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
-    con.execute("COMMIT")
-
-
 def insert_scans(con: duckdb.DuckDBPyConnection, scans: list[dict], slices: list[dict]) -> None:
     """Insert scans and their slices in one short transaction; rows already present are kept as they are."""
     if not scans:
         return
-    with _transaction(con):
+    with transaction(con):
         _insert_frame(con, "scans", SCANS_COLUMNS, scans)
         _insert_frame(con, "slices", SLICES_COLUMNS, slices)
 
@@ -244,6 +234,6 @@ def insert_rejections(con: duckdb.DuckDBPyConnection, source_root_hash: str,
     rows = [{"source_root_hash": source_root_hash, "path": r.path, "reason": r.reason,
              "rejected_at": rejected_at} for r in rejections]
     before = con.execute("SELECT count(*) FROM rejected_files").fetchall()[0][0]
-    with _transaction(con):
+    with transaction(con):
         _insert_frame(con, "rejected_files", REJECTED_COLUMNS, rows)
     return con.execute("SELECT count(*) FROM rejected_files").fetchall()[0][0] - before

@@ -49,6 +49,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
+from cmr_assets.duckdb_io import transaction
 from cmr_assets.labelling.annotation_format import (
     AnnotationContext,
     ParsedRecord,
@@ -209,18 +210,13 @@ def _store_file(con: duckdb.DuckDBPyConnection, source_file: str, size: int, dig
                 n_rejected: int, now: datetime, single: pd.DataFrame, ranking: pd.DataFrame,
                 rejected: pd.DataFrame) -> None:
     """One file's new rows and its `annotation_files` entry, in one transaction."""
-    con.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(con):
         _insert(con, "raw_annotations_single", single, SINGLE_COLUMNS)
         _insert(con, "raw_annotations_ranking", ranking, RANKING_COLUMNS)
         _insert(con, "rejected_annotations", rejected, ["source_file", "line", "reason", "rejected_at"])
         con.execute("DELETE FROM annotation_files WHERE source_file = ?", [source_file])
         con.execute("INSERT INTO annotation_files VALUES (?, ?, ?, ?, ?, ?)",
                     [source_file, size, digest, n_valid, n_rejected, now])
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
 
 
 def ingest_annotation_files(incoming_dir: Path, con: duckdb.DuckDBPyConnection, known_annotators: set[str],

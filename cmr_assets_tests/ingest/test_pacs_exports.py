@@ -21,7 +21,8 @@ from cmr_assets.ingest.deid import load_or_create_key, scan_id_for, study_key_fo
 from cmr_assets.ingest.dicom_files import REJECT_UNSUPPORTED_TS, Rejection, decoder_hint, read_file
 from cmr_assets.ingest.dicom_series import OrderedSeries, read_series
 from cmr_assets.ingest.ingestion import ingest_folder
-from cmr_assets.ingest.pacs_testdata import (
+from cmr_assets.settings import DataPaths
+from cmr_assets.synthetic.pacs_exports import (
     LOSSLESS_SYNTAXES,
     encode_jpeg_lossless,
     select_phases,
@@ -30,7 +31,6 @@ from cmr_assets.ingest.pacs_testdata import (
     write_legacy_converted_mr,
     write_study,
 )
-from cmr_assets.settings import DataPaths
 from cmr_assets.training.split import split_group_of_scan, split_new_scans_by_group
 from cmr_assets_tests.conftest import SUNNYBROOK, SeriesSpec, write_series
 

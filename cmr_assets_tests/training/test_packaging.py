@@ -8,9 +8,9 @@ from pydicom.data import get_testdata_file
 
 from cmr_assets.domain import CLASS_INDEX
 from cmr_assets.ingest.pixels import normalise_stack, resize_field_of_view
-from cmr_assets.ingest.synthetic import plan_scan, stored_slices
 from cmr_assets.mlflow_store import load_champion, log_trained_model
 from cmr_assets.promotion import promote_if_better
+from cmr_assets.synthetic.cohort import plan_scan, stored_slices
 from cmr_assets.training.core import TrainConfig, train_classifier
 from cmr_assets.training.packaging import DeployableClassifier, predict_slices, predict_slices_with_ood
 

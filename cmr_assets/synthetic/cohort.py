@@ -73,7 +73,8 @@ from pydicom.uid import (
 )
 
 from cmr_assets.domain import CLASS_NAMES, SYNTHETIC_MODEL_NAME
-from cmr_assets.ingest.phantom import (
+from cmr_assets.ingest.pixels import stored_images
+from cmr_assets.synthetic.phantom import (
     ARTEFACT_KINDS,
     Acquisition,
     Anatomy,
@@ -88,7 +89,6 @@ from cmr_assets.ingest.phantom import (
     sample_anatomy,
     scan_textures,
 )
-from cmr_assets.ingest.pixels import stored_images
 
 IDENTIFIER_MARKER = "ZZPHI"
 MARKED_IDENTIFIER_TAGS: tuple[str, ...] = (

@@ -10,7 +10,7 @@ deformation, slice profile, bias field, blur and noise (docs/real_images.md list
 Pure numpy/scipy, no I/O. The anatomy is described in the *heart frame* of one slice plane:
 in-plane millimetre coordinates ``(x, y)`` centred on the LV long axis, ``x`` pointing toward the
 RV; the level along the axis is ``level_mm`` (0 = LV base plane, ``lv_length_mm`` = apex).
-The DICOM geometry that places these planes in patient space lives in ``synthetic.py``.
+The DICOM geometry that places these planes in patient space lives in ``cohort.py``.
 
 Public API
 - ``Tissue``, ``sample_tissue(rng)``: per-scan tissue signals (``RANDOM_CONTRAST_SHARE`` random).

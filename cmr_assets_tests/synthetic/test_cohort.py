@@ -13,8 +13,7 @@ import pytest
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, MRImageStorage, RLELossless
 
 from cmr_assets.domain import CLASS_NAMES
-from cmr_assets.ingest.phantom import ARTEFACT_KINDS, apply_artefact, render_position
-from cmr_assets.ingest.synthetic import (
+from cmr_assets.synthetic.cohort import (
     APEX_DIRECTION_LPS,
     IDENTIFIER_MARKER,
     IDENTIFIER_TAGS,
@@ -28,6 +27,7 @@ from cmr_assets.ingest.synthetic import (
     render_scan,
     truth_rows,
 )
+from cmr_assets.synthetic.phantom import ARTEFACT_KINDS, apply_artefact, render_position
 
 
 @pytest.fixture(scope="module")
