@@ -1,5 +1,5 @@
 """Find DICOM files by content and read their headers: one whitelisted `DicomHeader` per image, or a
-`Rejection` saying why a file cannot be used.
+`FileRejection` saying why a file cannot be used.
 
 Why this shape: a PACS export is a folder of arbitrary names, nesting and junk. Everything here
 works from file content, never from names. Headers are read once per file, in a process pool: a
@@ -8,7 +8,7 @@ little-endian files with a preamble, and pydicom (`stop_before_pixels=True`) rea
 (big endian, preamble-less, multi-frame, anything unusual), with the same result. The header pass
 also records where a single-frame file keeps its pixels (`PixelLocation`), so that `pixels` can
 decode native and deflated pixels straight from that offset. Every file that cannot be used becomes
-a `Rejection` (path relative to the source folder + reason) instead of stopping the run; the reason
+a `FileRejection` (path relative to the source folder + reason) instead of stopping the run; the reason
 kinds of files are the `REJECT_*` constants here, those of stacks and of decoding live in
 `stack_geometry` and `pixels`.
 
@@ -29,11 +29,11 @@ Rules (documented choices):
   functional groups are rejected.
 
 Public API:
-- `Rejection(path, kind, detail)`, `.reason`; reason kinds are the `REJECT_*` constants.
+- `FileRejection(path, kind, detail)`, `.reason`; reason kinds are the `REJECT_*` constants.
 - `DicomHeader`: whitelisted header of one image; `PixelLocation`: where its pixels are.
 - `discover_files(source_dir) -> list[Path]`
-- `read_file(source_dir, path) -> list[DicomHeader] | Rejection` (one header per frame);
-  `read_header(source_dir, path) -> DicomHeader | Rejection` (the first one)
+- `read_file(source_dir, path) -> list[DicomHeader] | FileRejection` (one header per frame);
+  `read_header(source_dir, path) -> DicomHeader | FileRejection` (the first one)
 - `decoder_hint(transfer_syntax) -> str`: the package that would decode a syntax
 - `quiet_pydicom()`: context manager that turns pydicom value validation off (also for decoding)
 - `worker_pool(workers)`: context manager giving a pool of `workers - 1` processes (or None for
@@ -106,7 +106,7 @@ _UNDEFINED_LENGTH = 0xFFFFFFFF
 
 
 @dataclass(frozen=True)
-class Rejection:
+class FileRejection:
     """A file that could not be used: `path` relative to the source folder, and why."""
 
     path: str
@@ -358,7 +358,7 @@ def _decoder_available(transfer_syntax: UID) -> bool:
 
 
 def _pixel_element(handle: BinaryIO, transfer_syntax: UID,
-                   file_size: int) -> tuple[Rejection | None, tuple[int, int] | None]:
+                   file_size: int) -> tuple[FileRejection | None, tuple[int, int] | None]:
     """Right where `stop_before_pixels` stopped: a problem with the pixel element (none, truncated),
     and the (value offset, length) in the file; the length is `_UNDEFINED_LENGTH` for encapsulated
     (compressed) frames, which the decoder validates."""
@@ -370,12 +370,12 @@ def _pixel_element(handle: BinaryIO, transfer_syntax: UID,
     raw = handle.read(12)
     endian = "<" if transfer_syntax.is_little_endian else ">"
     if len(raw) < 8 or struct.unpack(endian + "HH", raw[:4]) not in _PIXEL_TAGS:
-        return Rejection("", REJECT_NO_PIXELS), None
+        return FileRejection("", REJECT_NO_PIXELS), None
     if transfer_syntax.is_implicit_VR:
         header_length, length = 8, struct.unpack(endian + "I", raw[4:8])[0]
     elif raw[4:6] in _LONG_LENGTH_VRS:
         if len(raw) < 12:
-            return Rejection("", REJECT_TRUNCATED, "file ends inside the pixel data element header"), None
+            return FileRejection("", REJECT_TRUNCATED, "file ends inside the pixel data element header"), None
         header_length, length = 12, struct.unpack(endian + "I", raw[8:12])[0]
     else:
         header_length, length = 8, struct.unpack(endian + "H", raw[6:8])[0]
@@ -383,7 +383,7 @@ def _pixel_element(handle: BinaryIO, transfer_syntax: UID,
         return None, (start + header_length, length)
     present = file_size - start - header_length
     if present < length:
-        return Rejection("", REJECT_TRUNCATED, f"pixel data needs {length} bytes, {present} present"), None
+        return FileRejection("", REJECT_TRUNCATED, f"pixel data needs {length} bytes, {present} present"), None
     return None, (start + header_length, length)
 
 
@@ -436,7 +436,7 @@ def _single_frame_rescale(ds: _HeaderSource) -> tuple[float, float] | None:
 
 
 def _header_from_dataset(relative: str, ds: _HeaderSource,
-                         transfer_syntax: UID) -> list[DicomHeader] | Rejection:
+                         transfer_syntax: UID) -> list[DicomHeader] | FileRejection:
     """One `DicomHeader` per image of the file (one per frame of a multi-frame file), or why none.
 
     `ds` is a pydicom data set, or the header scan's raw elements (file meta included) by tag.
@@ -444,14 +444,14 @@ def _header_from_dataset(relative: str, ds: _HeaderSource,
     meta = ds if isinstance(ds, dict) else getattr(ds, "file_meta", None)
     if (meta is not None and _text(meta, "MediaStorageSOPClassUID") == MEDIA_STORAGE_DIRECTORY) \
             or _has(ds, "DirectoryRecordSequence"):
-        return Rejection(relative, REJECT_NOT_IMAGE, "DICOMDIR (media index; files are found by content)")
+        return FileRejection(relative, REJECT_NOT_IMAGE, "DICOMDIR (media index; files are found by content)")
     series_uid, sop_uid = _text(ds, "SeriesInstanceUID"), _text(ds, "SOPInstanceUID")
     if not series_uid or not sop_uid:
-        return Rejection(relative, REJECT_NOT_IMAGE, "no SeriesInstanceUID/SOPInstanceUID (e.g. DICOMDIR)")
+        return FileRejection(relative, REJECT_NOT_IMAGE, "no SeriesInstanceUID/SOPInstanceUID (e.g. DICOMDIR)")
     if not _has(ds, "Rows") or not _has(ds, "Columns"):
-        return Rejection(relative, REJECT_NO_PIXELS, "no Rows/Columns")
+        return FileRejection(relative, REJECT_NO_PIXELS, "no Rows/Columns")
     if (_optional_int(ds, "SamplesPerPixel") or 1) != 1:
-        return Rejection(relative, REJECT_UNSUPPORTED_IMAGE, "not a greyscale image")
+        return FileRejection(relative, REJECT_UNSUPPORTED_IMAGE, "not a greyscale image")
     model = _element_value(ds, "ManufacturerModelName")
     study_uid = _text(ds, "StudyInstanceUID")
     header = DicomHeader(
@@ -481,7 +481,7 @@ def _header_from_dataset(relative: str, ds: _HeaderSource,
         return [header]
     # raw elements never hold the functional groups (the header scan leaves multi-frame files to pydicom)
     if isinstance(ds, dict) or not _has(ds, "PerFrameFunctionalGroupsSequence"):
-        return Rejection(relative, REJECT_UNSUPPORTED_IMAGE,
+        return FileRejection(relative, REJECT_UNSUPPORTED_IMAGE,
                          f"multi-frame file ({frames} frames) without per-frame functional groups")
     return _frame_headers(header, ds, frames)
 
@@ -513,7 +513,7 @@ def _macro_floats(groups: Sequence[pydicom.Dataset], sequence: str, keyword: str
     return _optional_floats(item, keyword, count) if item is not None else None
 
 
-def _frame_headers(file_header: DicomHeader, ds: pydicom.Dataset, frames: int) -> list[DicomHeader] | Rejection:
+def _frame_headers(file_header: DicomHeader, ds: pydicom.Dataset, frames: int) -> list[DicomHeader] | FileRejection:
     """Enhanced (and Legacy Converted Enhanced) MR: one header per frame from the functional groups.
 
     Geometry from Plane Position / Plane Orientation / Pixel Measures; the cardiac phase time from
@@ -524,7 +524,7 @@ def _frame_headers(file_header: DicomHeader, ds: pydicom.Dataset, frames: int) -
     """
     per_frame = ds.PerFrameFunctionalGroupsSequence
     if len(per_frame) != frames:
-        return Rejection(file_header.path, REJECT_UNSUPPORTED_IMAGE,
+        return FileRejection(file_header.path, REJECT_UNSUPPORTED_IMAGE,
                          f"{frames} frames but {len(per_frame)} per-frame functional group items")
     shared_items = ds.get("SharedFunctionalGroupsSequence")
     shared = shared_items[0] if shared_items else pydicom.Dataset()
@@ -707,7 +707,7 @@ def _scan_deflated(data: bytes, elements: _RawElements) -> tuple[bytes, int]:
 
 
 # (raw elements, transfer syntax, problem, (pixel value offset, length), deflate start): see `_fast_header`
-_FastHeader: TypeAlias = tuple[_RawElements, UID, Rejection | None, tuple[int, int] | None, int | None]
+_FastHeader: TypeAlias = tuple[_RawElements, UID, FileRejection | None, tuple[int, int] | None, int | None]
 
 
 def _fast_header(handle: BinaryIO, file_size: int) -> _FastHeader | None:
@@ -746,16 +746,16 @@ def _fast_header(handle: BinaryIO, file_size: int) -> _FastHeader | None:
     return elements, syntax, None, where, deflate_start
 
 
-def read_header(source_dir: Path, path: Path) -> DicomHeader | Rejection:
+def read_header(source_dir: Path, path: Path) -> DicomHeader | FileRejection:
     """Read one single-frame file's header (no pixels) into a `DicomHeader`, or say why it is unusable.
 
     For a multi-frame file this is its first frame; `read_file` gives every frame.
     """
     result = read_file(source_dir, path)
-    return result if isinstance(result, Rejection) else result[0]
+    return result if isinstance(result, FileRejection) else result[0]
 
 
-def read_file(source_dir: Path, path: Path) -> list[DicomHeader] | Rejection:
+def read_file(source_dir: Path, path: Path) -> list[DicomHeader] | FileRejection:
     """Read one file's header (no pixels): one `DicomHeader` per image (frame), or why it is unusable."""
     relative = path.relative_to(source_dir).as_posix()
     try:
@@ -764,7 +764,7 @@ def read_file(source_dir: Path, path: Path) -> list[DicomHeader] | Rejection:
             head = handle.read(132)
             has_preamble = len(head) == 132 and head[128:132] == b"DICM"
             if not has_preamble and not _looks_like_raw_dataset(head):
-                return Rejection(relative, REJECT_NOT_DICOM, "no DICM marker")
+                return FileRejection(relative, REJECT_NOT_DICOM, "no DICM marker")
             handle.seek(0)
             try:
                 with quiet_pydicom():
@@ -784,26 +784,26 @@ def read_file(source_dir: Path, path: Path) -> list[DicomHeader] | Rejection:
                         transfer_syntax = _transfer_syntax(ds)
                         deflate_start, where = (located[0], located[1:]) if located else (None, None)
                     header = _header_from_dataset(relative, ds, transfer_syntax)
-                    if not isinstance(header, Rejection) and len(header) == 1:
+                    if not isinstance(header, FileRejection) and len(header) == 1:
                         location = _native_location(ds, header[0], transfer_syntax, where, deflate_start)
                         header = [replace(header[0], pixel_location=location)] if location else header
             except Exception as exc:  # pydicom raises many types on malformed input
                 kind = REJECT_BAD_HEADER if has_preamble else REJECT_NOT_DICOM
-                return Rejection(relative, kind, type(exc).__name__)
+                return FileRejection(relative, kind, type(exc).__name__)
     except OSError as exc:
-        return Rejection(relative, REJECT_UNREADABLE, exc.strerror or type(exc).__name__)
-    if isinstance(header, Rejection):
+        return FileRejection(relative, REJECT_UNREADABLE, exc.strerror or type(exc).__name__)
+    if isinstance(header, FileRejection):
         if not has_preamble and header.kind == REJECT_NOT_IMAGE:  # force=True parsed noise
-            return Rejection(relative, REJECT_NOT_DICOM, "no DICM marker and no image instance UIDs")
+            return FileRejection(relative, REJECT_NOT_DICOM, "no DICM marker and no image instance UIDs")
         return header
     if problem is not None:
-        return Rejection(relative, problem.kind, problem.detail)
+        return FileRejection(relative, problem.kind, problem.detail)
     if not _decoder_available(transfer_syntax):
-        return Rejection(relative, REJECT_UNSUPPORTED_TS, _unsupported_syntax(transfer_syntax))
+        return FileRejection(relative, REJECT_UNSUPPORTED_TS, _unsupported_syntax(transfer_syntax))
     return header
 
 
-def _read_header_chunk(source_dir: Path, paths: list[Path]) -> list[list[DicomHeader] | Rejection]:
+def _read_header_chunk(source_dir: Path, paths: list[Path]) -> list[list[DicomHeader] | FileRejection]:
     return [read_file(source_dir, path) for path in paths]
 
 
@@ -812,7 +812,7 @@ def read_headers(
     files: Sequence[Path],
     pool: Executor | None = None,
     log: Callable[[str], None] | None = None,
-) -> tuple[list[DicomHeader], list[Rejection]]:
+) -> tuple[list[DicomHeader], list[FileRejection]]:
     """Read all headers in chunks (in `pool` if given, see `worker_pool`); logs counts and rates.
 
     `headers` holds one entry per image: a multi-frame file contributes one per frame.
@@ -820,12 +820,12 @@ def read_headers(
     log = log or logger.info
     chunks = [list(files[i:i + HEADER_CHUNK]) for i in range(0, len(files), HEADER_CHUNK)]
     headers: list[DicomHeader] = []
-    rejections: list[Rejection] = []
+    rejections: list[FileRejection] = []
     started = time.perf_counter()
     done = dicom_files = 0
     for results in parallel_map(_read_header_chunk, [(source_dir, chunk) for chunk in chunks], pool):
         for result in results:
-            if isinstance(result, Rejection):
+            if isinstance(result, FileRejection):
                 rejections.append(result)
             else:
                 headers.extend(result)

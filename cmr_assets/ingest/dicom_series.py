@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cmr_assets.ingest.dicom_files import DicomHeader, Rejection, discover_files, read_headers, worker_pool
+from cmr_assets.ingest.dicom_files import DicomHeader, FileRejection, discover_files, read_headers, worker_pool
 from cmr_assets.ingest.pixels import render_series
 from cmr_assets.ingest.stack_geometry import plan_all_series
 
@@ -47,7 +47,7 @@ class OrderedSeries:
     phase_rule: str
     spacing_mm: float
     slices: tuple[OrderedSlice, ...]
-    rejected: tuple[Rejection, ...]
+    rejected: tuple[FileRejection, ...]
 
 
 def _frames_by_file(images: Sequence[DicomHeader]) -> dict[str, tuple[int, ...]]:

@@ -61,7 +61,7 @@ from cmr_assets.ingest.deid import (
 )
 from cmr_assets.ingest.dicom_files import (
     REJECT_EMPTY_FOLDER,
-    Rejection,
+    FileRejection,
     discover_files,
     parallel_map,
     read_headers,
@@ -126,14 +126,14 @@ def connect(database: Database) -> Iterator[duckdb.DuckDBPyConnection]:
 
 def _render_and_write(source_dir: Path, plan: SeriesPlan, scan_id: str, paths_root: Path,
                       ingested_at: datetime, study_key: str | None = None,
-                      patient_group: str | None = None) -> tuple[dict, list[dict]] | list[Rejection]:
+                      patient_group: str | None = None) -> tuple[dict, list[dict]] | list[FileRejection]:
     """Worker: decode one planned scan, write its images, return its rows (or why it failed)."""
     try:
         rendered = render_series(source_dir, plan)
     except SeriesDecodeError as exc:
         bad = exc.rejection
         paths = dict.fromkeys(h.path for position in plan.positions for h in position.files)
-        others = [Rejection(path, REJECT_SERIES_DECODE, f"{bad.path} ({bad.detail})")
+        others = [FileRejection(path, REJECT_SERIES_DECODE, f"{bad.path} ({bad.detail})")
                   for path in paths if path != bad.path]
         return [bad, *others]
     try:
@@ -145,9 +145,9 @@ def _render_and_write(source_dir: Path, plan: SeriesPlan, scan_id: str, paths_ro
 
 
 def _store_new_scans(tasks: list[tuple], pool: Executor | None, database: Database, report: IngestReport,
-                     log: Callable[[str], None]) -> list[Rejection]:
+                     log: Callable[[str], None]) -> list[FileRejection]:
     """Render and write each new scan (in the pool), insert rows in batches; returns decode rejections."""
-    rejections: list[Rejection] = []
+    rejections: list[FileRejection] = []
     pending_scans: list[dict] = []
     pending_slices: list[dict] = []
     started = time.perf_counter()
@@ -197,7 +197,7 @@ def ingest_folder(
         if files:
             headers, rejections = read_headers(source_dir, files, pool, log)
         else:
-            headers, rejections = [], [Rejection(".", REJECT_EMPTY_FOLDER, "no files found")]
+            headers, rejections = [], [FileRejection(".", REJECT_EMPTY_FOLDER, "no files found")]
         report.dicom_files = len({h.path for h in headers})
         report.series_found = len({h.series_uid for h in headers})
         plans, plan_rejections = plan_all_series(headers)

@@ -40,7 +40,7 @@ from pydicom.pixels import apply_rescale, get_decoder, pixel_array
 from pydicom.uid import UID
 
 from cmr_assets.domain import ARRAY_SIZE
-from cmr_assets.ingest.dicom_files import DicomHeader, Rejection, quiet_pydicom
+from cmr_assets.ingest.dicom_files import DicomHeader, FileRejection, quiet_pydicom
 from cmr_assets.ingest.stack_geometry import SeriesPlan
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ class RenderedSeries:
 class SeriesDecodeError(Exception):
     """A chosen-phase file of a planned series could not be decoded."""
 
-    def __init__(self, rejection: Rejection):
+    def __init__(self, rejection: FileRejection):
         super().__init__(f"{rejection.path}: {rejection.reason}")
         self.rejection = rejection
 
@@ -146,10 +146,10 @@ def decode_image(source_dir: Path, header: DicomHeader) -> np.ndarray:
                 pixels = apply_rescale(ds.pixel_array, ds).astype(np.float32)
                 inverted = ds.get("PhotometricInterpretation") == "MONOCHROME1"
     except Exception as exc:  # any decoder failure rejects the file, by name
-        raise SeriesDecodeError(Rejection(header.path, REJECT_DECODE_FAILED, type(exc).__name__)) from exc
+        raise SeriesDecodeError(FileRejection(header.path, REJECT_DECODE_FAILED, type(exc).__name__)) from exc
     if pixels.shape != (header.rows, header.cols):
         detail = f"pixel array shape {pixels.shape}, header says {(header.rows, header.cols)}"
-        raise SeriesDecodeError(Rejection(header.path, REJECT_DECODE_FAILED, detail))
+        raise SeriesDecodeError(FileRejection(header.path, REJECT_DECODE_FAILED, detail))
     return -pixels if inverted else pixels
 
 

@@ -41,7 +41,7 @@ import numpy as np
 
 from cmr_assets.duckdb_io import transaction
 from cmr_assets.fileio import write_atomically
-from cmr_assets.ingest.dicom_files import Rejection
+from cmr_assets.ingest.dicom_files import FileRejection
 from cmr_assets.ingest.heart_crop import CropBox
 from cmr_assets.ingest.pixels import RenderedSeries
 from cmr_assets.settings import DataPaths
@@ -227,7 +227,7 @@ def insert_scans(con: duckdb.DuckDBPyConnection, scans: list[dict], slices: list
 
 
 def insert_rejections(con: duckdb.DuckDBPyConnection, source_root_hash: str,
-                      rejections: Sequence[Rejection], rejected_at: datetime) -> int:
+                      rejections: Sequence[FileRejection], rejected_at: datetime) -> int:
     """Record rejected files once per (source, path, reason); returns how many rows were new."""
     if not rejections:
         return 0

@@ -5,7 +5,7 @@ Why this shape: a PACS export mixes stacks (localizers, long-axis views, single-
 late-enhancement stacks, anonymised series sharing one UID) and lists its files in any order.
 Everything here works from DICOM geometry (`DicomHeader`s from `dicom_files`), never from file
 names or SliceLocation (whose sign differs between scanners). A stack or image that cannot be used
-becomes a `Rejection` per file instead of stopping the run.
+becomes a `FileRejection` per file instead of stopping the run.
 
 Rules (documented choices):
 - Stacks, not UIDs (`split_stacks`): images are grouped by SeriesInstanceUID, SeriesNumber and
@@ -46,7 +46,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from cmr_assets.ingest.dicom_files import DicomHeader, Rejection
+from cmr_assets.ingest.dicom_files import DicomHeader, FileRejection
 
 APEX_DIRECTION_LPS = np.array([1.0, -1.0, -1.0]) / np.sqrt(3.0)
 SHORT_AXIS_MAX_ANGLE_DEG = 50.0
@@ -109,7 +109,7 @@ class SeriesPlan:
         """Several phases at (the median) position."""
         return float(np.median([len(position.files) for position in self.positions])) >= MIN_CINE_PHASES
 
-def drop_duplicate_instances(headers: Sequence[DicomHeader]) -> tuple[list[DicomHeader], list[Rejection]]:
+def drop_duplicate_instances(headers: Sequence[DicomHeader]) -> tuple[list[DicomHeader], list[FileRejection]]:
     """Keep the first file (by relative path) of each SOPInstanceUID (and frame); reject later copies."""
     first_path: dict[tuple[str, int | None], str] = {}
     kept: list[DicomHeader] = []
@@ -122,7 +122,8 @@ def drop_duplicate_instances(headers: Sequence[DicomHeader]) -> tuple[list[Dicom
             first_path[key] = header.path
             kept.append(header)
     kept = [h for h in kept if h.path not in duplicates]  # a copied multi-frame file goes whole
-    rejections = [Rejection(path, REJECT_DUPLICATE, f"same instance as {first}") for path, first in duplicates.items()]
+    rejections = [FileRejection(path, REJECT_DUPLICATE, f"same instance as {first}")
+                  for path, first in duplicates.items()]
     return kept, rejections
 
 
@@ -159,12 +160,12 @@ def _frame_ranges(numbers: Sequence[int]) -> str:
     return ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in runs)
 
 
-def _reject_all(headers: Sequence[DicomHeader], kind: str, detail: str) -> list[Rejection]:
+def _reject_all(headers: Sequence[DicomHeader], kind: str, detail: str) -> list[FileRejection]:
     """One rejection per file; for a multi-frame file the reason names the frames it concerns."""
     frames: dict[str, list[int]] = defaultdict(list)
     for header in headers:
         frames[header.path].extend([header.frame] if header.frame is not None else [])
-    return [Rejection(path, kind, f"{detail} (frames {_frame_ranges(numbers)})" if numbers else detail)
+    return [FileRejection(path, kind, f"{detail} (frames {_frame_ranges(numbers)})" if numbers else detail)
             for path, numbers in frames.items()]
 
 
@@ -190,7 +191,7 @@ def _most_common(values: Sequence[str | None]) -> str | None:
 
 
 def order_base_to_apex(headers: Sequence[DicomHeader],
-                       context: str = "") -> tuple[SeriesPlan | None, list[Rejection]]:
+                       context: str = "") -> tuple[SeriesPlan | None, list[FileRejection]]:
     """Validate one stack's images and order them base -> apex; rejections say why.
 
     `context` (e.g. "series 3, 256x256, 15 images") prefixes the reasons of a stack-wide rejection.
@@ -200,7 +201,7 @@ def order_base_to_apex(headers: Sequence[DicomHeader],
     if any(h.modality != "MR" for h in headers):
         return None, _reject_all(headers, REJECT_SERIES_NOT_MR, f"{prefix}modality {modality or 'missing'}")
     missing = [h for h in headers if h.missing_geometry]
-    rejections = [Rejection(h.path, REJECT_MISSING_GEOMETRY, ", ".join(h.missing_geometry))
+    rejections = [FileRejection(h.path, REJECT_MISSING_GEOMETRY, ", ".join(h.missing_geometry))
                   for h in {h.path: h for h in missing}.values()]
     usable = [h for h in headers if not h.missing_geometry]
     if not usable:
@@ -303,7 +304,7 @@ def _describe(stack: Sequence[DicomHeader]) -> str:
     return f"{number}, {first.rows}x{first.cols}, {len(stack)} images"
 
 
-def plan_all_series(headers: Sequence[DicomHeader]) -> tuple[list[SeriesPlan], list[Rejection]]:
+def plan_all_series(headers: Sequence[DicomHeader]) -> tuple[list[SeriesPlan], list[FileRejection]]:
     """Drop duplicates, split into stacks (`split_stacks`), plan each stack and select the cines.
 
     Selection rule: every stack that passes `order_base_to_apex` (MR, parallel, short-axis by

@@ -121,7 +121,10 @@ class ParsedRecord:
 
 
 @dataclass(frozen=True)
-class Rejection:
+class RecordRejection:
+    """An annotation record (a line of a file) that was not used, and why; `ingest.FileRejection` is
+    the same for a DICOM file."""
+
     line: int
     reason: str
 
@@ -131,7 +134,7 @@ class ParsedAnnotationFile:
     """Result of reading one file: every complete line is either a valid record or a rejection."""
 
     records: list[ParsedRecord]
-    rejections: list[Rejection]
+    rejections: list[RecordRejection]
     partial_last_line: bool  # a last line without newline was left for a later read
 
 
@@ -370,37 +373,37 @@ def parse_annotation_bytes(data: bytes, context: AnnotationContext | None = None
     lines = data.split(b"\n")
     partial = lines[-1] != b""
     records: list[ParsedRecord] = []
-    rejections: list[Rejection] = []
+    rejections: list[RecordRejection] = []
     too_long = f"line longer than {MAX_LINE_BYTES} bytes"
     if partial and len(lines[-1]) > MAX_LINE_BYTES:  # will never become a record: reject it now
-        rejections.append(Rejection(len(lines), too_long))
+        rejections.append(RecordRejection(len(lines), too_long))
         partial = False
     for number, raw in enumerate(lines[:-1], start=1):
         if len(raw) > MAX_LINE_BYTES:
-            rejections.append(Rejection(number, too_long))
+            rejections.append(RecordRejection(number, too_long))
             continue
         if not raw.strip():
             continue
         try:
             obj = json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError:
-            rejections.append(Rejection(number, "line is not valid UTF-8"))
+            rejections.append(RecordRejection(number, "line is not valid UTF-8"))
             continue
         except json.JSONDecodeError as exc:
-            rejections.append(Rejection(number, f"invalid JSON: {exc.msg} at column {exc.colno}"))
+            rejections.append(RecordRejection(number, f"invalid JSON: {exc.msg} at column {exc.colno}"))
             continue
         except RecursionError:
-            rejections.append(Rejection(number, "invalid JSON: nested too deeply"))
+            rejections.append(RecordRejection(number, "invalid JSON: nested too deeply"))
             continue
         try:
             record = parse_record(obj, now)
         except RecordError as exc:
-            rejections.append(Rejection(number, str(exc)))
+            rejections.append(RecordRejection(number, str(exc)))
             continue
         reason = validate_record(record, context) if context is not None else None
         if reason is None:
             records.append(ParsedRecord(number, record))
         else:
-            rejections.append(Rejection(number, reason))
+            rejections.append(RecordRejection(number, reason))
     rejections.sort(key=lambda r: r.line)
     return ParsedAnnotationFile(records, rejections, partial)

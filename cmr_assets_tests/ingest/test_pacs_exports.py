@@ -18,7 +18,7 @@ from libjpeg import decode as libjpeg_decode
 
 from cmr_assets.ingest import dicom_files, pixels
 from cmr_assets.ingest.deid import load_or_create_key, scan_id_for, study_key_for
-from cmr_assets.ingest.dicom_files import REJECT_UNSUPPORTED_TS, Rejection, decoder_hint, read_file
+from cmr_assets.ingest.dicom_files import REJECT_UNSUPPORTED_TS, FileRejection, decoder_hint, read_file
 from cmr_assets.ingest.dicom_series import OrderedSeries, read_series
 from cmr_assets.ingest.ingestion import ingest_folder
 from cmr_assets.settings import DataPaths
@@ -198,7 +198,7 @@ def test_real_cine_beside_its_localizers_gives_the_short_axis_slices(tmp_path: P
 
 def test_missing_decoder_names_the_syntax_and_the_package(original: Path, tmp_path: Path, monkeypatch) -> None:
     [path] = transcode([sorted(original.iterdir())[0]], tmp_path / "ls", LOSSLESS_SYNTAXES["jpeg_ls"])
-    assert not isinstance(read_file(tmp_path / "ls", path), Rejection)
+    assert not isinstance(read_file(tmp_path / "ls", path), FileRejection)
     monkeypatch.setattr(dicom_files, "_decoder_available", lambda syntax: False)
     rejection = read_file(tmp_path / "ls", path)
     assert rejection.kind == REJECT_UNSUPPORTED_TS
