@@ -52,10 +52,10 @@ from cmr_assets.duckdb_io import append_rows
 from cmr_assets.ingest.deid import scan_id_for
 from cmr_assets.ingest.dicom_files import DicomHeader
 from cmr_assets.ingest.stack_geometry import plan_all_series
+from cmr_assets.labelling.annotation_ingest import ingest_annotation_files, read_raw_annotations
 from cmr_assets.labelling.campaign import annotator_ids, design_ranking_batches, design_single_tasks
 from cmr_assets.labelling.simulator import SimulatorParams, simulate_ranking_campaign
 from cmr_assets.labels.aggregation import aggregate_ranking
-from cmr_assets.labels.raw_annotations import ingest_annotation_files, read_raw_annotations
 from cmr_assets.synthetic.cohort import SLICE_SPACING_MM, SLICE_THICKNESS_MM, ScanPlan, plan_scan
 
 N_EXPERTS = 3

@@ -13,7 +13,7 @@ Public API:
   class (labels as names or indices).
 - `montage(images: list of 2-D uint8 arrays, titles, ncols=8, path=None) -> bytes`.
 - `strategy_sensitivity_png(frame, default=(noise, share, divider), path=None) -> bytes`: ranking
-  minus single label accuracy over the side-by-side assumptions (`labelling/sensitivity.py`), one
+  minus single label accuracy over the side-by-side assumptions (`labels/sensitivity.py`), one
   panel per divider assumption, the break-even (difference 0) drawn as a line.
 - `repeats_png(summary, path=None)`, `learning_curves_png(curves, path=None)`: the repeated comparison
   and the learning curves of the strategy experiment.

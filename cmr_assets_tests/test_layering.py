@@ -34,6 +34,8 @@ FORBIDDEN = [
     *[(f"cmr_assets.{domain}", "cmr_assets.evaluation", "pictures are shared (cmr_assets.figures); evaluation "
        "comes after these domains") for domain in ("synthetic", "ingest", "labelling", "labels", "training")],
     ("cmr_assets.training", "cmr_assets.ingest", "what both need lives in cmr_assets.domain"),
+    ("cmr_assets.labelling", "cmr_assets.labels", "labelling collects answers (tasks, format, ingestion, simulated "
+     "experts); labels turns them into labels and reads labelling, not the other way"),
     ("cmr_assets.ingest", "cmr_assets.synthetic", "the synthetic cohort is written for ingestion, which reads any "
      "DICOM; `raw_scans` names `synthetic_cohort` by its key"),
     *[(module, f"cmr_assets.{domain}", "io sits below the domains") for module in sorted(IO_MODULES)

@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 
 from cmr_assets.figures import strategy_sensitivity_png
-from cmr_assets.labelling.sensitivity import SensitivityGrid, break_even_summary, strategy_sensitivity
 from cmr_assets.labelling.simulator import load_simulator_params, reference_like_cohort
+from cmr_assets.labels.sensitivity import SensitivityGrid, break_even_summary, strategy_sensitivity
 from cmr_assets.settings import PROJECT_ROOT
 
 

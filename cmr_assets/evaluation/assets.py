@@ -31,9 +31,9 @@ from cmr_assets.figures import (
     repeats_png,
     roc_curves_png,
 )
+from cmr_assets.labelling.annotation_ingest import latest_answer_per_task, read_raw_annotations
 from cmr_assets.labelling.campaign import expert_hours_spent
 from cmr_assets.labels.agreement import label_accuracy
-from cmr_assets.labels.raw_annotations import latest_answer_per_task, read_raw_annotations
 from cmr_assets.metadata import picture
 from cmr_assets.resources import DataPathsResource, MlflowResource
 from cmr_assets.run_context import git_commit, machine_info

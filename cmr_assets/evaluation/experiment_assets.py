@@ -25,8 +25,8 @@ from cmr_assets.evaluation.metrics import classification_metrics
 from cmr_assets.evaluation.repeats import PREDICTION_COLUMNS, predictions_frame, repeat_split
 from cmr_assets.figures import learning_curves_png
 from cmr_assets.fileio import write_atomically
+from cmr_assets.labelling.annotation_ingest import read_raw_annotations
 from cmr_assets.labels.agreement import label_accuracy
-from cmr_assets.labels.raw_annotations import read_raw_annotations
 from cmr_assets.metadata import picture, table
 from cmr_assets.resources import DataPathsResource, MlflowResource
 from cmr_assets.training.assets import ModelConfig, SplitConfig

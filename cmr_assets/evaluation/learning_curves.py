@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import pandas as pd
 
+from cmr_assets.labelling.annotation_ingest import latest_answer_per_task
 from cmr_assets.labels.aggregation import aggregate_ranking, aggregate_single
 from cmr_assets.labels.monotone import apply_monotone
-from cmr_assets.labels.raw_annotations import latest_answer_per_task
 
 CURVE_COLUMNS = ["strategy", "hours_per_expert", "expert_hours", "images_labelled", "label_coverage",
                  "label_accuracy", "n_train", "test_accuracy", "test_macro_f1", "note"]

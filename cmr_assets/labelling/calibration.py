@@ -49,9 +49,9 @@ import numpy as np
 import pandas as pd
 
 from cmr_assets.domain import BATCH_SIZE, CLASS_INDEX
+from cmr_assets.labelling.annotation_ingest import annotation_file_rows, latest_answer_per_task
 from cmr_assets.labelling.campaign import annotator_ids, design_pilot_tasks
 from cmr_assets.labelling.simulator import ExpertPanel, SimulatorParams, params_to_json, reference_like_cohort
-from cmr_assets.labels.raw_annotations import annotation_file_rows, latest_answer_per_task
 
 _UPPER = np.triu_indices(BATCH_SIZE, 1)
 

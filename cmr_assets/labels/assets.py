@@ -17,15 +17,15 @@ from cmr_assets.duckdb_io import read_table, replace_table
 from cmr_assets.figures import rank_score_distribution_png, strategy_sensitivity_png
 from cmr_assets.ingest.deid import load_or_create_key, scan_id_for
 from cmr_assets.ingest.slice_store import slice_id_for
+from cmr_assets.labelling.annotation_ingest import ingest_annotation_files, latest_answer_per_task, read_raw_annotations
 from cmr_assets.labelling.campaign import expert_hours_spent
 from cmr_assets.labelling.roster import known_annotator_ids
-from cmr_assets.labelling.sensitivity import SensitivityGrid, break_even_summary
-from cmr_assets.labelling.sensitivity import strategy_sensitivity as sweep_strategy_sensitivity
 from cmr_assets.labelling.simulator import load_simulator_params, reference_like_cohort
 from cmr_assets.labels.aggregation import aggregate_ranking, aggregate_single
 from cmr_assets.labels.agreement import agreement_table
 from cmr_assets.labels.monotone import apply_monotone
-from cmr_assets.labels.raw_annotations import ingest_annotation_files, latest_answer_per_task, read_raw_annotations
+from cmr_assets.labels.sensitivity import SensitivityGrid, break_even_summary
+from cmr_assets.labels.sensitivity import strategy_sensitivity as sweep_strategy_sensitivity
 from cmr_assets.metadata import picture, table
 from cmr_assets.resources import DataPathsResource
 from cmr_assets.settings import DEFAULT_HOURS_PER_ANNOTATOR
@@ -246,7 +246,7 @@ def ranking_within_budget(duckdb: DuckDBResource) -> dg.AssetCheckResult:
 
 
 class SensitivityConfig(dg.Config):
-    """The swept side-by-side assumptions (`labelling/sensitivity.py`); `params_file`: simulator
+    """The swept side-by-side assumptions (`labels/sensitivity.py`); `params_file`: simulator
     parameters from `cmr-assets calibrate-experts` (else `$CMR_SIMULATOR_PARAMS`, else the defaults)."""
 
     n_noise: int = 4

@@ -13,10 +13,10 @@ import pytest
 from cmr_assets.automation.sensors import annotation_files_sensor, new_scans_sensor
 from cmr_assets.definitions import defs
 from cmr_assets.labelling.annotation_format import write_annotation_file
-from cmr_assets.labels.raw_annotations import ingest_annotation_files, read_raw_annotations
+from cmr_assets.labelling.annotation_ingest import ingest_annotation_files, read_raw_annotations
 from cmr_assets.resources import DataPathsResource
 from cmr_assets.settings import DataPaths
-from cmr_assets_tests.labels.test_raw_annotations import ROSTER, single
+from cmr_assets_tests.labelling.test_annotation_ingest import ROSTER, single
 
 
 @pytest.fixture

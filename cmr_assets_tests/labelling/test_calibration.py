@@ -15,10 +15,10 @@ from dagster_duckdb import DuckDBResource
 from cmr_assets.cli import main
 from cmr_assets.duckdb_io import read_table, replace_table
 from cmr_assets.labelling.annotation_format import SingleAnnotation, write_annotation_file
+from cmr_assets.labelling.annotation_ingest import annotation_file_rows
 from cmr_assets.labelling.assets import labelling_tasks_ranking, labelling_tasks_single
 from cmr_assets.labelling.calibration import calibrate_from_files, fit_simulator_params, pilot_statistics
 from cmr_assets.labelling.campaign import annotator_ids, design_pilot_tasks
-from cmr_assets.labelling.sensitivity import SensitivityGrid, strategy_sensitivity
 from cmr_assets.labelling.simulator import (
     SIMULATOR_PARAMS_ENV,
     SimulatorParams,
@@ -28,7 +28,7 @@ from cmr_assets.labelling.simulator import (
     simulate_ranking_campaign,
     simulate_single_campaign,
 )
-from cmr_assets.labels.raw_annotations import annotation_file_rows
+from cmr_assets.labels.sensitivity import SensitivityGrid, strategy_sensitivity
 
 # Known parameters away from the defaults on the side-by-side terms; the pilot lasts 30 min per
 # expert per strategy.

@@ -13,14 +13,14 @@ import pytest
 from dagster_duckdb import DuckDBResource
 
 from cmr_assets.duckdb_io import replace_table
-from cmr_assets.labelling.sensitivity import (
+from cmr_assets.labelling.simulator import SimulatorParams, params_to_json, reference_like_cohort
+from cmr_assets.labels.assets import strategy_sensitivity as strategy_sensitivity_asset
+from cmr_assets.labels.sensitivity import (
     SENSITIVITY_COLUMNS,
     SensitivityGrid,
     break_even_summary,
     strategy_sensitivity,
 )
-from cmr_assets.labelling.simulator import SimulatorParams, params_to_json, reference_like_cohort
-from cmr_assets.labels.assets import strategy_sensitivity as strategy_sensitivity_asset
 from cmr_assets.resources import DataPathsResource
 
 

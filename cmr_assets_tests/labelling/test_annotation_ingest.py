@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from cmr_assets.labelling.annotation_format import RankingAnnotation, SingleAnnotation, write_annotation_file
-from cmr_assets.labels.raw_annotations import (
+from cmr_assets.labelling.annotation_ingest import (
     RANKING_COLUMNS,
     SINGLE_COLUMNS,
     ingest_annotation_files,

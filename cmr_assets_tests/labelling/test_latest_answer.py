@@ -1,6 +1,6 @@
 import pandas as pd
 
-from cmr_assets.labels.raw_annotations import latest_answer_per_task
+from cmr_assets.labelling.annotation_ingest import latest_answer_per_task
 
 
 def test_latest_answer_supersedes_an_undone_one():
