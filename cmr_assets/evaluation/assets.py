@@ -1,7 +1,6 @@
 """The evaluation report: both models on one common test set, beside what their labels cost."""
 
 import functools
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,10 +20,19 @@ from cmr_assets.evaluation.real_check import (
     decisions_png,
     load_real_series,
     real_image_check,
+    stacks_of_test_scans,
     synthetic_vs_real_png,
 )
 from cmr_assets.evaluation.repeats import predictions_frame, summarise_repeats
-from cmr_assets.evaluation.report import StrategyEvaluation, build_evaluation_report, render_markdown, write_report
+from cmr_assets.evaluation.report import (
+    StrategyEvaluation,
+    agreement_summary,
+    build_evaluation_report,
+    label_kappa_vs_reference,
+    labelling_cost,
+    render_markdown,
+    write_report,
+)
 from cmr_assets.figures import (
     confusion_matrix_png,
     rank_score_distribution_png,
@@ -32,8 +40,6 @@ from cmr_assets.figures import (
     roc_curves_png,
 )
 from cmr_assets.labelling.annotation_ingest import latest_answer_per_task, read_raw_annotations
-from cmr_assets.labelling.campaign import expert_hours_spent
-from cmr_assets.labels.agreement import label_accuracy
 from cmr_assets.metadata import picture
 from cmr_assets.resources import DataPathsResource, MlflowResource
 from cmr_assets.run_context import git_commit, machine_info
@@ -42,44 +48,6 @@ from cmr_assets.training.packaging import predict_slices
 from cmr_assets.training.provenance import TRAINING_DATA_TAG
 
 GROUP = "evaluation"
-
-
-def labelling_cost(raw: pd.DataFrame, labels: pd.DataFrame) -> dict:
-    """Expert-hours spent, images that got a label, and views per labelled image."""
-    labelled = labels[labels["label"].notna()]
-    views = labelled["n_views"] if len(labelled) else pd.Series([0])
-    return {"expert_hours": float(expert_hours_spent(raw).sum()), "images_labelled": len(labelled),
-            "min_views_per_image": int(views.min()), "mean_views_per_image": float(views.mean())}
-
-
-def label_kappa_vs_reference(labels: pd.DataFrame, reference: pd.DataFrame) -> float | None:
-    """Cohen's kappa between a strategy's labels and the reference, over slices both label."""
-    result = label_accuracy(labels, reference)
-    return result["kappa"] if result["n"] else None
-
-
-def agreement_summary(rows: pd.DataFrame) -> dict:
-    """The agreement table as the report's `agreement` block (None for what was not measured), with
-    the kappas' 95% intervals from their `detail` (`kappa_intra_ci95`, `kappa_inter_ci95`)."""
-    values = {m: (None if pd.isna(v) else float(v)) for m, v in zip(rows.get("metric", []), rows.get("value", []),
-                                                                     strict=True)}
-    details = dict(zip(rows.get("metric", []), rows.get("detail", [None] * len(rows)), strict=True))
-    intervals = {f"{m}_ci95": json.loads(details[m]).get("ci95") if details.get(m) else None
-                 for m in ("kappa_intra", "kappa_inter")}
-    return {"kappa_intra": values.get("kappa_intra"), "kappa_inter": values.get("kappa_inter"), **intervals,
-            "kendall_tau_ranking": values.get("kendall_tau_ranking"),
-            **{m: v for m, v in values.items() if m.startswith("label_accuracy_")}}
-
-
-def _test_stacks(test: pd.DataFrame, images, reference: pd.DataFrame, n_scans: int = 4) -> list:
-    """(name, images, levels) of the first test scans with a continuous reference level, base first."""
-    rows = test.reset_index(drop=True).merge(reference[["slice_id", "position01"]], on="slice_id", how="left")
-    stacks = []
-    for number, (_, scan) in enumerate(rows.dropna(subset=["position01"]).groupby("scan_id", sort=True)):
-        if number == n_scans:
-            break
-        stacks.append((f"test scan {number}", images[scan.index.to_numpy()], scan["position01"].to_numpy()))
-    return stacks
 
 
 def champions_on_real_images(context: dg.AssetExecutionContext, client: MlflowClient,
@@ -179,7 +147,7 @@ def evaluation_report(context: dg.AssetExecutionContext, data_paths: DataPathsRe
             label_kappa_vs_reference=label_kappa_vs_reference(labels[strategy], reference),
             model={"registered_model": name, "version": version.version, "run_id": version.run_id})
         context.log.info(f"{strategy}: test accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}")
-    real_check = champions_on_real_images(context, client, load, figures, _test_stacks(test, images, reference))
+    real_check = champions_on_real_images(context, client, load, figures, stacks_of_test_scans(test, images, reference))
     predictions = {s: probas[s].argmax(axis=1) for s in STRATEGIES}
     comparison = paired_comparison(y_true, predictions["ranking"], predictions["single"], groups=test["scan_id"])
     repeated = _repeated_summary(context, paths.reports, test, probas, labels)

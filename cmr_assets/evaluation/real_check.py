@@ -17,7 +17,8 @@ Public API:
 - `decisions_png(check, series, path=None) -> bytes`: every real slice with its truth, the
   model's class and the filter's decision.
 - `MATCHED_LEVELS`, `synthetic_vs_real_png(synthetic, series, path=None) -> bytes`: the "look before
-  you claim" montage, real rows above synthetic rows at matched levels; `phantom_stacks(seed, n)`.
+  you claim" montage, real rows above synthetic rows at matched levels; `phantom_stacks(seed, n)`;
+  `stacks_of_test_scans(test, images, reference, n_scans=4)`: the synthetic rows from the test set.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from torch import nn
 
 from cmr_assets.figures import montage
@@ -163,3 +165,15 @@ def decisions_png(check: dict[str, Any], series: list[RealSeries], path: str | P
         images += [np.zeros_like(item.series.slices[0].image_128)] * blank
         titles += [""] * blank
     return montage(images, titles, ncols=width, path=path)
+
+
+def stacks_of_test_scans(test: pd.DataFrame, images: np.ndarray, reference: pd.DataFrame,
+                         n_scans: int = 4) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, images, levels) of the first test scans with a continuous reference level, base first."""
+    rows = test.reset_index(drop=True).merge(reference[["slice_id", "position01"]], on="slice_id", how="left")
+    stacks = []
+    for number, (_, scan) in enumerate(rows.dropna(subset=["position01"]).groupby("scan_id", sort=True)):
+        if number == n_scans:
+            break
+        stacks.append((f"test scan {number}", images[scan.index.to_numpy()], scan["position01"].to_numpy()))
+    return stacks

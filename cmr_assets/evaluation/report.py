@@ -4,6 +4,8 @@
 `evaluation.md` lays the numbers out like the paper's result, our two models beside the paper's.
 
 Public API:
+- The report's blocks from the tables: `labelling_cost(raw, labels) -> dict`,
+  `label_kappa_vs_reference(labels, reference) -> float | None`, `agreement_summary(rows) -> dict`.
 - `StrategyEvaluation`: one strategy's inputs to the report (test metrics from
   `metrics.classification_metrics`, labelling cost, label quality, registry ids).
 - `PAPER_RESULTS`: the numbers of Zaman et al. 2023 (abstract) used as the reference columns.
@@ -30,9 +32,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from cmr_assets.domain import STRATEGIES
 from cmr_assets.fileio import write_atomically
+from cmr_assets.labelling.campaign import expert_hours_spent
+from cmr_assets.labels.agreement import label_accuracy
 
 STRATEGY_CONTRACT_KEYS = ("test_accuracy", "test_macro_f1", "test_roc_auc", "label_accuracy_vs_reference",
                           "expert_hours", "images_labelled", "min_views_per_image")
@@ -49,6 +54,34 @@ PAPER_RESULTS: dict[str, Any] = {
     "kappa_inter": 0.77,
     "n_images": 3323,
 }
+
+
+
+def labelling_cost(raw: pd.DataFrame, labels: pd.DataFrame) -> dict:
+    """Expert-hours spent, images that got a label, and views per labelled image."""
+    labelled = labels[labels["label"].notna()]
+    views = labelled["n_views"] if len(labelled) else pd.Series([0])
+    return {"expert_hours": float(expert_hours_spent(raw).sum()), "images_labelled": len(labelled),
+            "min_views_per_image": int(views.min()), "mean_views_per_image": float(views.mean())}
+
+
+def label_kappa_vs_reference(labels: pd.DataFrame, reference: pd.DataFrame) -> float | None:
+    """Cohen's kappa between a strategy's labels and the reference, over slices both label."""
+    result = label_accuracy(labels, reference)
+    return result["kappa"] if result["n"] else None
+
+
+def agreement_summary(rows: pd.DataFrame) -> dict:
+    """The agreement table as the report's `agreement` block (None for what was not measured), with
+    the kappas' 95% intervals from their `detail` (`kappa_intra_ci95`, `kappa_inter_ci95`)."""
+    values = {m: (None if pd.isna(v) else float(v)) for m, v in zip(rows.get("metric", []), rows.get("value", []),
+                                                                     strict=True)}
+    details = dict(zip(rows.get("metric", []), rows.get("detail", [None] * len(rows)), strict=True))
+    intervals = {f"{m}_ci95": json.loads(details[m]).get("ci95") if details.get(m) else None
+                 for m in ("kappa_intra", "kappa_inter")}
+    return {"kappa_intra": values.get("kappa_intra"), "kappa_inter": values.get("kappa_inter"), **intervals,
+            "kendall_tau_ranking": values.get("kendall_tau_ranking"),
+            **{m: v for m, v in values.items() if m.startswith("label_accuracy_")}}
 
 
 class ReportContractError(ValueError):

@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from cmr_assets.evaluation.assets import agreement_summary, label_kappa_vs_reference, labelling_cost
+from cmr_assets.evaluation.report import agreement_summary, label_kappa_vs_reference, labelling_cost
 
 
 def test_label_kappa_counts_only_labelled_usable_slices():
