@@ -192,5 +192,29 @@ const Labelling = (() => {
   }
 
   window.setInterval(renderTime, 1000);
-  return { get, post, showProgress, setUpReference, setUpReview, showFinished, panelKeys, CLASS_NAMES };
+  // One answer or undo in flight at a time: save, say so, show what comes next and refresh the review
+  // list; when the ticket went stale (404/409) show the current task instead.
+  function answerSender({ strategy, message, show, refresh, setBusy = () => {} }) {
+    let busy = false;
+    return async function send(url, body, describe) {
+      if (busy) return;
+      busy = true;
+      setBusy(true);
+      message.textContent = "Saving…";
+      try {
+        const data = await post(url, body);
+        message.textContent = describe(data);
+        await show(data);
+        await refresh();
+      } catch (failure) {
+        message.textContent = `Not saved: ${failure.message}`;
+        if (failure.status === 404 || failure.status === 409) await show(await get(`/api/${strategy}/next`));
+      } finally {
+        busy = false;
+        setBusy(false);
+      }
+    };
+  }
+
+  return { get, post, answerSender, showProgress, setUpReference, setUpReview, showFinished, panelKeys, CLASS_NAMES };
 })();

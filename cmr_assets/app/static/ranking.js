@@ -13,7 +13,6 @@
   const DRAG_THRESHOLD_PX = 6;
   const views = new Map(); // card li -> its ImageView
   let ticket = null;
-  let busy = false;
   let drag = null;
 
   // ------------------------------------------------------------ building a batch
@@ -238,24 +237,10 @@
   lightbox.addEventListener("click", (event) => { if (event.target === lightbox) closeLightbox(); });
 
   // ------------------------------------------------------------ submit and undo
-  async function send(url, body, describe) {
-    if (busy) return;
-    busy = true;
-    submitButton.disabled = true;
-    message.textContent = "Saving…";
-    try {
-      const data = await Labelling.post(url, body);
-      message.textContent = describe(data);
-      await show(data);
-      await review.refresh();
-    } catch (failure) {
-      message.textContent = `Not saved: ${failure.message}`;
-      if (failure.status === 404 || failure.status === 409) await show(await Labelling.get("/api/ranking/next"));
-    } finally {
-      busy = false;
-      submitButton.disabled = false;
-    }
-  }
+  const send = Labelling.answerSender({
+    strategy: "ranking", message, show, refresh: () => review.refresh(),
+    setBusy: (busy) => { submitButton.disabled = busy; },
+  });
 
   function submit() {
     if (ticket) send("/api/ranking/submit", answer(), (data) => (data.duplicate ? "Already saved." : "Saved."));

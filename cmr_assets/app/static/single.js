@@ -12,7 +12,6 @@
   const answerButtons = Array.from(document.querySelectorAll("button.answer"));
   const NAMES = { too_basal: "too basal", lv: "LV", too_apical: "too apical" };
   let ticket = null;
-  let busy = false;
 
   // The progress line changes last, when the next image is shown and keys are accepted again.
   async function show(data) {
@@ -36,20 +35,10 @@
     Labelling.showProgress(data.progress);
   }
 
+  const sendAnswer = Labelling.answerSender({ strategy: "single", message, show, refresh: () => review.refresh() });
   async function send(url, body, describe) {
-    if (busy || (!ticket && url.endsWith("/submit"))) return;
-    busy = true;
-    try {
-      const data = await Labelling.post(url, body);
-      message.textContent = describe(data);
-      await show(data);
-      await review.refresh();
-    } catch (failure) {
-      message.textContent = `Not saved: ${failure.message}`;
-      if (failure.status === 404 || failure.status === 409) await show(await Labelling.get("/api/single/next"));
-    } finally {
-      busy = false;
-    }
+    if (!ticket && url.endsWith("/submit")) return;
+    await sendAnswer(url, body, describe);
   }
 
   async function answer(label) {
