@@ -13,7 +13,8 @@ from mlflow import MlflowClient
 
 from cmr_assets.domain import REGISTERED_MODEL_NAMES, STRATEGIES
 from cmr_assets.duckdb_io import read_table
-from cmr_assets.evaluation.experiment_assets import experiment_assets, load_stored_curves, load_stored_repeats
+from cmr_assets.evaluation.experiment_assets import experiment_assets
+from cmr_assets.evaluation.learning_curves import load_stored_curves
 from cmr_assets.evaluation.metrics import classification_metrics, paired_comparison
 from cmr_assets.evaluation.real_check import (
     REAL_DATA_DIR,
@@ -23,7 +24,7 @@ from cmr_assets.evaluation.real_check import (
     stacks_of_test_scans,
     synthetic_vs_real_png,
 )
-from cmr_assets.evaluation.repeats import predictions_frame, summarise_repeats
+from cmr_assets.evaluation.repeats import load_stored_repeats, predictions_frame, summarise_repeats
 from cmr_assets.evaluation.report import (
     StrategyEvaluation,
     agreement_summary,

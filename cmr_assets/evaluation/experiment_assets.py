@@ -8,29 +8,31 @@ registered: only `model_single` / `model_ranking` produce deployable versions.
 """
 
 import json
-import math
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import dagster as dg
-import numpy as np
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 
 from cmr_assets.domain import CLASS_NAMES, STRATEGIES
 from cmr_assets.duckdb_io import read_table
-from cmr_assets.evaluation.learning_curves import CURVE_COLUMNS, labels_at_budget, within_hours
+from cmr_assets.evaluation.learning_curves import CURVE_COLUMNS, CURVES_FILE, curve_point
 from cmr_assets.evaluation.metrics import classification_metrics
-from cmr_assets.evaluation.repeats import PREDICTION_COLUMNS, predictions_frame, repeat_split
+from cmr_assets.evaluation.repeats import (
+    PREDICTION_COLUMNS,
+    REPEATS_FILE,
+    labels_version,
+    predictions_frame,
+    repeat_split,
+)
 from cmr_assets.figures import learning_curves_png
 from cmr_assets.fileio import write_atomically
 from cmr_assets.labelling.annotation_ingest import read_raw_annotations
-from cmr_assets.labels.agreement import label_accuracy
 from cmr_assets.metadata import picture, table
 from cmr_assets.resources import DataPathsResource, MlflowResource
 from cmr_assets.training.assets import ModelConfig, SplitConfig
-from cmr_assets.training.core import TrainConfig, TrainingDataError, TrainingResourceError, select_device
+from cmr_assets.training.core import TrainingDataError, TrainingResourceError, select_device
 from cmr_assets.training.dataset import (
     evaluation_rows,
     frame_hash,
@@ -43,21 +45,12 @@ from cmr_assets.training.packaging import predict_slices
 from cmr_assets.training.split import class_mix_from_labels, split_group_of_scan
 
 GROUP = "evaluation"
-REPEATS_FILE = "strategy_repeats.parquet"
-CURVES_FILE = "learning_curves.json"
 CPU_REPEATS, CUDA_REPEATS = 2, 5  # default repeats in all (repeat 0 = the registered models)
 # The curves train 10 models. On CPU each gets the same small compute (100 steps of 64 images at
 # 64 px, without augmentation: the curves are scored on the synthetic test set), so the budgets differ
 # only in their labels and `make demo` stays near 15 min on 2 cores; the trend is the point.
 CPU_CURVE_STEPS, CPU_CURVE_INPUT_SIZE = 100, 64
 SLICE_COLUMNS = "slice_id, scan_id, slice_from_base, n_slices, position_mm, array_path, array_index"
-
-
-def labels_version(labels: pd.DataFrame) -> str:
-    """Content hash of a labels table: stored with each repeat so a report never mixes repeats
-    trained on other labels with today's models."""
-    return frame_hash(labels.assign(label=labels["label"].fillna("")), ["slice_id", "label"]) if len(labels) \
-        else "empty"
 
 
 class StrategyRepeatsConfig(ModelConfig):
@@ -146,30 +139,6 @@ def strategy_repeats(context: dg.AssetExecutionContext, config: StrategyRepeatsC
         **({"runs": table(pd.DataFrame(rows))} if rows else {})})
 
 
-def load_stored_repeats(reports_dir: Path, labels: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, int]:
-    """Stored repeat predictions whose labels equal today's (both strategies), and how many repeats
-    were dropped as stale (trained on other labels)."""
-    path = reports_dir / REPEATS_FILE
-    if not path.exists():
-        return pd.DataFrame(columns=PREDICTION_COLUMNS), 0
-    stored = pd.read_parquet(path)
-    current = {s: labels_version(labels[s]) for s in STRATEGIES}
-    fresh_rows = stored["labels_version"] == stored["strategy"].map(current)
-    fresh = fresh_rows.groupby(stored["repeat"]).all()
-    keep = stored["repeat"].isin(fresh[fresh].index)
-    return stored.loc[keep, PREDICTION_COLUMNS].reset_index(drop=True), int((~fresh).sum())
-
-
-def load_stored_curves(reports_dir: Path, labels: dict[str, pd.DataFrame]) -> dict | None:
-    """The `learning_curves` document when it was drawn from today's labels, else None."""
-    path = reports_dir / CURVES_FILE
-    if not path.exists():
-        return None
-    document = json.loads(path.read_text())
-    current = {s: labels_version(labels[s]) for s in STRATEGIES}
-    return document if document.get("labels_version") == current else None
-
-
 class LearningCurvesConfig(ModelConfig):
     """Budgets (expert-hours per expert) to cut the campaigns at; `train_models` also trains one model
     per budget and strategy. `steps` gives every curve model the same number of optimisation steps
@@ -179,39 +148,6 @@ class LearningCurvesConfig(ModelConfig):
     hours_per_expert: list[float] = [0.5, 1.0, 2.0, 3.0, 5.0]
     train_models: bool = True
     steps: int | None = None
-
-
-def _curve_point(strategy: str, hours: float, raw: pd.DataFrame, inputs: dict[str, pd.DataFrame], root: Path,
-                 train_config: TrainConfig | None, steps: int | None, test: pd.DataFrame,
-                 test_images: np.ndarray | None) -> dict:
-    """One (strategy, budget) row of the curves: labels cut at the budget, and optionally a model."""
-    cut = within_hours(raw, hours)
-    labels = labels_at_budget(strategy, cut, inputs["tasks_single"], inputs["slices"])
-    quality = label_accuracy(labels, inputs["reference"]) if len(labels) else {"accuracy": float("nan")}
-    labelled = int(labels["label"].notna().sum()) if len(labels) else 0
-    seconds = (cut["submitted_at"] - cut["started_at"]).dt.total_seconds().sum() if len(cut) else 0.0
-    row = {"strategy": strategy, "hours_per_expert": hours, "expert_hours": float(seconds) / 3600.0,
-           "images_labelled": labelled, "label_coverage": labelled / max(len(inputs["slices"]), 1),
-           "label_accuracy": quality["accuracy"], "n_train": 0, "test_accuracy": None, "test_macro_f1": None,
-           "note": ""}
-    if train_config is None:
-        return row
-    if test_images is None:
-        raise ValueError("test_images: needed to score the model trained with train_config")
-    if not labelled:
-        return {**row, "note": "no model: no image labelled within this budget"}
-    train = labelled_rows(inputs["slices"], inputs["split"], labels, "train")
-    val = labelled_rows(inputs["slices"], inputs["split"], labels, "val")
-    row["n_train"] = len(train)
-    if steps:
-        epochs = max(1, math.ceil(steps * train_config.batch_size / max(len(train), 1)))
-        train_config = replace(train_config, epochs=epochs, patience=epochs)
-    try:
-        fitted = fit_classifier(root, train, val, train_config)
-    except TrainingDataError as error:
-        return {**row, "note": f"no model: {error}"}
-    metrics = classification_metrics(test["target"].to_numpy(), predict_slices(fitted.deployable, test_images))
-    return {**row, "test_accuracy": metrics["accuracy"], "test_macro_f1": metrics["macro_f1"]}
 
 
 @dg.asset(group_name=GROUP, deps=["dataset_split", "labels_single", "labels_ranking", "reference_labels"],
@@ -239,7 +175,7 @@ def learning_curves(context: dg.AssetExecutionContext, config: LearningCurvesCon
     started = time.perf_counter()
     for strategy, raw in (("ranking", raw_ranking), ("single", raw_single)):
         for hours in sorted(config.hours_per_expert):
-            point = _curve_point(strategy, hours, raw, inputs, paths.root, train_config, steps, test, test_images)
+            point = curve_point(strategy, hours, raw, inputs, paths.root, train_config, steps, test, test_images)
             points.append(point)
             context.log.info(f"{strategy} at {hours:g} h/expert: {point['images_labelled']} images labelled, "
                              f"label accuracy {point['label_accuracy']:.3f}, test accuracy "

@@ -16,22 +16,26 @@ Public API:
 - `summarise_repeats(predictions, n_boot=1000, seed=0, confidence=0.95) -> dict`: per strategy
   mean and interval of accuracy, macro-F1 and ROC AUC; mean paired accuracy difference (ranking -
   single) and its interval; each repeat's accuracies and exact McNemar p.
+- `labels_version(labels) -> str`; `load_stored_repeats(reports_dir, labels) -> (predictions, n_stale)`:
+  the stored repeats (`REPEATS_FILE`) trained on today's labels, and how many were dropped as stale.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from cmr_assets.domain import N_CLASSES
+from cmr_assets.domain import N_CLASSES, STRATEGIES
 from cmr_assets.evaluation.metrics import classification_metrics, mcnemar_exact
-from cmr_assets.training.dataset import PROBABILITY_COLUMNS
+from cmr_assets.training.dataset import PROBABILITY_COLUMNS, frame_hash
 from cmr_assets.training.split import split_new_scans_by_group
 
 STRATEGY_A, STRATEGY_B = "ranking", "single"  # the difference is a - b, as in `paired_comparison`
+REPEATS_FILE = "strategy_repeats.parquet"  # under reports/
 PREDICTION_COLUMNS = ["repeat", "strategy", "slice_id", "scan_id", "target", *PROBABILITY_COLUMNS]
 
 
@@ -180,3 +184,24 @@ def summarise_repeats(predictions: pd.DataFrame, n_boot: int = 1000, seed: int =
         "interval": f"{100 * confidence:.0f}% two-stage bootstrap ({n_boot} resamples of repeats, then of "
                     "test scans within each repeat)",
     }
+
+
+def labels_version(labels: pd.DataFrame) -> str:
+    """Content hash of a labels table: stored with each repeat so a report never mixes repeats
+    trained on other labels with today's models."""
+    return frame_hash(labels.assign(label=labels["label"].fillna("")), ["slice_id", "label"]) if len(labels) \
+        else "empty"
+
+
+def load_stored_repeats(reports_dir: Path, labels: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, int]:
+    """Stored repeat predictions whose labels equal today's (both strategies), and how many repeats
+    were dropped as stale (trained on other labels)."""
+    path = reports_dir / REPEATS_FILE
+    if not path.exists():
+        return pd.DataFrame(columns=PREDICTION_COLUMNS), 0
+    stored = pd.read_parquet(path)
+    current = {s: labels_version(labels[s]) for s in STRATEGIES}
+    fresh_rows = stored["labels_version"] == stored["strategy"].map(current)
+    fresh = fresh_rows.groupby(stored["repeat"]).all()
+    keep = stored["repeat"].isin(fresh[fresh].index)
+    return stored.loc[keep, PREDICTION_COLUMNS].reset_index(drop=True), int((~fresh).sum())

@@ -15,8 +15,7 @@ from dagster_duckdb import DuckDBResource
 from cmr_assets.domain import CLASS_NAMES
 from cmr_assets.duckdb_io import read_table, replace_table
 from cmr_assets.figures import rank_score_distribution_png, strategy_sensitivity_png
-from cmr_assets.ingest.deid import load_or_create_key, scan_id_for
-from cmr_assets.ingest.slice_store import slice_id_for
+from cmr_assets.ingest.deid import load_or_create_key
 from cmr_assets.labelling.annotation_ingest import ingest_annotation_files, latest_answer_per_task, read_raw_annotations
 from cmr_assets.labelling.campaign import expert_hours_spent
 from cmr_assets.labelling.roster import known_annotator_ids
@@ -24,6 +23,7 @@ from cmr_assets.labelling.simulator import load_simulator_params, reference_like
 from cmr_assets.labels.aggregation import aggregate_ranking, aggregate_single
 from cmr_assets.labels.agreement import agreement_table
 from cmr_assets.labels.monotone import apply_monotone
+from cmr_assets.labels.reference import synthetic_reference, user_reference
 from cmr_assets.labels.sensitivity import SensitivityGrid, break_even_summary
 from cmr_assets.labels.sensitivity import strategy_sensitivity as sweep_strategy_sensitivity
 from cmr_assets.metadata import picture, table
@@ -39,29 +39,6 @@ class ReferenceConfig(dg.Config):
     (`slice_id,label` with label in too_basal/lv/too_apical, e.g. an expert consensus)."""
 
     reference_csv: str = ""
-
-
-def synthetic_reference(truth: pd.DataFrame, key: bytes) -> pd.DataFrame:
-    """Map the generator's truth rows (series UID, position) onto de-identified slice ids."""
-    scan_ids = {uid: scan_id_for(uid, key) for uid in truth["series_uid"].unique()}
-    return pd.DataFrame({
-        "slice_id": [slice_id_for(scan_ids[u], int(i)) for u, i in zip(truth["series_uid"], truth["slice_from_base"],
-                                                                         strict=True)],
-        "label": truth["true_class"].astype(str),
-        "position01": truth["position01"].astype(float),
-        "artefact": truth["artefact"].astype(bool),
-        "source": "synthetic_truth",
-    })
-
-
-def user_reference(frame: pd.DataFrame, source: str) -> pd.DataFrame:
-    """A user's reference table, checked: known classes only (bad rows are a clear failure)."""
-    bad = ~frame["label"].isin(CLASS_NAMES)
-    if bad.any():
-        raise ValueError(f"{source}: {int(bad.sum())} rows with a label outside {CLASS_NAMES}, "
-                         f"e.g. row {int(bad.idxmax()) + 2}: {frame.loc[bad.idxmax(), 'label']!r}")
-    return pd.DataFrame({"slice_id": frame["slice_id"].astype(str), "label": frame["label"].astype(str),
-                         "position01": float("nan"), "artefact": False, "source": source})
 
 
 @dg.asset(group_name=GROUP, deps=["slices", "synthetic_cohort"], pool="duckdb", kinds={"duckdb"})
