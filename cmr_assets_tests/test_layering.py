@@ -111,3 +111,14 @@ def test_the_reader_sees_imports_inside_functions_and_relative_ones() -> None:
     found = imports("cmr_assets.labels.aggregation", source)
     assert {"dagster", "cmr_assets.training.assets", "cmr_assets.labels.plackett_luce"} <= found
     assert layer("cmr_assets.labels.assets") == "service" and layer("cmr_assets.labels.aggregation") == "core"
+
+
+def test_no_multiprocessing_pool() -> None:
+    """`multiprocessing.Pool` stops its workers with SIGTERM on exit; a pipeline started in the
+    background (or by a supervisor) may ignore SIGTERM, and its workers with it, and the run then
+    hangs for ever. Executors (`concurrent.futures`) stop workers by message."""
+    users = sorted(module for module, path in MODULES.items()
+                   for node in ast.walk(ast.parse(path.read_text()))
+                   if isinstance(node, ast.Attribute) and node.attr == "Pool"
+                   or isinstance(node, ast.alias) and node.name == "Pool")
+    assert not users, f"use concurrent.futures.ProcessPoolExecutor instead of multiprocessing.Pool in {users}"

@@ -54,6 +54,7 @@ import shutil
 import time
 import zlib
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -521,8 +522,10 @@ def generate_cohort(out_dir: Path, truth_csv: Path, n_scans: int = 300, seed: in
             progress(n_done, n_scans)
 
     if workers > 1:
-        with multiprocessing.get_context("spawn").Pool(min(workers, n_scans)) as pool:
-            for result in pool.imap(_generate_one, jobs):
+        # An executor's shutdown stops its workers by message, never by SIGTERM (which a parent started
+        # in the background may ignore, and its children with it: a Pool's terminate() then hangs).
+        with ProcessPoolExecutor(min(workers, n_scans), mp_context=multiprocessing.get_context("spawn")) as pool:
+            for result in pool.map(_generate_one, jobs):
                 collect(result)
     else:
         for job in jobs:

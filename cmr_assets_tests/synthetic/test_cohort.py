@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -41,6 +43,16 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[t
     assert summary.n_scans == 3 and summary.n_files == len(files)
     assert summary.total_bytes == sum(f.stat().st_size for f in files)
     return root / "scans", root / "truth.csv", calls
+
+
+def test_parallel_generation_ends_in_a_process_that_ignores_sigterm(tmp_path: Path) -> None:
+    """A pipeline started in the background may ignore SIGTERM, and its worker processes with it; the
+    workers must still stop (a multiprocessing Pool stops them by SIGTERM and hangs there)."""
+    code = ("import signal, sys; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "from cmr_assets.synthetic.cohort import generate_cohort; "
+            "generate_cohort(sys.argv[1] + '/scans', sys.argv[1] + '/truth.csv', n_scans=2, seed=1, workers=2)")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True, timeout=120)  # SIGKILL on timeout
+    assert len(list((tmp_path / "scans").rglob("*.dcm"))) > 0
 
 
 def _read_truth(path: Path) -> list[dict[str, str]]:
