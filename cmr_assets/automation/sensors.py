@@ -71,9 +71,9 @@ def _database_busy(error: duckdb.Error) -> dg.SkipReason:
     return dg.SkipReason(f"database busy ({type(error).__name__}); will look again")
 
 
-def _folder_sensor_tick(context: dg.SensorEvaluationContext, folder, patterns, what: str,
+def _folder_sensor_tick(context: dg.SensorEvaluationContext, folder: Path, patterns: tuple[str, ...], what: str,
                         already_done: Callable[[list[FileStamp]], list[FileStamp]] | None = None,
-                        stamps: list[FileStamp] | None = None):
+                        stamps: list[FileStamp] | None = None) -> dg.RunRequest | dg.SkipReason:
     """One run per changed listing; `already_done` drops files whose work is already stored."""
     stamps = scan_folder(folder, patterns) if stamps is None else stamps
     before = parse_cursor(context.cursor)
@@ -110,7 +110,8 @@ def ingested_annotation_files(database: Path) -> Callable[[list[FileStamp]], lis
 
 
 @dg.sensor(job=relabel_job, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
-def annotation_files_sensor(context: dg.SensorEvaluationContext, data_paths: DataPathsResource):
+def annotation_files_sensor(context: dg.SensorEvaluationContext,
+                            data_paths: DataPathsResource) -> dg.RunRequest | dg.SkipReason:
     """New annotation files -> ingest them and re-aggregate labels (one run per batch of files).
 
     Files already ingested (e.g. the demo's, when the daemon first starts) start no run. While a
@@ -173,14 +174,16 @@ def labels_check_failed(instance: dg.DagsterInstance, strategy: str) -> bool:
 
 @dg.sensor(job=retrain_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
 def labels_settled_sensor(context: dg.SensorEvaluationContext, data_paths: DataPathsResource,
-                          mlflow: MlflowResource, retrain_policy: RetrainPolicyResource):
+                          mlflow: MlflowResource,
+                          retrain_policy: RetrainPolicyResource) -> dg.RunRequest | dg.SkipReason:
     """Retrain the strategies whose training labels changed, once the annotation inbox is quiet and
     no retrain is queued or running (run key = the label hashes: one run per label state)."""
     return retrain_due(context, data_paths, mlflow, retrain_policy.quiet_minutes * 60, "settled")
 
 
 @dg.sensor(job=ingest_new_scans_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
-def new_scans_sensor(context: dg.SensorEvaluationContext, data_paths: DataPathsResource):
+def new_scans_sensor(context: dg.SensorEvaluationContext,
+                     data_paths: DataPathsResource) -> dg.RunRequest | dg.SkipReason:
     """New files under the scans folder -> incremental ingestion (existing scans are not reprocessed)."""
     paths = data_paths.paths()
     return _folder_sensor_tick(context, paths.scans, DICOM_PATTERNS, "files under scans/")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,7 @@ def render_results_table(document: dict[str, Any]) -> str:
     ours, comparison, agreement = report["strategies"], report["comparison"], report["agreement"]
     repeats = comparison.get("repeats")
 
-    def both(render) -> list[str]:
+    def both(render: Callable[[dict[str, Any]], str]) -> list[str]:
         return [render(ours[s]) for s in STRATEGIES]
 
     rows = [

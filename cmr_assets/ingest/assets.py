@@ -9,6 +9,7 @@ from pathlib import Path
 
 import dagster as dg
 import numpy as np
+import pandas as pd
 from dagster_duckdb import DuckDBResource
 
 from cmr_assets.duckdb_io import read_table
@@ -52,7 +53,7 @@ def raw_scans(context: dg.AssetExecutionContext, config: ScanSourceConfig,
     )
 
 
-def _slice_montage(paths: DataPaths, slices, n_scans: int = 2) -> bytes | None:
+def _slice_montage(paths: DataPaths, slices: pd.DataFrame, n_scans: int = 2) -> bytes | None:
     """Base -> apex montage of the first scans, from the de-identified arrays."""
     if slices.empty:
         return None

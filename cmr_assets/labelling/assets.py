@@ -1,6 +1,9 @@
 """Labelling campaigns as assets: tasks of both strategies and the simulated experts' annotation files."""
 
 
+from collections.abc import Callable
+from pathlib import Path
+
 import dagster as dg
 import pandas as pd
 from dagster_duckdb import DuckDBResource
@@ -18,6 +21,7 @@ from cmr_assets.labelling.campaign import (
     ranking_rounds_for_budget,
 )
 from cmr_assets.labelling.simulator import (
+    SimulatorParams,
     load_simulator_params,
     simulate_ranking_campaign,
     simulate_single_campaign,
@@ -159,8 +163,10 @@ def labelling_tasks_ranking(context: dg.AssetExecutionContext, config: CampaignC
     return dg.MaterializeResult(metadata={**metadata, "batches": int(total)})
 
 
-def _simulate(context, config: SimulationConfig, duckdb: DuckDBResource, data_paths: DataPathsResource,
-              tasks_table: str, simulate) -> dg.MaterializeResult:
+def _simulate(context: dg.AssetExecutionContext, config: SimulationConfig, duckdb: DuckDBResource,
+              data_paths: DataPathsResource, tasks_table: str,
+              simulate: Callable[[pd.DataFrame, pd.DataFrame, SimulatorParams, Path, int], list[Path]],
+              ) -> dg.MaterializeResult:
     if not config.enabled:
         return dg.MaterializeResult(metadata={"simulated": False, "files_written": 0})
     with duckdb.get_connection() as con:

@@ -49,7 +49,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -404,7 +404,8 @@ def simulate_campaign_rows(tasks_single: pd.DataFrame, tasks_ranking: pd.DataFra
                               ranking=simulate_ranking_rows(tasks_ranking, reference, params, seed))
 
 
-def _write_sessions(rows: pd.DataFrame, to_record, incoming_dir: Path, strategy: str) -> list[Path]:
+def _write_sessions(rows: pd.DataFrame, to_record: Callable[[Any], SingleAnnotation | RankingAnnotation],
+                    incoming_dir: Path, strategy: str) -> list[Path]:
     paths = []
     for (annotator, _), session in rows.groupby(["annotator_id", "session"], sort=True):
         records = [to_record(row) for row in session.itertuples(index=False)]
@@ -415,7 +416,7 @@ def _write_sessions(rows: pd.DataFrame, to_record, incoming_dir: Path, strategy:
 def simulate_single_campaign(tasks_single: pd.DataFrame, reference: pd.DataFrame, params: SimulatorParams,
                              incoming_dir: Path, seed: int = 0) -> list[Path]:
     """`simulate_single_rows` written as annotation files, one per session. Returns the files."""
-    def record(row) -> SingleAnnotation:
+    def record(row: Any) -> SingleAnnotation:  # a row of DataFrame.itertuples
         return SingleAnnotation(
             submission_id=row.submission_id, annotator_id=row.annotator_id, task_id=row.task_id,
             image_ids=(row.slice_id,), label=row.label, artefact=bool(row.artefact),
@@ -427,7 +428,7 @@ def simulate_single_campaign(tasks_single: pd.DataFrame, reference: pd.DataFrame
 def simulate_ranking_campaign(tasks_ranking: pd.DataFrame, reference: pd.DataFrame, params: SimulatorParams,
                               incoming_dir: Path, seed: int = 0) -> list[Path]:
     """`simulate_ranking_rows` written as annotation files, one per session. Returns the files."""
-    def record(row) -> RankingAnnotation:
+    def record(row: Any) -> RankingAnnotation:  # a row of DataFrame.itertuples
         return RankingAnnotation(
             submission_id=row.submission_id, annotator_id=row.annotator_id, batch_id=row.batch_id,
             image_ids=tuple(row.image_ids), order=tuple(row.order), dividers=(int(row.divider_a),

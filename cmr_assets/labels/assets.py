@@ -6,6 +6,7 @@ only the simulated experts and evaluation read.
 
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -71,7 +72,8 @@ def reference_labels(context: dg.AssetExecutionContext, config: ReferenceConfig,
            dg.AssetSpec("raw_annotations_ranking", deps=["labelling_tasks_ranking", "simulated_annotations_ranking"],
                         kinds={"duckdb"}, description="Validated ranking annotation records.")],
 )
-def raw_annotations(context: dg.AssetExecutionContext, data_paths: DataPathsResource, duckdb: DuckDBResource):
+def raw_annotations(context: dg.AssetExecutionContext, data_paths: DataPathsResource,
+                    duckdb: DuckDBResource) -> Iterator[dg.MaterializeResult]:
     """Every annotation file in the incoming folder, validated; bad records go to `rejected_annotations`."""
     paths = data_paths.paths()
     with duckdb.get_connection() as con:

@@ -34,6 +34,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -233,7 +234,7 @@ def transcode(files: Sequence[Path], out_dir: Path, syntax: str) -> list[Path]:
 # ---------------------------------------------------------------- Enhanced MR multi-frame
 
 
-def _item(**values) -> Dataset:
+def _item(**values: Any) -> Dataset:
     item = Dataset()
     for keyword, value in values.items():
         setattr(item, keyword, value)
@@ -357,7 +358,7 @@ def _long_axis_orientation(short_axis: Sequence[float]) -> list[float]:
     return [round(float(v), 6) for v in (*row, *col)]
 
 
-def _copy_as_new_series(sources: Sequence[Path], out_dir: Path, series_number: int, **changes) -> list[Path]:
+def _copy_as_new_series(sources: Sequence[Path], out_dir: Path, series_number: int, **changes: Any) -> list[Path]:
     series_uid = generate_uid()
     written = []
     for index, path in enumerate(sources):

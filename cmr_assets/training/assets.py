@@ -26,6 +26,7 @@ from cmr_assets.metadata import picture, table
 from cmr_assets.resources import DataPathsResource, MlflowResource
 from cmr_assets.run_context import git_commit
 from cmr_assets.training.core import (
+    EpochMetrics,
     TrainConfig,
     TrainingDataError,
     TrainingResourceError,
@@ -170,7 +171,7 @@ def train_strategy_model(context: dg.AssetExecutionContext, strategy: str, confi
     train_config = config.train_config()
     started = time.perf_counter()
 
-    def on_epoch(m) -> None:
+    def on_epoch(m: EpochMetrics) -> None:
         context.log.info(f"{strategy} epoch {m.epoch}: loss {m.train_loss:.3f}, val macro-F1 {m.val_macro_f1:.3f}, "
                          f"{m.images_per_s:.0f} images/s, {time.perf_counter() - started:.0f} s")
 
