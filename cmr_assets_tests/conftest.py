@@ -22,6 +22,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
+from cmr_assets.ingest.deid import KEY_BYTES, KEY_FILE_NAME
 from cmr_assets.settings import DataPaths
 
 SUNNYBROOK = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "sunnybrook"
@@ -218,7 +219,15 @@ def bad_input_folder(tmp_path: Path) -> BadInputFolder:
 
 @contextmanager
 def pipeline_environment(root: Path) -> Iterator[pytest.MonkeyPatch]:
-    """Data folder, MLflow store and Dagster instance of one test pipeline, all under `root`."""
+    """Data folder, MLflow store and Dagster instance of one test pipeline, all under `root`.
+
+    The data folder gets a fixed scan-id key, so scan ids, and with them the split and the task
+    design, are the same on every run (a real data folder gets a random key)."""
+    key = DataPaths(root / "data").secret / KEY_FILE_NAME
+    if not key.exists():
+        key.parent.mkdir(parents=True, exist_ok=True)
+        key.write_bytes(bytes(range(KEY_BYTES)))
+        key.chmod(0o600)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CMR_DATA_DIR", str(root / "data"))
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")

@@ -31,7 +31,7 @@ from cmr_assets.domain import STRATEGIES
 from cmr_assets.evaluation.metrics import classification_metrics
 from cmr_assets.evaluation.repeats import labels_version
 from cmr_assets.labelling.annotation_ingest import latest_answer_per_task
-from cmr_assets.labels.aggregation import aggregate_ranking, aggregate_single
+from cmr_assets.labels.aggregation import CutPointsError, aggregate_ranking, aggregate_single
 from cmr_assets.labels.agreement import label_accuracy
 from cmr_assets.labels.monotone import apply_monotone
 from cmr_assets.training.core import TrainConfig, TrainingDataError
@@ -84,20 +84,23 @@ def curve_point(strategy: str, hours: float, raw: pd.DataFrame, inputs: dict[str
                  test_images: np.ndarray | None) -> dict:
     """One (strategy, budget) row of the curves: labels cut at the budget, and optionally a model."""
     cut = within_hours(raw, hours)
-    labels = labels_at_budget(strategy, cut, inputs["tasks_single"], inputs["slices"])
+    try:
+        labels, note = labels_at_budget(strategy, cut, inputs["tasks_single"], inputs["slices"]), ""
+    except CutPointsError as error:  # too few views within this budget for ranking labels
+        labels, note = pd.DataFrame(columns=["slice_id", "label", "artefact_excluded"]), f"no labels: {error}"
     quality = label_accuracy(labels, inputs["reference"]) if len(labels) else {"accuracy": float("nan")}
     labelled = int(labels["label"].notna().sum()) if len(labels) else 0
     seconds = (cut["submitted_at"] - cut["started_at"]).dt.total_seconds().sum() if len(cut) else 0.0
     row = {"strategy": strategy, "hours_per_expert": hours, "expert_hours": float(seconds) / 3600.0,
            "images_labelled": labelled, "label_coverage": labelled / max(len(inputs["slices"]), 1),
            "label_accuracy": quality["accuracy"], "n_train": 0, "test_accuracy": None, "test_macro_f1": None,
-           "note": ""}
+           "note": note}
     if train_config is None:
         return row
     if test_images is None:
         raise ValueError("test_images: needed to score the model trained with train_config")
     if not labelled:
-        return {**row, "note": "no model: no image labelled within this budget"}
+        return {**row, "note": note or "no model: no image labelled within this budget"}
     train = labelled_rows(inputs["slices"], inputs["split"], labels, "train")
     val = labelled_rows(inputs["slices"], inputs["split"], labels, "val")
     row["n_train"] = len(train)

@@ -179,13 +179,18 @@ def _ordered_logit_log_likelihood(
     return float(log_p.sum())
 
 
+class CutPointsError(ValueError):
+    """The views do not imply all three classes, so the ranking's cut points cannot be placed (a
+    campaign cut very early, or a cohort without one of the classes)."""
+
+
 def fit_ordered_logit(scores: np.ndarray, classes: np.ndarray) -> tuple[tuple[float, float], float]:
     """Maximum-likelihood cut points (latent units, increasing) and slope (> 0) of a 3-class
     cumulative logit of ``classes`` (0/1/2) given latent ``scores``."""
     scores, classes = np.asarray(scores, float), np.asarray(classes)
     missing = [CLASS_NAMES[c] for c in range(N_CLASSES) if not (classes == c).any()]
     if missing:
-        raise ValueError(f"cannot place cut points: no view implies class {missing}")
+        raise CutPointsError(f"cannot place cut points: no view implies class {missing}")
     share_low = (classes == 0).mean()
     share_upto_lv = (classes <= 1).mean()
     start_low, start_high = np.quantile(scores, [share_low, share_upto_lv])

@@ -1,9 +1,11 @@
 """Campaigns cut at a budget of expert-hours."""
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
-from cmr_assets.evaluation.learning_curves import labels_at_budget, within_hours
+from cmr_assets.evaluation.learning_curves import curve_point, labels_at_budget, within_hours
 
 
 def _raw(minutes: list[int], annotator: str) -> pd.DataFrame:
@@ -28,3 +30,19 @@ def test_an_empty_budget_gives_an_empty_labels_table_and_unknown_strategies_are_
     assert labels_at_budget("single", empty, pd.DataFrame(), pd.DataFrame()).empty
     with pytest.raises(ValueError, match="strategy"):
         labels_at_budget("pairs", _raw([5], "a"), pd.DataFrame(), pd.DataFrame())
+
+
+def test_a_budget_too_small_for_ranking_cut_points_gives_a_noted_row_not_a_failure():
+    """Within the budget no view implies `too_apical`: no ranking labels there, the curve goes on."""
+    slice_ids = [f"s-{k:02d}" for k in range(8)]
+    start = pd.Timestamp("2026-01-05T09:00:00Z")
+    raw = pd.DataFrame({"annotator_id": "a", "batch_id": ["b1", "b2"], "order": [slice_ids, slice_ids[::-1]],
+                        "divider_a": 3, "divider_b": 8, "artefact_ids": [[], []],
+                        "started_at": [start, start + pd.Timedelta(minutes=1)],
+                        "submitted_at": [start + pd.Timedelta(minutes=1), start + pd.Timedelta(minutes=2)],
+                        "source_file": "f.jsonl", "line": [1, 2]})
+    inputs = {"slices": pd.DataFrame({"slice_id": slice_ids, "scan_id": "s", "slice_from_base": range(8)}),
+              "reference": pd.DataFrame({"slice_id": slice_ids, "label": "lv"}), "tasks_single": pd.DataFrame()}
+    row = curve_point("ranking", 1.0, raw, inputs, Path("."), None, None, pd.DataFrame(), None)
+    assert row["images_labelled"] == 0 and row["note"].startswith("no labels: cannot place cut points")
+    assert row["expert_hours"] == pytest.approx(2 / 60)
