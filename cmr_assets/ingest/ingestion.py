@@ -70,7 +70,6 @@ from cmr_assets.ingest.dicom_files import (
 from cmr_assets.ingest.heart_crop import stack_heart_box
 from cmr_assets.ingest.pixels import REJECT_SERIES_DECODE, SeriesDecodeError, decode_image, render_series
 from cmr_assets.ingest.slice_store import (
-    ensure_schema,
     existing_scan_ids,
     insert_rejections,
     insert_scans,
@@ -79,6 +78,7 @@ from cmr_assets.ingest.slice_store import (
 )
 from cmr_assets.ingest.stack_geometry import SeriesPlan, plan_all_series
 from cmr_assets.settings import DataPaths
+from cmr_assets.tables import ensure_ingestion_tables
 
 logger = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ def ingest_folder(
             f"{len(rejections)} files rejected so far")
 
         with connect(database) as con:
-            ensure_schema(con)
+            ensure_ingestion_tables(con)
             stored = existing_scan_ids(con)
         scan_ids = {plan.scan_key: scan_id_for(plan.scan_key, key) for plan in plans}
         tasks = [(source_dir, plan, scan_ids[plan.scan_key], paths.root, now, study_key_for(plan.study_uid, key),

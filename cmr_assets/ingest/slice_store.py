@@ -17,7 +17,6 @@ Layout (paths stored in DuckDB are relative to the data root, `DataPaths.root`):
 
 Public API:
 - `slice_id_for(scan_id, slice_from_base) -> str`
-- `ensure_schema(con)`
 - `existing_scan_ids(con) -> set[str]`
 - `write_scan_files(paths, scan_id, rendered) -> ScanFiles`; `png_bytes(image)`, `npy_bytes(array)`
 - `scan_rows(scan_id, rendered, files, ingested_at, study_key=None, heart_crop=None, patient_group=None)
@@ -45,56 +44,7 @@ from cmr_assets.ingest.dicom_files import FileRejection
 from cmr_assets.ingest.heart_crop import CropBox
 from cmr_assets.ingest.pixels import RenderedSeries
 from cmr_assets.settings import DataPaths
-
-SCANS_COLUMNS = ("scan_id", "n_slices", "n_files", "rows", "cols", "manufacturer_model", "ingested_at", "study_key",
-                 "patient_group")
-SLICES_COLUMNS = (
-    "slice_id", "scan_id", "slice_from_base", "n_slices", "position_mm", "spacing_mm", "rows", "cols",
-    "pixel_spacing_mm", "slice_thickness_mm", "trigger_time_ms", "n_phases", "phase_rule", "png_path",
-    "array_path", "array_index", "ingested_at", "heart_crop",
-)
-REJECTED_COLUMNS = ("source_root_hash", "path", "reason", "rejected_at")
-
-SCHEMA_SQL = """
-CREATE TABLE IF NOT EXISTS scans (
-    scan_id VARCHAR PRIMARY KEY,
-    n_slices INTEGER NOT NULL,
-    n_files INTEGER NOT NULL,
-    rows INTEGER NOT NULL,
-    cols INTEGER NOT NULL,
-    manufacturer_model VARCHAR,
-    ingested_at TIMESTAMP NOT NULL,
-    study_key VARCHAR,
-    patient_group VARCHAR
-);
-CREATE TABLE IF NOT EXISTS slices (
-    slice_id VARCHAR PRIMARY KEY,
-    scan_id VARCHAR NOT NULL,
-    slice_from_base INTEGER NOT NULL,
-    n_slices INTEGER NOT NULL,
-    position_mm DOUBLE NOT NULL,
-    spacing_mm DOUBLE NOT NULL,
-    rows INTEGER NOT NULL,
-    cols INTEGER NOT NULL,
-    pixel_spacing_mm DOUBLE NOT NULL,
-    slice_thickness_mm DOUBLE,
-    trigger_time_ms DOUBLE,
-    n_phases INTEGER NOT NULL,
-    phase_rule VARCHAR NOT NULL,
-    png_path VARCHAR NOT NULL,
-    array_path VARCHAR NOT NULL,
-    array_index INTEGER NOT NULL,
-    ingested_at TIMESTAMP NOT NULL,
-    heart_crop INTEGER[]
-);
-CREATE TABLE IF NOT EXISTS rejected_files (
-    source_root_hash VARCHAR NOT NULL,
-    path VARCHAR NOT NULL,
-    reason VARCHAR NOT NULL,
-    rejected_at TIMESTAMP NOT NULL,
-    PRIMARY KEY (source_root_hash, path, reason)
-);
-"""
+from cmr_assets.tables import REJECTED_FILES_COLUMNS, SCANS_COLUMNS, SLICES_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -108,15 +58,6 @@ class ScanFiles:
 def slice_id_for(scan_id: str, slice_from_base: int) -> str:
     """The stable slice id: `<scan_id>-<slice_from_base:02d>`."""
     return f"{scan_id}-{slice_from_base:02d}"
-
-
-def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
-    """Create the ingestion tables if they do not exist (idempotent; adds `scans.study_key` and
-    `slices.heart_crop` and `scans.patient_group` to older files, whose rows keep NULL there)."""
-    con.execute(SCHEMA_SQL)
-    con.execute("ALTER TABLE scans ADD COLUMN IF NOT EXISTS study_key VARCHAR")
-    con.execute("ALTER TABLE slices ADD COLUMN IF NOT EXISTS heart_crop INTEGER[]")
-    con.execute("ALTER TABLE scans ADD COLUMN IF NOT EXISTS patient_group VARCHAR")
 
 
 def existing_scan_ids(con: duckdb.DuckDBPyConnection) -> set[str]:
@@ -235,5 +176,5 @@ def insert_rejections(con: duckdb.DuckDBPyConnection, source_root_hash: str,
              "rejected_at": rejected_at} for r in rejections]
     before = con.execute("SELECT count(*) FROM rejected_files").fetchall()[0][0]
     with transaction(con):
-        _insert_frame(con, "rejected_files", REJECTED_COLUMNS, rows)
+        _insert_frame(con, "rejected_files", REJECTED_FILES_COLUMNS, rows)
     return con.execute("SELECT count(*) FROM rejected_files").fetchall()[0][0] - before

@@ -21,13 +21,12 @@ Public API:
 - `list_annotation_entries(incoming_dir) -> list[Path]`: every `*.jsonl` entry of the folder, symlinks
   and other non-regular entries included (what ingestion accounts for, reading or rejecting).
 - `ingest_annotation_files(incoming_dir, con, known_annotators, now=None) -> AnnotationIngestReport`
-- `ensure_annotation_tables(con)`: create the four tables if missing (schemas below).
 - `read_raw_annotations(con) -> (single, ranking)`: the raw tables as DataFrames, list columns as
   Python lists, timestamps tz-aware UTC; what aggregation consumes.
 - `annotation_file_rows(paths) -> (single, ranking)`: the same rows straight from annotation files,
   checked against the format only (no campaign, no database): what `calibrate-experts` reads.
 
-Tables (column `order` is an SQL keyword: quote it as "order"):
+Tables (schemas in `cmr_assets.tables`; column `order` is an SQL keyword: quote it as "order"):
 - raw_annotations_single(submission_id, annotator_id, task_id, slice_id, label, artefact,
   started_at, submitted_at, source_file, line)
 - raw_annotations_ranking(submission_id, annotator_id, batch_id, "order" VARCHAR[8] most basal
@@ -59,30 +58,7 @@ from cmr_assets.labelling.annotation_format import (
     parse_annotation_bytes,
     read_annotation_bytes,
 )
-
-SINGLE_COLUMNS = ["submission_id", "annotator_id", "task_id", "slice_id", "label", "artefact",
-                  "started_at", "submitted_at", "source_file", "line"]
-RANKING_COLUMNS = ["submission_id", "annotator_id", "batch_id", "order", "divider_a", "divider_b",
-                   "artefact_ids", "started_at", "submitted_at", "source_file", "line"]
-
-_DDL = (
-    """CREATE TABLE IF NOT EXISTS raw_annotations_single (
-        submission_id VARCHAR PRIMARY KEY, annotator_id VARCHAR NOT NULL, task_id VARCHAR NOT NULL,
-        slice_id VARCHAR NOT NULL, label VARCHAR, artefact BOOLEAN NOT NULL,
-        started_at TIMESTAMPTZ NOT NULL, submitted_at TIMESTAMPTZ NOT NULL,
-        source_file VARCHAR NOT NULL, line INTEGER NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS raw_annotations_ranking (
-        submission_id VARCHAR PRIMARY KEY, annotator_id VARCHAR NOT NULL, batch_id VARCHAR NOT NULL,
-        "order" VARCHAR[] NOT NULL, divider_a INTEGER NOT NULL, divider_b INTEGER NOT NULL,
-        artefact_ids VARCHAR[] NOT NULL, started_at TIMESTAMPTZ NOT NULL,
-        submitted_at TIMESTAMPTZ NOT NULL, source_file VARCHAR NOT NULL, line INTEGER NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS rejected_annotations (
-        source_file VARCHAR NOT NULL, line INTEGER NOT NULL, reason VARCHAR NOT NULL,
-        rejected_at TIMESTAMPTZ NOT NULL)""",
-    """CREATE TABLE IF NOT EXISTS annotation_files (
-        source_file VARCHAR PRIMARY KEY, size BIGINT NOT NULL, sha256 VARCHAR NOT NULL,
-        n_valid INTEGER NOT NULL, n_rejected INTEGER NOT NULL, ingested_at TIMESTAMPTZ NOT NULL)""",
-)
+from cmr_assets.tables import RAW_RANKING_COLUMNS, RAW_SINGLE_COLUMNS, ensure_annotation_tables
 
 
 @dataclass
@@ -115,11 +91,6 @@ def list_annotation_entries(incoming_dir: Path) -> list[Path]:
 def list_annotation_files(incoming_dir: Path) -> list[Path]:
     """Complete annotation files in the incoming folder: regular files, never symlinks."""
     return [p for p in list_annotation_entries(incoming_dir) if stat.S_ISREG(p.lstat().st_mode)]
-
-
-def ensure_annotation_tables(con: duckdb.DuckDBPyConnection) -> None:
-    for statement in _DDL:
-        con.execute(statement)
 
 
 def _table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
@@ -211,8 +182,8 @@ def _store_file(con: duckdb.DuckDBPyConnection, source_file: str, size: int, dig
                 rejected: pd.DataFrame) -> None:
     """One file's new rows and its `annotation_files` entry, in one transaction."""
     with transaction(con):
-        _insert(con, "raw_annotations_single", single, SINGLE_COLUMNS)
-        _insert(con, "raw_annotations_ranking", ranking, RANKING_COLUMNS)
+        _insert(con, "raw_annotations_single", single, RAW_SINGLE_COLUMNS)
+        _insert(con, "raw_annotations_ranking", ranking, RAW_RANKING_COLUMNS)
         _insert(con, "rejected_annotations", rejected, ["source_file", "line", "reason", "rejected_at"])
         con.execute("DELETE FROM annotation_files WHERE source_file = ?", [source_file])
         con.execute("INSERT INTO annotation_files VALUES (?, ?, ?, ?, ?, ?)",
@@ -307,7 +278,7 @@ def read_raw_annotations(con: duckdb.DuckDBPyConnection) -> tuple[pd.DataFrame, 
     single["label"] = pd.Series([v if isinstance(v, str) else None for v in single["label"]], dtype=object)
     for column in ("order", "artefact_ids"):
         ranking[column] = [list(map(str, values)) for values in ranking[column]]
-    return single[SINGLE_COLUMNS], ranking[RANKING_COLUMNS]
+    return single[RAW_SINGLE_COLUMNS], ranking[RAW_RANKING_COLUMNS]
 
 
 def latest_answer_per_task(raw: pd.DataFrame) -> pd.DataFrame:

@@ -64,8 +64,8 @@ from cmr_assets.labelling.annotation_format import (
     SingleAnnotation,
     write_annotation_file,
 )
-from cmr_assets.labelling.annotation_ingest import RANKING_COLUMNS as RANKING_ROW_COLUMNS
-from cmr_assets.labelling.annotation_ingest import SINGLE_COLUMNS as SINGLE_ROW_COLUMNS
+from cmr_assets.tables import RAW_RANKING_COLUMNS as RANKING_ROW_COLUMNS
+from cmr_assets.tables import RAW_SINGLE_COLUMNS as SINGLE_ROW_COLUMNS
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,9 @@ from dagster._core.storage.dagster_run import DagsterRun
 from cmr_assets.automation.retrain import RetrainPolicyResource, inbox_quiet_for
 from cmr_assets.automation.sensors import annotation_files_sensor, labels_settled_sensor
 from cmr_assets.labelling.annotation_format import write_annotation_file
-from cmr_assets.labelling.annotation_ingest import ensure_annotation_tables
 from cmr_assets.resources import DataPathsResource, MlflowResource
 from cmr_assets.settings import DataPaths
+from cmr_assets.tables import ensure_annotation_tables
 from cmr_assets_tests.automation.test_schedules import (
     current_hash,
     register_champion,

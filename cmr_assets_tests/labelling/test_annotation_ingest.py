@@ -14,12 +14,11 @@ import pytest
 
 from cmr_assets.labelling.annotation_format import RankingAnnotation, SingleAnnotation, write_annotation_file
 from cmr_assets.labelling.annotation_ingest import (
-    RANKING_COLUMNS,
-    SINGLE_COLUMNS,
     ingest_annotation_files,
     list_annotation_files,
     read_raw_annotations,
 )
+from cmr_assets.tables import RAW_RANKING_COLUMNS, RAW_SINGLE_COLUMNS
 
 ROSTER = {"sim-expert-1", "sim-expert-2"}
 BATCH = [f"scan{i}-0{i % 4}" for i in range(8)]
@@ -71,7 +70,7 @@ def test_ingest_valid_files_with_the_agreed_schema(con, tmp_path: Path) -> None:
     assert report.files_read == 2 and report.rejected_added == 0
     assert (report.single_added, report.ranking_added) == (2, 1)
     single_frame, ranking_frame = read_raw_annotations(con)
-    assert list(single_frame.columns) == SINGLE_COLUMNS and list(ranking_frame.columns) == RANKING_COLUMNS
+    assert list(single_frame.columns) == RAW_SINGLE_COLUMNS and list(ranking_frame.columns) == RAW_RANKING_COLUMNS
     assert single_frame["label"].tolist() == ["lv", None]
     assert single_frame["started_at"].dt.tz is not None
     row = ranking_frame.iloc[0]
