@@ -23,7 +23,6 @@ Public API:
   datasets=None) -> LoggedModel` (`datasets`: context -> `mlflow.data` dataset, logged as run inputs;
   metrics are attached to the logged model and to the `validation` dataset)
 - `newest_version_params(client, model_name) -> dict[str, str]` (empty without a version)
-- `newest_version_label_hash(client, model_name) -> str | None`
 - `load_champion(model_name_or_uri, tracking_uri=None, map_location="cpu") -> torch.nn.Module`
 - `log_evaluation_run(tracking_uri, artifact_location, report, report_files, pictures, tags=None,
   experiment_name=MLFLOW_EXPERIMENT) -> run_id`
@@ -269,10 +268,6 @@ def newest_version_params(client: mlflow.MlflowClient, model_name: str) -> dict[
     newest = max(versions, key=lambda v: int(v.version))
     return dict(client.get_run(newest.run_id).data.params) if newest.run_id else {}
 
-
-def newest_version_label_hash(client: mlflow.MlflowClient, model_name: str) -> str | None:
-    """The `label_hash` param of the run behind the newest registered version (None without one)."""
-    return newest_version_params(client, model_name).get("label_hash")
 
 
 def load_champion(model_name_or_uri: str, tracking_uri: str | None = None,

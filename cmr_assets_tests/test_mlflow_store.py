@@ -274,7 +274,7 @@ def test_incomplete_run_is_logged_but_never_registered(store, logged):
     assert client.get_registered_model(MODEL).aliases == aliases_before
     run = client.get_run(result.run_id)
     assert run.data.tags["cmr.complete"] == "false" and run.data.metrics["epochs_run"] == 1.0
-    assert mlflow_store.newest_version_label_hash(client, MODEL) != "h-incomplete"
+    assert mlflow_store.newest_version_params(client, MODEL).get("label_hash") != "h-incomplete"
 
 
 def test_lineage_tags_datasets_and_metrics_on_the_logged_model(store, logged):
@@ -301,4 +301,4 @@ def test_lineage_tags_datasets_and_metrics_on_the_logged_model(store, logged):
         "label_hash": "h-lineage", "dagster.run_id": "run-123", "dagster.asset_key": "model_ranking"}
     model = client.get_logged_model(version.model_id or result.model_uri.removeprefix("models:/"))
     assert [(m.key, m.value) for m in model.metrics] == [("val_macro_f1", 0.7)]
-    assert mlflow_store.newest_version_label_hash(client, MODEL) == "h-lineage"
+    assert mlflow_store.newest_version_params(client, MODEL).get("label_hash") == "h-lineage"

@@ -57,11 +57,16 @@ def within_hours(raw: pd.DataFrame, hours: float) -> pd.DataFrame:
     return ordered[spent <= hours * 3600.0].reset_index(drop=True)
 
 
+def _no_labels() -> pd.DataFrame:
+    """The labels table of a budget within which nothing could be labelled."""
+    return pd.DataFrame(columns=["slice_id", "label", "artefact_excluded"])
+
+
 def labels_at_budget(strategy: str, raw: pd.DataFrame, tasks_single: pd.DataFrame,
                      slices: pd.DataFrame) -> pd.DataFrame:
     """The strategy's labels from `raw` (already cut at the budget); empty when nothing was labelled."""
     if raw.empty:
-        return pd.DataFrame(columns=["slice_id", "label", "artefact_excluded"])
+        return _no_labels()
     if strategy == "single":
         return apply_monotone(aggregate_single(latest_answer_per_task(raw), tasks_single), slices)
     if strategy == "ranking":
@@ -87,7 +92,7 @@ def curve_point(strategy: str, hours: float, raw: pd.DataFrame, inputs: dict[str
     try:
         labels, note = labels_at_budget(strategy, cut, inputs["tasks_single"], inputs["slices"]), ""
     except CutPointsError as error:  # too few views within this budget for ranking labels
-        labels, note = pd.DataFrame(columns=["slice_id", "label", "artefact_excluded"]), f"no labels: {error}"
+        labels, note = _no_labels(), f"no labels: {error}"
     quality = label_accuracy(labels, inputs["reference"]) if len(labels) else {"accuracy": float("nan")}
     labelled = int(labels["label"].notna().sum()) if len(labels) else 0
     seconds = (cut["submitted_at"] - cut["started_at"]).dt.total_seconds().sum() if len(cut) else 0.0

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -112,15 +112,13 @@ def _timestamps(values: Iterable[datetime]) -> pd.Series:
     return pd.Series(pd.to_datetime(list(values), utc=True))
 
 
-def _single_frame(records: list[ParsedRecord], source_file: str) -> pd.DataFrame:
-    rows = [(p.record, p.line) for p in records if isinstance(p.record, SingleAnnotation)]
+def _record_frame(rows: Sequence[tuple[SingleAnnotation | RankingAnnotation, int]], source_file: str,
+                  own_columns: dict[str, pd.Series]) -> pd.DataFrame:
+    """A raw annotation table's rows: the columns both strategies share around the strategy's own."""
     return pd.DataFrame({
         "submission_id": pd.Series([r.submission_id for r, _ in rows], dtype=object),
         "annotator_id": pd.Series([r.annotator_id for r, _ in rows], dtype=object),
-        "task_id": pd.Series([r.task_id for r, _ in rows], dtype=object),
-        "slice_id": pd.Series([r.image_ids[0] for r, _ in rows], dtype=object),
-        "label": pd.Series([r.label for r, _ in rows], dtype=object),
-        "artefact": pd.Series([r.artefact for r, _ in rows], dtype=bool),
+        **own_columns,
         "started_at": _timestamps(r.started_at for r, _ in rows),
         "submitted_at": _timestamps(r.submitted_at for r, _ in rows),
         "source_file": pd.Series([source_file] * len(rows), dtype=object),
@@ -128,20 +126,24 @@ def _single_frame(records: list[ParsedRecord], source_file: str) -> pd.DataFrame
     })
 
 
+def _single_frame(records: list[ParsedRecord], source_file: str) -> pd.DataFrame:
+    rows = [(p.record, p.line) for p in records if isinstance(p.record, SingleAnnotation)]
+    return _record_frame(rows, source_file, {
+        "task_id": pd.Series([r.task_id for r, _ in rows], dtype=object),
+        "slice_id": pd.Series([r.image_ids[0] for r, _ in rows], dtype=object),
+        "label": pd.Series([r.label for r, _ in rows], dtype=object),
+        "artefact": pd.Series([r.artefact for r, _ in rows], dtype=bool),
+    })
+
+
 def _ranking_frame(records: list[ParsedRecord], source_file: str) -> pd.DataFrame:
     rows = [(p.record, p.line) for p in records if isinstance(p.record, RankingAnnotation)]
-    return pd.DataFrame({
-        "submission_id": pd.Series([r.submission_id for r, _ in rows], dtype=object),
-        "annotator_id": pd.Series([r.annotator_id for r, _ in rows], dtype=object),
+    return _record_frame(rows, source_file, {
         "batch_id": pd.Series([r.batch_id for r, _ in rows], dtype=object),
         "order": pd.Series([list(r.order) for r, _ in rows], dtype=object),
         "divider_a": pd.Series([r.dividers[0] for r, _ in rows], dtype="int64"),
         "divider_b": pd.Series([r.dividers[1] for r, _ in rows], dtype="int64"),
         "artefact_ids": pd.Series([list(r.artefact_ids) for r, _ in rows], dtype=object),
-        "started_at": _timestamps(r.started_at for r, _ in rows),
-        "submitted_at": _timestamps(r.submitted_at for r, _ in rows),
-        "source_file": pd.Series([source_file] * len(rows), dtype=object),
-        "line": pd.Series([line for _, line in rows], dtype="int64"),
     })
 
 
