@@ -40,7 +40,7 @@ ui: install
 	bash scripts/ui.sh
 
 bench: install
-	$(BIN)/cmr-assets bench
+	PYTHONPATH=$(CURDIR) $(BIN)/cmr-assets bench
 
 clean-data:
 	rm -rf data/scans data/reference data/slices data/annotations data/reports data/cmr.duckdb* mlflow/mlflow.db mlflow/artifacts

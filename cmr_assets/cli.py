@@ -74,9 +74,18 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_bench(args: argparse.Namespace) -> int:
-    from benchmarks.run import run_benchmarks
+BENCH_NEEDS_CHECKOUT = ("cmr-assets bench: the benchmarks are not part of the installed package; run it from a "
+                        "source checkout: PYTHONPATH=. cmr-assets bench (or make bench)")
 
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    try:
+        from benchmarks.run import run_benchmarks
+    except ModuleNotFoundError as error:
+        if error.name not in ("benchmarks", "benchmarks.run"):
+            raise  # a dependency of the benchmarks is missing: say which
+        print(BENCH_NEEDS_CHECKOUT, file=sys.stderr)
+        return 2
     return run_benchmarks(quick=args.quick)
 
 

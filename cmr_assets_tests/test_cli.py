@@ -1,3 +1,5 @@
+import sys
+
 import pytest
 
 from cmr_assets.cli import build_parser, main
@@ -23,3 +25,12 @@ def test_ingest_of_a_missing_folder_is_a_clear_error(tmp_path, capsys, monkeypat
 def test_filter_defaults_to_the_ranking_champion():
     args = build_parser().parse_args(["filter", "series"])
     assert args.model == "ranking" and not args.json
+
+
+def test_bench_outside_a_source_checkout_says_how_to_run_it(monkeypatch, capsys):
+    """The wheel ships only `cmr_assets`: without `benchmarks` importable, one clear line, exit 2."""
+    monkeypatch.setitem(sys.modules, "benchmarks", None)  # None in sys.modules: the import fails
+    monkeypatch.setitem(sys.modules, "benchmarks.run", None)
+    assert main(["bench", "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "source checkout" in err and "PYTHONPATH=." in err

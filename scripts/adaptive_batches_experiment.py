@@ -17,21 +17,19 @@ from pathlib import Path
 
 import pandas as pd
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cmr_assets.labelling.annotation_format import parse_annotation_file  # noqa: E402
-from cmr_assets.labelling.campaign import (  # noqa: E402
+from cmr_assets.labelling.annotation_format import parse_annotation_file
+from cmr_assets.labelling.campaign import (
     annotator_ids,
     design_adaptive_batches,
     design_ranking_batches,
 )
-from cmr_assets.labelling.simulator import (  # noqa: E402
+from cmr_assets.labelling.simulator import (
     SimulatorParams,
     reference_like_cohort,
     simulate_ranking_campaign,
 )
-from cmr_assets.labels.aggregation import PROBABILITY_COLUMNS, aggregate_ranking  # noqa: E402
-from cmr_assets.labels.agreement import label_accuracy  # noqa: E402
+from cmr_assets.labels.aggregation import PROBABILITY_COLUMNS, aggregate_ranking
+from cmr_assets.labels.agreement import label_accuracy
 
 UNLIMITED = SimulatorParams(hours_per_expert=100.0)  # compare designs at equal batch counts, not budgets
 

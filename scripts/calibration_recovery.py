@@ -17,20 +17,17 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cmr_assets.labelling.calibration import FITTED, fit_simulator_params, pilot_statistics  # noqa: E402
-from cmr_assets.labelling.campaign import annotator_ids, design_pilot_tasks  # noqa: E402
-from cmr_assets.labelling.simulator import (  # noqa: E402
+from cmr_assets.labelling.calibration import FITTED, fit_simulator_params, pilot_statistics
+from cmr_assets.labelling.campaign import annotator_ids, design_pilot_tasks
+from cmr_assets.labelling.simulator import (
     SimulatorParams,
     reference_like_cohort,
     simulate_campaign_rows,
 )
-from cmr_assets.labels.sensitivity import SensitivityGrid, strategy_sensitivity  # noqa: E402
+from cmr_assets.labels.sensitivity import SensitivityGrid, strategy_sensitivity
 
 TRUTH = replace(SimulatorParams(), side_by_side_noise_sd=0.02, side_by_side_impression_share=0.5,
                 divider_impression_share=1.0)

@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import duckdb
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cmr_assets.duckdb_io import read_table  # noqa: E402
-from cmr_assets.settings import DataPaths  # noqa: E402
-from cmr_assets.training.dataset import (  # noqa: E402
+from cmr_assets.duckdb_io import read_table
+from cmr_assets.settings import DataPaths
+from cmr_assets.training.dataset import (
     PROBABILITY_COLUMNS,
     evaluation_rows,
     labelled_rows,

@@ -2,10 +2,14 @@
 """Train both strategies' models on CUDA on the pipeline's own data and print the figures.
 
 Input: the .npz written by `scripts/export_training_set.py` after `make demo`. Needs only torch,
-numpy, scipy, scikit-learn and `cmr_assets.training` (no Dagster, MLflow or DuckDB), so it runs on
-a bare GPU machine. Uses the GPU default configuration (ResNet-18, 128 px, batch 256, bf16
-autocast, channels_last), scores each model on the common test set against the reference labels
-and compares them with an exact McNemar test, as the evaluation asset does.
+numpy, scipy, scikit-learn and `cmr_assets.training` / `cmr_assets.evaluation.metrics` (no Dagster,
+MLflow or DuckDB), so it runs on a bare GPU machine from a copy of the source tree. Uses the GPU
+default configuration (ResNet-18, 128 px, batch 256, bf16 autocast, channels_last), scores each
+model on the common test set against the reference labels with the evaluation's own
+`classification_metrics` and compares them with its exact McNemar test (`mcnemar_exact`).
+
+Usage (in the repository root; PYTHONPATH=. where the package is not installed):
+    PYTHONPATH=. python scripts/gpu_pipeline_training.py training_set.npz [--device cuda]
 """
 
 from __future__ import annotations
@@ -19,12 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cmr_assets.evaluation.metrics import mcnemar_exact  # noqa: E402
-from cmr_assets.training.core import gpu_config, predict_proba, select_device, train_classifier  # noqa: E402
+from cmr_assets.evaluation.metrics import classification_metrics, mcnemar_exact
+from cmr_assets.training.core import gpu_config, predict_proba, select_device, train_classifier
 
 RUNS = (("ranking", False), ("ranking", True), ("single", False))
 
@@ -58,13 +59,14 @@ def main() -> int:
         proba = predict_proba(result.model, test_images, run_config.input_size, device=device,
                               crop_fraction=run_config.crop_fraction)
         predictions[key] = proba.argmax(axis=1)
+        metrics = classification_metrics(y_test, proba)
+        roc_auc = metrics["roc_auc"]
         results[key] = {
             "n_train": int(len(targets)), "epochs": len(result.history), "best_epoch": result.best_epoch,
             "stop_reason": result.stop_reason, "train_seconds": round(wall, 2),
             "images_per_s": round(result.images_per_s, 1), "best_val_macro_f1": round(result.best_val_macro_f1, 4),
-            "test_accuracy": round(float(accuracy_score(y_test, predictions[key])), 4),
-            "test_macro_f1": round(float(f1_score(y_test, predictions[key], average="macro")), 4),
-            "test_roc_auc": round(float(roc_auc_score(y_test, proba, multi_class="ovr", average="macro")), 4),
+            "test_accuracy": round(metrics["accuracy"], 4), "test_macro_f1": round(metrics["macro_f1"], 4),
+            "test_roc_auc": None if roc_auc is None else round(roc_auc, 4),
         }
         print(f"{key:<13} {results[key]}")
     summary = {"device": name, "n_test_images": int(len(y_test)), "runs": results,

@@ -2,16 +2,18 @@
 """GPU check of the training core: trains a 'single' and a 'ranking' model on synthetic slices.
 
 Standalone on purpose: needs only torch, torchvision, numpy, scikit-learn and the
-``cmr_assets.training`` core (no Dagster, MLflow, DuckDB), so it runs on a bare GPU machine with
-``python scripts/gpu_training_check.py``. It builds a CMR-like synthetic set in memory (three
-classes that need a CNN: a closed myocardial ring with a bright blood pool and a right-ventricle
-crescent = LV; a ring opened by an outflow tract with atrial blobs = too basal; a small solid
-myocardial disc = too apical), corrupts the training labels the way each strategy would (single:
-hard labels with 25% flipped to the neighbouring class; ranking: soft class probabilities with
-less noise), trains both with the GPU default configuration (``core.gpu_config``: resnet18, 128 px,
-batch 256, bf16 autocast, channels_last) and prints device, images/s, time per model, clean-test
-accuracy, plus a CPU-vs-device throughput line. With ``OUT`` set it also writes
-``$OUT/gpu_check.json``. ``--quick`` shrinks everything so it runs on a laptop CPU in seconds.
+``cmr_assets.training`` core (no Dagster, MLflow, DuckDB), so it runs on a bare GPU machine from a
+copy of the source tree with ``PYTHONPATH=. python scripts/gpu_training_check.py`` in its root
+(``.venv/bin/python scripts/gpu_training_check.py`` where the package is installed). It builds a
+CMR-like synthetic set in memory (three classes that need a CNN: a closed myocardial ring with a
+bright blood pool and a right-ventricle crescent = LV; a ring opened by an outflow tract with
+atrial blobs = too basal; a small solid myocardial disc = too apical), corrupts the training labels
+the way each strategy would (single: hard labels with 25% flipped to the neighbouring class;
+ranking: soft class probabilities with less noise), trains both with the GPU default configuration
+(``core.gpu_config``: resnet18, 128 px, batch 256, bf16 autocast, channels_last) and prints device,
+images/s, time per model, clean-test accuracy, plus a CPU-vs-device throughput line. With ``OUT``
+set it also writes ``$OUT/gpu_check.json``. ``--quick`` shrinks everything so it runs on a laptop
+CPU in seconds.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -29,9 +30,7 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cmr_assets.training.core import (  # noqa: E402
+from cmr_assets.training.core import (
     TrainConfig,
     TrainingResourceError,
     TrainResult,

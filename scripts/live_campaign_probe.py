@@ -8,7 +8,9 @@ for the automation to settle and reports runs per job, the most runs waiting or 
 once, queued leftovers, model versions with their label hashes and promotion decisions, and
 whether every acknowledged answer reached the raw annotation tables.
 
-    .venv/bin/python scripts/live_campaign_probe.py --minutes 4 --quiet-minutes 1 --out probe.json
+    PYTHONPATH=. .venv/bin/python scripts/live_campaign_probe.py --minutes 4 --quiet-minutes 1 --out probe.json
+
+(in the repository root: it builds its scans with `cmr_assets_tests.conftest`, which is not installed).
 
 Everything lives under `--root` (default: a new temporary folder); nothing in the project changes.
 """
@@ -250,7 +252,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     root = (args.root or Path(tempfile.mkdtemp(prefix="cmr-live-"))).resolve()
     os.environ.update(_environment(root, args.quiet_minutes))
-    sys.path.insert(0, str(PROJECT_ROOT))
     annotators = [f"dr_{chr(ord('a') + k)}" for k in range(args.annotators)]
     print(f"probe: preparing in {root}", file=sys.stderr)
     _prepare(args, annotators)

@@ -11,7 +11,7 @@ Output folder layout (each a folder `cmr-assets ingest` / `cmr-assets filter` ca
   study/                    cine + the patient's real localizers (same SeriesInstanceUID as the cine)
                             + a generated long-axis cine + a single-phase short-axis series + DICOMDIR
 
-Example: python scripts/make_pacs_testdata.py /tmp/pacs --patient SCD0000101 --phases 0 7 14
+Example: .venv/bin/python scripts/make_pacs_testdata.py /tmp/pacs --patient SCD0000101 --phases 0 7 14
 """
 
 from __future__ import annotations
@@ -22,9 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cmr_assets.synthetic.pacs_exports import (  # noqa: E402
+from cmr_assets.synthetic.pacs_exports import (
     LOSSLESS_SYNTAXES,
     select_phases,
     transcode,

@@ -16,23 +16,20 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import replace
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cmr_assets.labelling.campaign import (  # noqa: E402
+from cmr_assets.labelling.campaign import (
     annotator_ids,
     design_ranking_batches,
     design_single_tasks,
     ranking_rounds_for_budget,
 )
-from cmr_assets.labelling.simulator import (  # noqa: E402
+from cmr_assets.labelling.simulator import (
     SimulatorParams,
     reference_like_cohort,
     simulate_campaign_rows,
 )
-from cmr_assets.labels.aggregation import RANKING_METHODS, aggregate_ranking, aggregate_single  # noqa: E402
-from cmr_assets.labels.agreement import label_accuracy  # noqa: E402
+from cmr_assets.labels.aggregation import RANKING_METHODS, aggregate_ranking, aggregate_single
+from cmr_assets.labels.agreement import label_accuracy
 
 
 def accuracies(seed: int, params: SimulatorParams) -> dict[str, float]:

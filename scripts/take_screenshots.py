@@ -16,7 +16,9 @@ mlflow/ are never touched:
    dividers placed), answer two single images, and save `ranking.png` (1366x768: the 8 cards on one
    row of a laptop screen) and `single.png` (1280x860); stop the server.
 
-Usage: .venv/bin/python scripts/take_screenshots.py [--cohort data/scans/synthetic]
+Usage (in the repository root; PYTHONPATH=.: the page actions come from `cmr_assets_tests`, which is
+not installed):
+  PYTHONPATH=. .venv/bin/python scripts/take_screenshots.py [--cohort data/scans/synthetic]
        [--truth data/reference/synthetic_truth.csv] [--n-scans 6] [--out docs/screenshots]
        [--work /tmp/some-empty-dir] [--port 8799]
 The work folder is deleted at the end unless --work was given.
