@@ -57,7 +57,8 @@ def fit_classifier(root: Path, train: pd.DataFrame, val: pd.DataFrame, config: T
     val_targets = val["target"].to_numpy()
     result = train_classifier(torch.from_numpy(train_images), training_targets(train, config.soft_labels),
                               torch.from_numpy(val_images), torch.from_numpy(val_targets.copy()), config, on_epoch)
-    deployable = DeployableClassifier(result.model, config.input_size, config.crop_fraction).eval()
+    deployable = DeployableClassifier(result.model, config.input_size, config.crop_fraction,
+                                      config.test_time_views).eval()
     val_metrics = classification_metrics(val_targets, predict_slices(deployable, val_images))
     return FittedClassifier(deployable, result, train_images, val_images, val_metrics)
 
@@ -97,6 +98,7 @@ def train_strategy(root: Path, strategy: str, train: pd.DataFrame, val: pd.DataF
     counts = train[label_column].value_counts()
     params = {
         "architecture": config.architecture, "input_size": config.input_size, "crop_fraction": config.crop_fraction,
+        "test_time_views": config.test_time_views,
         "epochs": config.epochs, "batch_size": config.batch_size, "learning_rate": config.lr,
         "patience": config.patience, "max_minutes": config.max_minutes, "seed": config.seed,
         "soft_labels": config.soft_labels, "label_column": label_column,

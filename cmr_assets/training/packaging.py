@@ -16,6 +16,13 @@ nearest class mean divided by that stage's threshold (Lee et al., NeurIPS 2018, 
 feature ensemble), so a score above 1 means "further from the training data, at some level of
 the network, than almost every validation image". Early stages catch other modalities and noise,
 the last one images whose content the classes never showed.
+
+Why test-time symmetry views: training mirrors every other image and rotates a third of them by any
+angle, so the network's class evidence should not depend on the view; on a scan unlike the
+training images single views disagree (on the shipped real cines one view calls a mid-ventricular
+slice too apical and the mirrored one LV). The probabilities are therefore the mean over the
+`symmetry_views` first symmetries of the square (`DIHEDRAL_VIEWS`: identity, mirror, the three
+other rotations and their mirrors), one batched pass; the OOD features come from the identity view.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from cmr_assets.training.models import crop_and_resize, normalise_batch
 OOD_VALIDATION_QUANTILE = 0.995
 OOD_MARGIN = 1.25  # so that in-distribution slices are almost never flagged
 _SHRINKAGE = 0.05
+DIHEDRAL_VIEWS = 8  # the symmetries of the square: 4 rotations, each plain and mirrored
 
 
 def features_and_logits(network: nn.Module, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -53,21 +61,46 @@ def features_and_logits(network: nn.Module, x: torch.Tensor) -> tuple[list[torch
     raise TypeError(f"no feature split for {type(network).__name__}: expected models.build_model's networks")
 
 
-class DeployableClassifier(nn.Module):
-    """Resize (as training did) -> per-image normalisation -> network -> softmax, plus the OOD score."""
+def _check_views(n_views: int) -> None:
+    if not 1 <= n_views <= DIHEDRAL_VIEWS:
+        raise ValueError(f"symmetry views must be 1..{DIHEDRAL_VIEWS}, got {n_views}")
 
-    def __init__(self, network: nn.Module, input_size: int, crop_fraction: float = 1.0):
+
+def symmetry_views(batch: torch.Tensor, n_views: int) -> torch.Tensor:
+    """`(n_views * N, C, S, S)`: the square batch under the first `n_views` of `DIHEDRAL_VIEWS`
+    symmetries, view-major (rows `v * N .. (v + 1) * N` are view `v`; view 0 is the batch itself)."""
+    _check_views(n_views)
+    views = []
+    for index in range(n_views):
+        rotated = torch.rot90(batch, index // 2, dims=(2, 3))
+        views.append(torch.flip(rotated, dims=(3,)) if index % 2 else rotated)
+    return torch.cat(views)
+
+
+class DeployableClassifier(nn.Module):
+    """Resize (as training did) -> per-image normalisation -> network -> softmax averaged over
+    symmetry views, plus the OOD score."""
+
+    def __init__(self, network: nn.Module, input_size: int, crop_fraction: float = 1.0,
+                 n_views: int = DIHEDRAL_VIEWS):
         super().__init__()
+        _check_views(n_views)
         self.network = network
         self.input_size = int(input_size)
         self.crop_fraction = float(crop_fraction)
+        self.n_views = int(n_views)
         self.n_ood_stages = 0
         self.register_buffer("ood_threshold", torch.zeros(0))
 
-    def _features_and_probabilities(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        x = crop_and_resize(images.float(), self.input_size, self.crop_fraction)
-        stages, logits = features_and_logits(self.network, normalise_batch(x))
-        return [f.float() for f in stages], torch.softmax(logits.float(), dim=1)
+    def _features_and_probabilities(self, images: torch.Tensor,
+                                    n_views: int | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Identity-view stage features and view-averaged probabilities (`n_views` defaults to the model's)."""
+        n_views = self.n_views if n_views is None else n_views
+        x = normalise_batch(crop_and_resize(images.float(), self.input_size, self.crop_fraction))
+        stages, logits = features_and_logits(self.network, symmetry_views(x, n_views))
+        n = x.shape[0]
+        probabilities = torch.softmax(logits.float(), dim=1).reshape(n_views, n, -1).mean(dim=0)
+        return [f[:n].float() for f in stages], probabilities
 
     def _distances(self, stages: list[torch.Tensor]) -> torch.Tensor:
         """(N, stages) Mahalanobis distance of each stage's features to the nearest class mean."""
@@ -111,7 +144,7 @@ class DeployableClassifier(nn.Module):
     def _batched_stages(self, images: np.ndarray, batch_size: int = 256) -> list[torch.Tensor]:
         self.eval()
         with torch.no_grad():
-            batches = [self._features_and_probabilities(_as_batch(images[start:start + batch_size]))[0]
+            batches = [self._features_and_probabilities(_as_batch(images[start:start + batch_size]), n_views=1)[0]
                        for start in range(0, len(images), batch_size)]
         return [torch.cat(parts) for parts in zip(*batches, strict=True)]
 

@@ -12,7 +12,13 @@ from cmr_assets.mlflow_store import load_champion, log_trained_model
 from cmr_assets.promotion import promote_if_better
 from cmr_assets.synthetic.cohort import plan_scan, stored_slices
 from cmr_assets.training.core import TrainConfig, train_classifier
-from cmr_assets.training.packaging import DeployableClassifier, predict_slices, predict_slices_with_ood
+from cmr_assets.training.packaging import (
+    DIHEDRAL_VIEWS,
+    DeployableClassifier,
+    predict_slices,
+    predict_slices_with_ood,
+    symmetry_views,
+)
 
 FAST = TrainConfig(input_size=64, epochs=3, batch_size=32, num_threads=1, lr=3e-3, device="cpu")
 
@@ -84,3 +90,31 @@ def test_score_and_provenance_survive_the_registry(calibrated, tmp_path):
     actual = predict_slices_with_ood(loaded, val_images[:7])
     for a, b in zip(actual, expected, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_symmetry_views_are_the_eight_distinct_symmetries_of_the_square():
+    image = torch.arange(16, dtype=torch.float32).reshape(1, 1, 4, 4)
+    views = symmetry_views(image, DIHEDRAL_VIEWS)
+    assert views.shape == (8, 1, 4, 4)
+    assert torch.equal(views[0], image[0])
+    assert len({tuple(v.flatten().tolist()) for v in views}) == 8
+    assert torch.equal(symmetry_views(image, 2)[1], torch.flip(image, dims=(3,))[0])
+    for wrong in (0, 9):
+        with pytest.raises(ValueError, match="symmetry views"):
+            symmetry_views(image, wrong)
+
+
+def test_probabilities_are_the_mean_over_views_and_the_ood_score_uses_the_plain_view(calibrated):
+    model, _, val_images = calibrated
+    assert model.n_views == DIHEDRAL_VIEWS
+    batch = torch.from_numpy(val_images[:6].astype(np.float32))[:, None]
+    single = DeployableClassifier(model.network, FAST.input_size, n_views=1).eval()
+    with torch.no_grad():
+        out = model(batch)
+        per_view = [single(symmetry_views(batch, DIHEDRAL_VIEWS)[v * 6:(v + 1) * 6])[:, :3]
+                    for v in range(DIHEDRAL_VIEWS)]
+        plain_stages, _ = model._features_and_probabilities(batch, n_views=1)
+        view_stages, _ = model._features_and_probabilities(batch)
+    torch.testing.assert_close(out[:, :3], torch.stack(per_view).mean(dim=0), atol=1e-5, rtol=0)
+    for plain, viewed in zip(plain_stages, view_stages, strict=True):
+        torch.testing.assert_close(plain, viewed, atol=1e-5, rtol=0)
