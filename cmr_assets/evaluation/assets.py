@@ -15,7 +15,7 @@ from cmr_assets.domain import REGISTERED_MODEL_NAMES, STRATEGIES
 from cmr_assets.duckdb_io import read_table
 from cmr_assets.evaluation.experiment_assets import experiment_assets
 from cmr_assets.evaluation.learning_curves import load_stored_curves
-from cmr_assets.evaluation.metrics import classification_metrics, paired_comparison
+from cmr_assets.evaluation.metrics import paired_comparison
 from cmr_assets.evaluation.real_check import (
     REAL_DATA_DIR,
     decisions_png,
@@ -29,8 +29,7 @@ from cmr_assets.evaluation.report import (
     StrategyEvaluation,
     agreement_summary,
     build_evaluation_report,
-    label_kappa_vs_reference,
-    labelling_cost,
+    evaluate_strategy,
     render_markdown,
     write_report,
 )
@@ -139,14 +138,12 @@ def evaluation_report(context: dg.AssetExecutionContext, data_paths: DataPathsRe
         version = client.get_model_version_by_alias(name, "challenger")
         model = load(f"models:/{name}/{version.version}")
         probas[strategy] = predict_slices(model, images)
-        metrics = classification_metrics(y_true, probas[strategy])
+        per_strategy[strategy] = evaluate_strategy(
+            strategy, y_true, probas[strategy], raw[strategy], labels[strategy], reference, agreement,
+            model={"registered_model": name, "version": version.version, "run_id": version.run_id})
+        metrics = per_strategy[strategy].metrics
         figures[f"confusion_{strategy}.png"] = confusion_matrix_png(
             metrics["confusion_matrix"]["matrix"], title=f"{strategy}-trained model, test set")
-        per_strategy[strategy] = StrategyEvaluation(
-            metrics=metrics, **labelling_cost(raw[strategy], labels[strategy]),
-            label_accuracy_vs_reference=agreement.get(f"label_accuracy_{strategy}"),
-            label_kappa_vs_reference=label_kappa_vs_reference(labels[strategy], reference),
-            model={"registered_model": name, "version": version.version, "run_id": version.run_id})
         context.log.info(f"{strategy}: test accuracy {metrics['accuracy']:.3f}, macro-F1 {metrics['macro_f1']:.3f}")
     real_check = champions_on_real_images(context, client, load, figures, stacks_of_test_scans(test, images, reference))
     predictions = {s: probas[s].argmax(axis=1) for s in STRATEGIES}

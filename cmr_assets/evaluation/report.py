@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from cmr_assets.domain import STRATEGIES
+from cmr_assets.evaluation.metrics import classification_metrics
 from cmr_assets.fileio import write_atomically
 from cmr_assets.labelling.campaign import expert_hours_spent
 from cmr_assets.labels.agreement import label_accuracy
@@ -105,6 +106,19 @@ class StrategyEvaluation:
     label_kappa_vs_reference: float | None = None
     model: Mapping[str, Any] = field(default_factory=dict)
 
+
+
+def evaluate_strategy(strategy: str, y_true: np.ndarray, proba: np.ndarray, raw_answers: pd.DataFrame,
+                      labels: pd.DataFrame, reference: pd.DataFrame, agreement: Mapping[str, Any],
+                      model: Mapping[str, Any]) -> StrategyEvaluation:
+    """One strategy's model on the common test set (`classification_metrics` of its class
+    probabilities `proba` against `y_true`) beside what its labels cost (`labelling_cost` of its
+    latest answers per task) and how they agree with the reference (accuracy from the `agreement`
+    block, kappa over the slices both label). `model`: registry ids for the report."""
+    return StrategyEvaluation(
+        metrics=classification_metrics(y_true, proba), **labelling_cost(raw_answers, labels),
+        label_accuracy_vs_reference=agreement.get(f"label_accuracy_{strategy}"),
+        label_kappa_vs_reference=label_kappa_vs_reference(labels, reference), model=model)
 
 def _jsonable(value: Any) -> Any:
     """Plain JSON types all the way down; NaN/inf become None (JSON has no NaN)."""

@@ -14,7 +14,7 @@ from dagster_duckdb import DuckDBResource
 
 from cmr_assets.duckdb_io import read_table
 from cmr_assets.figures import montage
-from cmr_assets.ingest.dicom_files import discover_files
+from cmr_assets.ingest.dicom_files import inventory
 from cmr_assets.ingest.ingestion import ingest_folder
 from cmr_assets.metadata import picture, table
 from cmr_assets.resources import DataPathsResource
@@ -42,14 +42,12 @@ def raw_scans(context: dg.AssetExecutionContext, config: ScanSourceConfig,
     source = _source_dir(config, paths)
     if not source.is_dir():
         raise dg.Failure(f"scan source folder {source} does not exist")
-    files = discover_files(source)
-    sizes = np.array([f.stat().st_size for f in files], dtype=np.int64)
-    top = [f.relative_to(source).parts[0] if len(f.relative_to(source).parts) > 1 else "." for f in files]
-    context.log.info(f"{len(files)} files ({sizes.sum() / 1e6:.1f} MB) under {source}")
+    found = inventory(source)
+    context.log.info(f"{found.files} files ({found.bytes / 1e6:.1f} MB) under {source}")
     return dg.MaterializeResult(
-        metadata={"files": len(files), "megabytes": round(float(sizes.sum()) / 1e6, 1),
-                  "top_level_folders": len(set(top)), "source": dg.MetadataValue.path(str(source))},
-        data_version=dg.DataVersion(f"{len(files)}-{int(sizes.sum())}"),
+        metadata={"files": found.files, "megabytes": round(found.bytes / 1e6, 1),
+                  "top_level_folders": found.top_level_folders, "source": dg.MetadataValue.path(str(source))},
+        data_version=dg.DataVersion(f"{found.files}-{found.bytes}"),
     )
 
 

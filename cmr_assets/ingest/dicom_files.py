@@ -31,7 +31,8 @@ Rules (documented choices):
 Public API:
 - `FileRejection(path, kind, detail)`, `.reason`; reason kinds are the `REJECT_*` constants.
 - `DicomHeader`: whitelisted header of one image; `PixelLocation`: where its pixels are.
-- `discover_files(source_dir) -> list[Path]`
+- `discover_files(source_dir) -> list[Path]`; `inventory(source_dir) -> SourceInventory` (files, bytes,
+  top-level folders; no file opened)
 - `read_file(source_dir, path) -> list[DicomHeader] | FileRejection` (one header per frame);
   `read_header(source_dir, path) -> DicomHeader | FileRejection` (the first one)
 - `decoder_hint(transfer_syntax) -> str`: the package that would decode a syntax
@@ -58,7 +59,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, TypeAlias, cast, overload
+from typing import Any, BinaryIO, Literal, TypeAlias, TypeVar, cast, overload
 
 import numpy as np
 import pydicom
@@ -186,6 +187,23 @@ def discover_files(source_dir: Path) -> list[Path]:
         dirnames.sort()
         found.extend(Path(folder) / name for name in sorted(filenames))
     return found
+
+
+@dataclass(frozen=True)
+class SourceInventory:
+    """What a source folder holds before any file is read: files, their bytes, and the folders
+    directly below it that hold them (files directly in it count as one folder, `.`)."""
+
+    files: int
+    bytes: int
+    top_level_folders: int
+
+
+def inventory(source_dir: Path) -> SourceInventory:
+    """The inventory of `source_dir` (`discover_files`, sizes from the file system)."""
+    files = discover_files(source_dir)
+    top = {f.relative_to(source_dir).parts[0] if len(f.relative_to(source_dir).parts) > 1 else "." for f in files}
+    return SourceInventory(len(files), sum(f.stat().st_size for f in files), len(top))
 
 
 @contextmanager
@@ -503,7 +521,8 @@ def _macro(groups: Sequence[pydicom.Dataset], sequence: str) -> pydicom.Dataset 
     for group in groups:
         items = group.get(sequence)
         if items:
-            return items[0]
+            first: pydicom.Dataset = items[0]
+            return first
     return None
 
 
@@ -865,9 +884,11 @@ def worker_pool(workers: int) -> Iterator[Executor | None]:
 
 
 PARALLEL_WINDOW = 64
+T = TypeVar("T")
 
 
-def parallel_map(function: Callable, argument_tuples: Sequence[tuple], pool: Executor | None) -> Iterator:
+def parallel_map(function: Callable[..., T], argument_tuples: Sequence[tuple[Any, ...]],
+                 pool: Executor | None) -> Iterator[T]:
     """`function(*args)` for each tuple, results in order; with a pool, shared between it and this process.
 
     Tasks go in windows of `PARALLEL_WINDOW`: the pool takes a window's tasks from the front, this
@@ -881,7 +902,7 @@ def parallel_map(function: Callable, argument_tuples: Sequence[tuple], pool: Exe
     windows = [argument_tuples[i:i + PARALLEL_WINDOW] for i in range(0, len(argument_tuples), PARALLEL_WINDOW)]
     queued = [pool.submit(function, *args) for args in windows[0]]
     for number, window in enumerate(windows):
-        futures, local = queued, {}
+        futures, local = queued, dict[int, T]()
         for index in range(len(window) - 1, -1, -1):
             if not futures[index].cancel():
                 break

@@ -164,7 +164,8 @@ def normalise_stack(stack: np.ndarray) -> np.ndarray:
     mapped *= scale
     np.rint(mapped, out=mapped)
     np.clip(mapped, 0, 255, out=mapped)
-    return mapped.astype(np.uint8)
+    image: np.ndarray = mapped.astype(np.uint8)
+    return image
 
 
 def resize_field_of_view(image: np.ndarray, pixel_spacing: tuple[float, float],

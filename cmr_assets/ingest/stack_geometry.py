@@ -43,6 +43,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
@@ -176,8 +177,11 @@ def _group_positions(projections: np.ndarray, tolerance_mm: float) -> list[np.nd
     return np.split(order, breaks)
 
 
-def _phase_key(rule: str) -> Callable[[DicomHeader], tuple]:
-    def by_instance(h: DicomHeader) -> tuple:
+def _phase_key(rule: str) -> Callable[[DicomHeader], tuple[Any, ...]]:
+    """Sort key of one stack's images within a phase: instance number (missing last), path, frame;
+    trigger time first under the trigger-time rule."""
+
+    def by_instance(h: DicomHeader) -> tuple[Any, ...]:
         return (h.instance_number is None, h.instance_number or 0, h.path, h.frame or 0)
 
     if rule == PHASE_RULE_TRIGGER:
@@ -270,7 +274,7 @@ def split_stacks(headers: Sequence[DicomHeader]) -> list[list[DicomHeader]]:
     an anonymiser gave the cine's UID). Images without orientation stay with the first stack of
     their key (they are rejected there for missing geometry). Stacks come sorted by their first path.
     """
-    by_key: dict[tuple, list[DicomHeader]] = defaultdict(list)
+    by_key: dict[tuple[str, int | None, int, int], list[DicomHeader]] = defaultdict(list)
     for header in sorted(headers, key=lambda h: (h.path, h.frame or 0)):
         by_key[(header.series_uid, header.series_number, header.rows, header.cols)].append(header)
     cos_limit = np.cos(np.radians(ORIENTATION_SPLIT_DEG))

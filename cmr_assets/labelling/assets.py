@@ -17,6 +17,8 @@ from cmr_assets.labelling.campaign import (
     design_pilot_tasks,
     design_ranking_batches,
     design_single_tasks,
+    next_wave,
+    prefix_wave,
     ranking_design_summary,
     ranking_rounds_for_budget,
 )
@@ -72,16 +74,6 @@ class SimulationConfig(dg.Config):
     params_file: str = ""
 
 
-def _next_wave(existing: pd.DataFrame, id_column: str) -> int:
-    return 1 if existing.empty else existing[id_column].str.extract(r"^[a-z](\d*)-")[0].replace("", "1") \
-        .astype(int).max() + 1
-
-
-def _prefix_wave(ids: pd.Series, wave: int) -> pd.Series:
-    """Wave 1 keeps the designer's ids (`s-000001`); later waves get `s2-000001`, so ids never collide."""
-    return ids if wave == 1 else ids.str.replace(r"^([a-z])-", rf"\g<1>{wave}-", regex=True)
-
-
 @dg.asset(group_name=GROUP, deps=["slices"], pool="duckdb", kinds={"duckdb"})
 def labelling_tasks_single(context: dg.AssetExecutionContext, config: CampaignConfig,
                            duckdb: DuckDBResource) -> dg.MaterializeResult:
@@ -99,8 +91,8 @@ def labelling_tasks_single(context: dg.AssetExecutionContext, config: CampaignCo
         tasks = config.pilot(todo)[0] if config.pilot_minutes > 0 else design_single_tasks(
             todo["slice_id"].tolist(), config.roster(), config.intra_share, config.inter_share, config.seed,
             extra_vote_rounds=len(config.roster()) - 1 if config.fill_budget else 0)
-        wave = _next_wave(existing, "task_id")
-        tasks["task_id"] = _prefix_wave(tasks["task_id"], wave)
+        wave = next_wave(existing, "task_id")
+        tasks["task_id"] = prefix_wave(tasks["task_id"], wave)
         append_rows(con, "tasks_single", tasks)
         total = con.execute("SELECT count(*) FROM tasks_single").fetchall()[0][0]
     context.log.info(f"designed {len(tasks)} single-image tasks (wave {wave}) for {len(todo)} new images")
@@ -146,8 +138,8 @@ def labelling_tasks_ranking(context: dg.AssetExecutionContext, config: CampaignC
                 seed=config.seed + len(existing))))
         metadata: dict = {"batches_before": len(existing)}
         for kind, batches in designed:
-            wave = _next_wave(read_table(con, "tasks_ranking"), "batch_id")
-            batches["batch_id"] = _prefix_wave(batches["batch_id"], wave)
+            wave = next_wave(read_table(con, "tasks_ranking"), "batch_id")
+            batches["batch_id"] = prefix_wave(batches["batch_id"], wave)
             append_rows(con, "tasks_ranking", batches)
             context.log.info(f"designed {len(batches)} {kind} ranking batches (wave {wave})")
             budget = budget_check(batches, load_simulator_params().seconds_per_batch, config.hours_per_expert)

@@ -118,7 +118,7 @@ class PilotStatistics:
     seconds_per_batch: float
     duration_log_sd: float
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
@@ -249,7 +249,7 @@ class _PilotModel:
 def _z(observed: float, predicted: float, n: int) -> float:
     """Difference in binomial standard errors of the observation (floored so a perfect 1.0 counts)."""
     p = min(max(observed, 0.02), 0.98)
-    return (predicted - observed) / np.sqrt(p * (1 - p) / max(n, 1))
+    return float((predicted - observed) / np.sqrt(p * (1 - p) / max(n, 1)))
 
 
 @dataclass(frozen=True)
@@ -260,7 +260,7 @@ class Calibration:
     observed: PilotStatistics
     predicted: dict[str, float]
 
-    def report(self) -> dict:
+    def report(self) -> dict[str, Any]:
         fitted = {name: getattr(self.params, name) for name in FITTED}
         return {"fitted": {k: list(v) if isinstance(v, tuple) else v for k, v in fitted.items()},
                 "observed": self.observed.as_dict(), "predicted": self.predicted,

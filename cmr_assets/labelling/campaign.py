@@ -17,6 +17,8 @@ Public API:
 - `ranking_design_summary(tasks_ranking, slice_ids)` -> `RankingDesignSummary` (views, experts per
   image, connectivity of the comparison graph): what the asset checks assert.
 - `comparison_graph_components(tasks_ranking, slice_ids)`: connected components via scipy.
+- `next_wave(existing, id_column)`, `prefix_wave(ids, wave)`: the wave number of tasks designed for
+  new slices and their ids (`s-000001` in wave 1, `s2-000001` in wave 2), so ids never collide.
 - `budget_check(tasks, seconds_per_task, hours_per_annotator=5.0)` -> `BudgetCheck`: will the
   planned tasks fit the experts' time? `expert_hours_spent(raw_annotations)`: hours actually used.
 
@@ -128,7 +130,8 @@ def design_single_tasks(slice_ids: Sequence[str], annotators: Sequence[str], int
 def _relative_position(slices: pd.DataFrame) -> np.ndarray:
     """Index from base scaled to 0..1 within its stack: the only position known before labelling."""
     span = np.maximum(slices["n_slices"].to_numpy(dtype=float) - 1, 1)
-    return slices["slice_from_base"].to_numpy(dtype=float) / span
+    position: np.ndarray = slices["slice_from_base"].to_numpy(dtype=float) / span
+    return position
 
 
 def _round_batches(n: int, relative: np.ndarray, views: np.ndarray, batch_size: int,
@@ -182,7 +185,8 @@ def _components_of(batches: np.ndarray, n: int) -> np.ndarray:
     rows = batches[:, :-1].ravel()
     cols = batches[:, 1:].ravel()
     graph = coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n))
-    return connected_components(graph, directed=False)[1]
+    components: np.ndarray = connected_components(graph, directed=False)[1]
+    return components
 
 
 def _connect(batches: np.ndarray, n: int, rng: np.random.Generator) -> None:
@@ -377,6 +381,18 @@ def design_pilot_tasks(slices: pd.DataFrame, annotators: Sequence[str], minutes:
         "slice_ids": [list(rng.permutation(sets[k])) for k in set_of[order]]})
     return single, ranking
 
+
+
+def next_wave(existing: pd.DataFrame, id_column: str) -> int:
+    """The wave after the newest in `existing` tasks (ids `s-…` are wave 1, `s2-…` wave 2, …); 1 when none."""
+    if existing.empty:
+        return 1
+    return int(existing[id_column].str.extract(r"^[a-z](\d*)-")[0].replace("", "1").astype(int).max()) + 1
+
+
+def prefix_wave(ids: pd.Series, wave: int) -> pd.Series:
+    """Wave 1 keeps the designer's ids (`s-000001`); later waves get `s2-000001`, so ids never collide."""
+    return ids if wave == 1 else ids.str.replace(r"^([a-z])-", rf"\g<1>{wave}-", regex=True)
 
 @dataclass(frozen=True)
 class RankingDesignSummary:

@@ -123,7 +123,7 @@ PARAMS_FILE_FORMAT = "cmr_assets simulator params v1"
 SIMULATOR_PARAMS_ENV = "CMR_SIMULATOR_PARAMS"
 
 
-def params_to_json(params: SimulatorParams, **extra: object) -> dict:
+def params_to_json(params: SimulatorParams, **extra: object) -> dict[str, Any]:
     """The parameter file's JSON object: every field (tuples as lists, times as ISO 8601) under
     `params`, plus any `extra` sections (e.g. how they were fitted)."""
     values = {}
@@ -134,7 +134,7 @@ def params_to_json(params: SimulatorParams, **extra: object) -> dict:
     return {"format": PARAMS_FILE_FORMAT, "params": values, **extra}
 
 
-def params_from_json(obj: dict) -> SimulatorParams:
+def params_from_json(obj: dict[str, Any]) -> SimulatorParams:
     """Parameters from a parameter file's object; fields it leaves out keep their defaults."""
     if obj.get("format") != PARAMS_FILE_FORMAT:
         raise ValueError(f"not a simulator parameter file (format {obj.get('format')!r}, "
@@ -212,7 +212,7 @@ class ExpertPanel:
         )
 
     def image_index(self, slice_ids: Sequence[str]) -> np.ndarray:
-        index = self.slice_ids.get_indexer(pd.Index(list(slice_ids), dtype=object))
+        index: np.ndarray = self.slice_ids.get_indexer(pd.Index(list(slice_ids), dtype=object))
         if (index < 0).any():
             missing = [s for s, i in zip(slice_ids, index, strict=True) if i < 0][:5]
             raise ValueError(f"images not in the reference: {missing}")
@@ -220,7 +220,9 @@ class ExpertPanel:
 
     def perceive_alone(self, experts: np.ndarray, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         noise = rng.normal(0.0, self.params.single_look_noise_sd, np.shape(images))
-        return self.position01[images] + self.ambiguity[images] + self.impression[experts, images] + noise
+        perceived: np.ndarray = (self.position01[images] + self.ambiguity[images]
+                                 + self.impression[experts, images] + noise)
+        return perceived
 
     def perceive_side_by_side(self, experts: np.ndarray, images: np.ndarray, rng: np.random.Generator
                               ) -> tuple[np.ndarray, np.ndarray]:
@@ -246,7 +248,8 @@ class ExpertPanel:
     def classify(self, experts: np.ndarray, perceived: np.ndarray) -> np.ndarray:
         """Class index 0/1/2 of perceived positions by each expert's own boundaries."""
         limits = self.thresholds[experts]
-        return (perceived >= limits[..., 0]).astype(np.int64) + (perceived >= limits[..., 1])
+        classes: np.ndarray = (perceived >= limits[..., 0]).astype(np.int64) + (perceived >= limits[..., 1])
+        return classes
 
     def label_alone(self, experts: np.ndarray, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return self.classify(experts, self.perceive_alone(experts, images, rng))
@@ -300,9 +303,10 @@ def _expert_numbers(annotators: Sequence[str], params: SimulatorParams) -> dict[
     return {annotator: i for i, annotator in enumerate(roster)}
 
 
-def _timed(rows: dict, durations: np.ndarray, expert: int, params: SimulatorParams, ids: list[str]
-           ) -> pd.DataFrame:
-    """The rows of one expert that fit the budget, with times, session and submission id."""
+def _timed(rows: dict[str, Any], durations: np.ndarray, expert: int, params: SimulatorParams,
+           ids: list[str]) -> pd.DataFrame:
+    """The rows of one expert that fit the budget, with times, session and submission id; `rows`:
+    column name -> one value per task (an array or a list), in task order."""
     starts, ends, sessions = _schedule(durations, expert, params)
     done = len(starts)
     return pd.DataFrame({

@@ -223,7 +223,7 @@ def dawid_skene(items: np.ndarray, raters: np.ndarray, classes: np.ndarray, prio
             log_prior = np.broadcast_to(np.log(posterior.mean(axis=0) + 1e-12), (n_items, N_CLASSES))
         log_post = log_prior.copy()
         np.add.at(log_post, items, log_confusion[raters, :, classes])
-        updated = np.exp(log_post - log_post.max(axis=1, keepdims=True))
+        updated: np.ndarray = np.exp(log_post - log_post.max(axis=1, keepdims=True))
         updated /= updated.sum(axis=1, keepdims=True)
         if np.abs(updated - posterior).max() < 1e-6:
             return updated

@@ -35,7 +35,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Mapping
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import numpy as np
 import pandas as pd
@@ -103,7 +103,7 @@ def _ratings(raw_single: pd.DataFrame, tasks_single: pd.DataFrame) -> pd.DataFra
     return rated.assign(kind=rated["task_id"].map(kinds), rating=rated["label"].map(CLASS_INDEX))
 
 
-def single_agreement(raw_single: pd.DataFrame, tasks_single: pd.DataFrame) -> dict:
+def single_agreement(raw_single: pd.DataFrame, tasks_single: pd.DataFrame) -> dict[str, Any]:
     """Intra- and inter-observer Cohen's kappa of single-image labelling, with pair counts."""
     ratings = _ratings(raw_single, tasks_single)
     primary = ratings.loc[ratings["kind"] == "primary"].drop_duplicates(["annotator_id", "slice_id"])
@@ -163,7 +163,7 @@ def _tau_of_separate_fits(raw_ranking: pd.DataFrame, alpha: float) -> tuple[dict
     return per_pair, sum(pair["n_shared_images"] for pair in per_pair.values())
 
 
-def ranking_agreement(raw_ranking: pd.DataFrame, alpha: float = 0.01) -> dict:
+def ranking_agreement(raw_ranking: pd.DataFrame, alpha: float = 0.01) -> dict[str, Any]:
     """Kendall's tau between experts' rankings (shared batches, else separately fitted scores)."""
     shared = raw_ranking.groupby("batch_id")["annotator_id"].transform("nunique") > 1
     if shared.any():
@@ -179,7 +179,7 @@ def ranking_agreement(raw_ranking: pd.DataFrame, alpha: float = 0.01) -> dict:
             "n": n_shared, "detail": per_pair}
 
 
-def label_accuracy(labels: pd.DataFrame, reference: pd.DataFrame, label_column: str = "label") -> dict:
+def label_accuracy(labels: pd.DataFrame, reference: pd.DataFrame, label_column: str = "label") -> dict[str, Any]:
     """Accuracy, Cohen's kappa and 3x3 confusion matrix (rows = reference class) of labelled, non-excluded slices."""
     truth = reference.dropna(subset=["label"]).set_index("slice_id")["label"]
     counted = labels.loc[labels[label_column].notna() & ~labels["artefact_excluded"].astype(bool)]

@@ -13,20 +13,19 @@ import dagster as dg
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 
-from cmr_assets.domain import CLASS_NAMES
 from cmr_assets.duckdb_io import read_table, replace_table
 from cmr_assets.figures import rank_score_distribution_png, strategy_sensitivity_png
 from cmr_assets.ingest.deid import load_or_create_key
 from cmr_assets.labelling.annotation_ingest import ingest_annotation_files, latest_answer_per_task, read_raw_annotations
 from cmr_assets.labelling.campaign import expert_hours_spent
 from cmr_assets.labelling.roster import known_annotator_ids
-from cmr_assets.labelling.simulator import load_simulator_params, reference_like_cohort
+from cmr_assets.labelling.simulator import load_simulator_params
 from cmr_assets.labels.aggregation import aggregate_ranking, aggregate_single
 from cmr_assets.labels.agreement import agreement_table
 from cmr_assets.labels.monotone import apply_monotone
 from cmr_assets.labels.reference import synthetic_reference, user_reference
-from cmr_assets.labels.sensitivity import SensitivityGrid, break_even_summary
-from cmr_assets.labels.sensitivity import strategy_sensitivity as sweep_strategy_sensitivity
+from cmr_assets.labels.sensitivity import SensitivityGrid, sensitivity_study
+from cmr_assets.labels.summary import CLASS_MIX_BOUNDS_TEXT, class_mix, class_mix_is_plausible, summarise_labels
 from cmr_assets.metadata import picture, table
 from cmr_assets.resources import DataPathsResource
 from cmr_assets.settings import DEFAULT_HOURS_PER_ANNOTATOR
@@ -98,18 +97,11 @@ def raw_annotations(context: dg.AssetExecutionContext, data_paths: DataPathsReso
         "expert_hours": float(expert_hours_spent(ranking).sum())})
 
 
-def _class_mix(labels: pd.DataFrame, column: str = "label") -> dict[str, float]:
-    counts = labels[column].dropna().value_counts()
-    return {name: float(counts.get(name, 0) / max(counts.sum(), 1)) for name in CLASS_NAMES}
-
-
-def _labels_metadata(labels: pd.DataFrame) -> dict:
-    labelled = labels["label"].notna()
-    changed = (labels["label"] != labels["label_monotone"]) & labelled
-    return {"slices": len(labels), "labelled": int(labelled.sum()),
-            "artefact_excluded": int(labels["artefact_excluded"].sum()),
-            "changed_by_monotone_step": int(changed.sum()),
-            "class_mix": dg.MetadataValue.json(_class_mix(labels))}
+def _labels_metadata(labels: pd.DataFrame) -> dict[str, int | dg.MetadataValue]:
+    summary = summarise_labels(labels)
+    return {"slices": summary.slices, "labelled": summary.labelled, "artefact_excluded": summary.artefact_excluded,
+            "changed_by_monotone_step": summary.changed_by_monotone_step,
+            "class_mix": dg.MetadataValue.json(summary.class_mix)}
 
 
 @dg.asset(group_name=GROUP, deps=["raw_annotations_single"], pool="duckdb", kinds={"duckdb"})
@@ -184,11 +176,10 @@ def _unknown_label_check(duckdb: DuckDBResource, table_name: str) -> dg.AssetChe
     with duckdb.get_connection() as con:
         unknown = con.execute(f"SELECT count(*) FROM {table_name} WHERE slice_id NOT IN "
                               "(SELECT slice_id FROM slices)").fetchall()[0][0]
-        mix = _class_mix(read_table(con, table_name, "label"))
-    sane = 0.02 <= mix["too_basal"] <= 0.4 and 0.3 <= mix["lv"] <= 0.95 and 0.02 <= mix["too_apical"] <= 0.4
-    return dg.AssetCheckResult(passed=unknown == 0 and sane, metadata={
+        mix = class_mix(read_table(con, table_name, "label"))
+    return dg.AssetCheckResult(passed=unknown == 0 and class_mix_is_plausible(mix), metadata={
         "labels_for_unknown_images": int(unknown), "class_mix": dg.MetadataValue.json(mix),
-        "class_mix_bounds": "too_basal 2-40%, lv 30-95%, too_apical 2-40%"})
+        "class_mix_bounds": CLASS_MIX_BOUNDS_TEXT})
 
 
 @dg.asset_check(asset=labels_single, blocking=True,
@@ -247,19 +238,10 @@ def strategy_sensitivity(context: dg.AssetExecutionContext, config: SensitivityC
     with duckdb.get_connection() as con:
         slices = read_table(con, "slices", "slice_id, scan_id, slice_from_base, n_slices")
         reference = read_table(con, "reference_labels", "slice_id, label, position01, artefact")
-    covered = len(slices) and len(reference) and reference["position01"].notna().all() and \
-        slices["slice_id"].isin(reference["slice_id"]).all()
-    if covered:
-        cohort = "synthetic truth of the ingested cohort"
-    else:
-        slices, reference = reference_like_cohort(max(slices["scan_id"].nunique() if len(slices) else 0, 30),
-                                                  seed=config.seed)
-        cohort = "stand-in cohort (reference_like_cohort)"
     params = load_simulator_params(config.params_file)
     grid = SensitivityGrid.spanning(params, config.n_noise, config.n_share, config.n_seconds)
-    frame = sweep_strategy_sensitivity(slices, reference, params, grid, config.seed)
-    summary = {"cohort": cohort, "images": len(slices), "hours_per_expert": params.hours_per_expert,
-               "seed": config.seed, **break_even_summary(frame)}
+    study = sensitivity_study(slices, reference, params, grid, config.seed)
+    frame, summary = study.frame, study.summary
     reports = data_paths.paths().reports
     reports.mkdir(parents=True, exist_ok=True)
     (reports / "strategy_sensitivity.json").write_text(json.dumps(

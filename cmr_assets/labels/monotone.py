@@ -57,7 +57,8 @@ def enforce_monotone(probabilities: np.ndarray) -> np.ndarray:
         raise ValueError(f"probabilities must have shape (n, {N_CLASSES}), got {probabilities.shape}")
     if len(probabilities) == 0:
         return np.zeros(0, dtype=int)
-    return _most_likely_monotone(np.log(np.clip(probabilities, 1e-300, None))[None])[0]
+    best: np.ndarray = _most_likely_monotone(np.log(np.clip(probabilities, 1e-300, None))[None])[0]
+    return best
 
 
 def is_monotone(labels: np.ndarray) -> bool:

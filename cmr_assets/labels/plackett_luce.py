@@ -131,7 +131,8 @@ def _approximate_posterior_sd(hessian: sp.csr_matrix) -> np.ndarray:
     diagonal = hessian.diagonal()
     off_diagonal = hessian - sp.diags(diagonal)
     second_order = off_diagonal.multiply(off_diagonal) @ (1.0 / diagonal)
-    return np.sqrt(1.0 / diagonal + second_order / diagonal**2)
+    standard_errors: np.ndarray = np.sqrt(1.0 / diagonal + second_order / diagonal**2)
+    return standard_errors
 
 
 def fit_plackett_luce(

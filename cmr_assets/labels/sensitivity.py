@@ -28,11 +28,15 @@ Public API:
 - `strategy_sensitivity(slices, reference, params, grid, seed=0) -> DataFrame`: one row per
   setting (`SENSITIVITY_COLUMNS`; `sweep` is `perception` or `time`).
 - `break_even_summary(frame) -> dict`: where the ranking strategy stops being ahead.
+- `sensitivity_study(slices, reference, params, grid, seed=0) -> SensitivityStudy`: the sweep and its
+  summary on the ingested cohort when its reference covers every slice with a continuous position
+  (the synthetic truth), else on a stand-in cohort (`reference_like_cohort`) of as many scans.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -43,7 +47,12 @@ from cmr_assets.labelling.campaign import (
     design_single_tasks,
     ranking_rounds_for_budget,
 )
-from cmr_assets.labelling.simulator import SimulatorParams, simulate_ranking_rows, simulate_single_rows
+from cmr_assets.labelling.simulator import (
+    SimulatorParams,
+    reference_like_cohort,
+    simulate_ranking_rows,
+    simulate_single_rows,
+)
 from cmr_assets.labels.aggregation import aggregate_ranking, aggregate_single
 from cmr_assets.labels.agreement import label_accuracy
 
@@ -137,7 +146,7 @@ def _break_even_seconds(curve: pd.DataFrame) -> float | None:
     return None
 
 
-def break_even_summary(frame: pd.DataFrame) -> dict:
+def break_even_summary(frame: pd.DataFrame) -> dict[str, Any]:
     """How many perception settings favour ranking, the worst one for it, for each divider
     assumption the largest impression share at which ranking is still ahead at every swept noise
     level, and the batch time at which ranking stops being ahead (default / pessimistic perception;
@@ -163,3 +172,33 @@ def break_even_summary(frame: pd.DataFrame) -> dict:
             "default_perception": _break_even_seconds(time[~pessimistic]) if len(time) else None,
             "pessimistic_perception": _break_even_seconds(time[pessimistic]) if len(time) else None},
     }
+
+
+@dataclass(frozen=True)
+class SensitivityStudy:
+    """The sweep (`strategy_sensitivity` rows), its summary (`break_even_summary` with the cohort,
+    images, hours per expert and seed) and which cohort it ran on."""
+
+    frame: pd.DataFrame
+    summary: dict[str, Any]
+    cohort: str
+    images: int
+
+
+def sensitivity_study(slices: pd.DataFrame, reference: pd.DataFrame, params: SimulatorParams,
+                      grid: SensitivityGrid, seed: int = 0) -> SensitivityStudy:
+    """`strategy_sensitivity` on the cohort's geometry and synthetic truth; without one (a real
+    cohort with a CSV reference, which has no continuous position) on a stand-in cohort of as many
+    scans (at least 30)."""
+    covered = len(slices) and len(reference) and reference["position01"].notna().all() and \
+        slices["slice_id"].isin(reference["slice_id"]).all()
+    if covered:
+        cohort = "synthetic truth of the ingested cohort"
+    else:
+        slices, reference = reference_like_cohort(max(slices["scan_id"].nunique() if len(slices) else 0, 30),
+                                                  seed=seed)
+        cohort = "stand-in cohort (reference_like_cohort)"
+    frame = strategy_sensitivity(slices, reference, params, grid, seed)
+    summary = {"cohort": cohort, "images": len(slices), "hours_per_expert": params.hours_per_expert,
+               "seed": seed, **break_even_summary(frame)}
+    return SensitivityStudy(frame, summary, cohort, len(slices))

@@ -19,7 +19,6 @@ import pandas as pd
 from dagster_duckdb import DuckDBResource
 from mlflow.data.pandas_dataset import PandasDataset, from_pandas
 
-from cmr_assets.domain import CLASS_NAMES
 from cmr_assets.duckdb_io import append_rows, read_table
 from cmr_assets.evaluation.metrics import classification_metrics
 from cmr_assets.metadata import picture, table
@@ -33,14 +32,10 @@ from cmr_assets.training.core import (
     default_config,
     select_device,
 )
-from cmr_assets.training.dataset import (
-    frame_hash,
-    label_hash,
-    labelled_rows,
-)
+from cmr_assets.training.dataset import frame_hash, label_hash, training_rows
 from cmr_assets.training.fitting import train_strategy
 from cmr_assets.training.packaging import input_example, predict_slices
-from cmr_assets.training.split import class_mix_from_labels, split_group_of_scan, split_new_scans_by_group
+from cmr_assets.training.split import assign_labelled_scans
 
 GROUP = "training"
 T = TypeVar("T")
@@ -70,26 +65,18 @@ def dataset_split(context: dg.AssetExecutionContext, config: SplitConfig,
     class mix is then known), so new scans never disturb training before they are labelled.
     """
     with duckdb.get_connection() as con:
-        slices = read_table(con, "slices", "slice_id, scan_id")
-        labels = read_table(con, "labels_ranking", "slice_id, label")
-        existing = read_table(con, "dataset_split")
-        scans = read_table(con, "scans")
-        unassigned = set(slices["scan_id"]) - set(existing.get("scan_id", []))
-        labelled = slices.merge(labels.dropna(subset=["label"]), on="slice_id") if len(labels) else \
-            slices.iloc[0:0].assign(label=pd.Series(dtype=object))
-        new_scans = sorted(unassigned & set(labelled["scan_id"]))
-        waiting = len(unassigned) - len(new_scans)
-        if new_scans:
-            labelled = labelled.assign(label=labelled["label"].map({n: i for i, n in enumerate(CLASS_NAMES)}))
-            mix = class_mix_from_labels(labelled[labelled["scan_id"].isin(new_scans)])
-            assigned = split_new_scans_by_group(mix, split_group_of_scan(scans), existing,
-                                                (config.train, config.val, config.test), config.seed)
-            append_rows(con, "dataset_split", assigned)
+        update = assign_labelled_scans(read_table(con, "slices", "slice_id, scan_id"),
+                                       read_table(con, "labels_ranking", "slice_id, label"),
+                                       read_table(con, "dataset_split"), read_table(con, "scans"),
+                                       (config.train, config.val, config.test), config.seed)
+        if update.new_scans:
+            append_rows(con, "dataset_split", update.assigned)
         split = read_table(con, "dataset_split")
     counts = split.groupby("split").size() if len(split) else pd.Series(dtype=int)
-    context.log.info(f"split: {dict(counts)} scans ({len(new_scans)} newly assigned, {waiting} waiting for labels)")
+    context.log.info(f"split: {dict(counts)} scans ({len(update.new_scans)} newly assigned, {update.waiting} "
+                     "waiting for labels)")
     return dg.MaterializeResult(metadata={
-        "new_scans": len(new_scans), "scans_waiting_for_labels": waiting,
+        "new_scans": len(update.new_scans), "scans_waiting_for_labels": update.waiting,
         **{f"scans_{k}": int(v) for k, v in counts.items()},
         "split_hash": frame_hash(split, ["scan_id", "split"]) if len(split) else "empty"})
 
@@ -157,10 +144,8 @@ def train_strategy_model(context: dg.AssetExecutionContext, strategy: str, confi
         annotators = read_table(con, f"raw_annotations_{strategy}", "DISTINCT annotator_id")
     if split.empty or labels.empty:
         raise dg.Failure(f"model_{strategy}: no split or no labels_{strategy} yet; materialise them first")
-    train = labelled_rows(slices, split, labels, "train", config.label_column)
-    val = labelled_rows(slices, split, labels, "val", config.label_column)
-    training_labels = label_hash(train, val, config.soft_labels)
-    split_hash = frame_hash(split, ["scan_id", "split"])
+    rows = training_rows(slices, split, labels, config.label_column, config.soft_labels)
+    train, val, training_labels, split_hash = rows.train, rows.val, rows.label_hash, rows.split_hash
     newest = mlflow.newest_label_hash(strategy)
     if newest == training_labels and not config.force:
         context.log.info(f"model_{strategy}: training labels {training_labels} unchanged since the newest "

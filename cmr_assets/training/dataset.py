@@ -6,6 +6,7 @@ Pure functions over DataFrames and arrays so tests can build tiny stores by hand
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -81,3 +82,23 @@ def label_hash(train: pd.DataFrame, val: pd.DataFrame, soft_labels: bool = False
 
 def array_hash(images: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class TrainingRows:
+    """What one strategy's model trains and selects its epoch on, with the hashes that identify them:
+    `label_hash` (train + val slice ids and targets, see `label_hash`) and `split_hash` (the whole
+    split), both logged with the model and compared to decide whether to retrain."""
+
+    train: pd.DataFrame
+    val: pd.DataFrame
+    label_hash: str
+    split_hash: str
+
+
+def training_rows(slices: pd.DataFrame, split: pd.DataFrame, labels: pd.DataFrame, label_column: str = "label",
+                  soft_labels: bool = False) -> TrainingRows:
+    """The train and val rows of one labels table (`labelled_rows`) and their hashes."""
+    train = labelled_rows(slices, split, labels, "train", label_column)
+    val = labelled_rows(slices, split, labels, "val", label_column)
+    return TrainingRows(train, val, label_hash(train, val, soft_labels), frame_hash(split, ["scan_id", "split"]))

@@ -24,17 +24,21 @@ Public API:
 - ``class_mix_from_labels(labels) -> DataFrame(scan_id, too_basal, lv, too_apical)``: per-scan
   counts from a slice-level label table (columns ``scan_id``, ``label``), the usual input of
   ``split_by_scan``.
+- ``assign_labelled_scans(slices, labels, existing, scans, fractions, seed) -> SplitUpdate``: what
+  the ``dataset_split`` asset appends: the scans not yet in the split that have a label, assigned by
+  ``split_new_scans_by_group``; scans without a label wait.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
 import pandas as pd
 
-from cmr_assets.domain import CLASS_NAMES, N_CLASSES
+from cmr_assets.domain import CLASS_INDEX, CLASS_NAMES, N_CLASSES
 
 SPLITS: Final[tuple[str, ...]] = ("train", "val", "test")
 _N_LV_BINS: Final[int] = 4
@@ -73,7 +77,7 @@ def _validated_mix(scan_class_mix: pd.DataFrame) -> pd.DataFrame:
 def _split_sizes(n_scans: int, fractions: np.ndarray) -> np.ndarray:
     """Largest-remainder rounding, then give each positive-fraction split at least one scan."""
     exact = fractions * n_scans
-    sizes = np.floor(exact).astype(int)
+    sizes: np.ndarray = np.floor(exact).astype(int)
     order = np.argsort(-(exact - sizes), kind="stable")
     sizes[order[: n_scans - sizes.sum()]] += 1
     for i in np.flatnonzero((sizes == 0) & (fractions > 0)):
@@ -87,8 +91,9 @@ def _split_sizes(n_scans: int, fractions: np.ndarray) -> np.ndarray:
 def _quantile_bins(values: np.ndarray, n_bins: int) -> np.ndarray:
     if len(np.unique(values)) <= 1:
         return np.zeros(len(values), dtype=int)
-    ranks = pd.Series(values).rank(method="average", pct=True).to_numpy()
-    return np.minimum((ranks * n_bins).astype(int), n_bins - 1)
+    ranks: np.ndarray = pd.Series(values).rank(method="average", pct=True).to_numpy()
+    bins: np.ndarray = np.minimum((ranks * n_bins).astype(int), n_bins - 1)
+    return bins
 
 
 def split_by_scan(
@@ -142,7 +147,8 @@ def split_group_of_scan(scans: pd.DataFrame) -> pd.Series:
 def _groups(scan_ids: pd.Series, group_of_scan: pd.Series) -> np.ndarray:
     """The group of each scan; a scan without one is its own group."""
     group = scan_ids.map(group_of_scan).fillna("").astype(str)
-    return group.where(group != "", "scan:" + scan_ids.astype(str)).to_numpy()
+    groups: np.ndarray = group.where(group != "", "scan:" + scan_ids.astype(str)).to_numpy()
+    return groups
 
 
 def split_new_scans_by_group(scan_class_mix: pd.DataFrame, group_of_scan: pd.Series, existing: pd.DataFrame,
@@ -166,3 +172,34 @@ def split_new_scans_by_group(scan_class_mix: pd.DataFrame, group_of_scan: pd.Ser
     group_split = pd.concat([group_split, by_group.set_index("scan_id")["split"]])
     out = pd.DataFrame({"scan_id": mix["scan_id"], "split": mix["group"].map(group_split).to_numpy()})
     return out.sort_values("scan_id", ignore_index=True)
+
+
+@dataclass(frozen=True)
+class SplitUpdate:
+    """Scans newly assigned to a split (rows to append: scan_id, split; empty when none) and how many
+    scans not yet in the split still wait for their first label."""
+
+    assigned: pd.DataFrame
+    new_scans: list[str]
+    waiting: int
+
+
+def assign_labelled_scans(slices: pd.DataFrame, labels: pd.DataFrame, existing: pd.DataFrame,
+                          scans: pd.DataFrame, fractions: Sequence[float] = (0.6, 0.2, 0.2),
+                          seed: int = 0) -> SplitUpdate:
+    """The scans of ``slices`` (slice_id, scan_id) not in ``existing`` (scan_id, split) that have at
+    least one label in ``labels`` (slice_id, label as class name), assigned by
+    ``split_new_scans_by_group`` with the patient groups of ``scans``; stratified by the class mix
+    of their labels. Earlier assignments never change; a scan without a label waits (its class mix
+    is not known yet)."""
+    unassigned = set(slices["scan_id"]) - set(existing.get("scan_id", []))
+    labelled = slices.merge(labels.dropna(subset=["label"]), on="slice_id") if len(labels) else \
+        slices.iloc[0:0].assign(label=pd.Series(dtype=object))
+    new_scans = sorted(unassigned & set(labelled["scan_id"]))
+    waiting = len(unassigned) - len(new_scans)
+    if not new_scans:
+        return SplitUpdate(pd.DataFrame(columns=["scan_id", "split"]), [], waiting)
+    labelled = labelled.assign(label=labelled["label"].map(CLASS_INDEX))
+    mix = class_mix_from_labels(labelled[labelled["scan_id"].isin(new_scans)])
+    assigned = split_new_scans_by_group(mix, split_group_of_scan(scans), existing, fractions, seed)
+    return SplitUpdate(assigned, new_scans, waiting)

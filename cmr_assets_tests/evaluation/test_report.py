@@ -12,6 +12,7 @@ from cmr_assets.evaluation.report import (
     ReportContractError,
     StrategyEvaluation,
     build_evaluation_report,
+    evaluate_strategy,
     validate_report,
     write_report,
 )
@@ -115,3 +116,23 @@ def test_pictures_are_png_and_written(tmp_path):
     assert (tmp_path / "pics" / "cm.png").read_bytes() == outputs[0]
     with pytest.raises(ValueError, match=r"images\[0\]"):
         figures.montage([np.zeros((2, 2, 2), np.uint8)])
+
+
+def test_evaluate_strategy_scores_the_model_beside_what_its_labels_cost():
+    n = 60
+    y_true = _truth(n)
+    proba = _model_outputs(n, 3.0, 1)
+    start = pd.Timestamp("2026-01-01T09:00", tz="UTC")
+    raw = pd.DataFrame({"annotator_id": ["dr_a", "dr_a", "dr_b"], "started_at": [start] * 3,
+                        "submitted_at": [start + pd.Timedelta(minutes=m) for m in (30, 60, 90)]})
+    labels = pd.DataFrame({"slice_id": ["s1", "s2", "s3", "s4"], "label": ["lv", "lv", "too_basal", None],
+                           "n_views": [3, 4, 3, 0], "artefact_excluded": [False, False, False, False]})
+    reference = pd.DataFrame({"slice_id": ["s1", "s2", "s3", "s4"], "label": ["lv", "too_apical", "too_basal", "lv"]})
+    model = {"registered_model": "cmr-slice-classifier-ranking", "version": "1", "run_id": "r"}
+    evaluation = evaluate_strategy("ranking", y_true, proba, raw, labels, reference,
+                                   {"label_accuracy_ranking": 0.75}, model)
+    assert evaluation.metrics == classification_metrics(y_true, proba)
+    assert evaluation.expert_hours == pytest.approx(3.0) and evaluation.images_labelled == 3
+    assert (evaluation.min_views_per_image, evaluation.mean_views_per_image) == (3, pytest.approx(10 / 3))
+    assert evaluation.label_accuracy_vs_reference == 0.75 and evaluation.model == model
+    assert evaluation.label_kappa_vs_reference is not None and evaluation.label_kappa_vs_reference < 1

@@ -14,6 +14,8 @@ from cmr_assets.labelling.campaign import (
     design_ranking_batches,
     design_single_tasks,
     expert_hours_spent,
+    next_wave,
+    prefix_wave,
     ranking_design_summary,
     ranking_rounds_for_budget,
 )
@@ -188,3 +190,12 @@ def test_ranking_rounds_fill_the_budget() -> None:
     assert ranking_rounds_for_budget(3440, 3, 0.5, 36.0) == 3  # never fewer than min_views
     assert ranking_rounds_for_budget(3440, 3, 10.0, 36.0, min_views=2) == 7
     assert ranking_rounds_for_budget(72, 3, 5.0, 36.0) == 10  # a tiny cohort: capped, not 167 rounds
+
+
+def test_waves_number_task_ids_so_they_never_collide() -> None:
+    assert next_wave(pd.DataFrame(), "task_id") == 1
+    ids = pd.Series(["s-000001", "s-000002"])
+    assert prefix_wave(ids, 1).tolist() == ["s-000001", "s-000002"]
+    assert prefix_wave(ids, 3).tolist() == ["s3-000001", "s3-000002"]
+    existing = pd.DataFrame({"task_id": ["s-000001", "s2-000001"]})
+    assert next_wave(existing, "task_id") == 3

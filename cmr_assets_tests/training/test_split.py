@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cmr_assets.training.split import SPLITS, class_mix_from_labels, split_by_scan
+from cmr_assets.training.split import SPLITS, assign_labelled_scans, class_mix_from_labels, split_by_scan
 
 
 def _cohort(n_scans: int, seed: int = 1) -> pd.DataFrame:
@@ -105,3 +105,18 @@ def test_split_group_is_the_patient_then_the_study_then_the_scan():
     old = scans[["scan_id", "study_key"]]  # a database from before patient_group
     assert split_group_of_scan(old).to_dict() == {"a": "st1", "b": "st2", "c": None, "d": None}
     assert split_group_of_scan(scans[["scan_id"]]).isna().all()
+
+
+def test_assign_labelled_scans_adds_labelled_scans_and_keeps_the_rest_waiting() -> None:
+    slices = pd.DataFrame({"slice_id": [f"s{i}" for i in range(8)],
+                           "scan_id": ["a", "a", "b", "b", "c", "c", "d", "d"]})
+    labels = pd.DataFrame({"slice_id": ["s0", "s1", "s2", "s3", "s4", "s5", "s6"],
+                           "label": ["too_basal", "lv", "lv", "too_apical", "lv", "lv", None]})
+    existing = pd.DataFrame({"scan_id": ["a"], "split": ["test"]})
+    scans = pd.DataFrame({"scan_id": ["a", "b", "c", "d"]})
+    update = assign_labelled_scans(slices, labels, existing, scans, (0.5, 0.5, 0.0), seed=0)
+    assert update.new_scans == ["b", "c"] and update.waiting == 1  # d has no label yet; a kept its split
+    assert sorted(update.assigned["scan_id"]) == ["b", "c"] and set(update.assigned["split"]) <= set(SPLITS)
+
+    nothing = assign_labelled_scans(slices, labels.iloc[0:0], existing, scans)
+    assert nothing.new_scans == [] and nothing.waiting == 3 and nothing.assigned.empty
