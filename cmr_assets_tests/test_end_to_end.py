@@ -209,3 +209,51 @@ def test_adaptive_ranking_batches_append_a_wave(pipeline):
     with duckdb.connect(str(root / "data" / "cmr.duckdb"), read_only=True) as con:
         ids = [row[0] for row in con.execute("SELECT batch_id FROM tasks_ranking").fetchall()]
     assert len(ids) == before + 5 and sum(i.startswith("r2-") for i in ids) == 5
+
+
+def test_evaluate_models_on_the_pipelines_tables_reports_a_missing_real_folder_and_refuses_no_reference(
+        pipeline, tmp_path):
+    """The asset's computation, called directly: same tables and models, no Dagster."""
+    import mlflow
+
+    from cmr_assets.evaluation.comparison import (
+        EvaluationInputError,
+        EvaluationTables,
+        ModelUnderTest,
+        evaluate_models,
+    )
+    from cmr_assets.labelling.annotation_ingest import read_raw_annotations
+
+    root, _ = pipeline
+    with duckdb.connect(str(root / "data" / "cmr.duckdb")) as con:  # read_raw_annotations ensures its tables
+        raw_single, raw_ranking = read_raw_annotations(con)
+        frames = {t: con.execute(f"SELECT * FROM {t}").df()
+                  for t in ("slices", "dataset_split", "reference_labels", "labels_single", "labels_ranking",
+                            "agreement")}
+    tables = EvaluationTables(slices=frames["slices"], split=frames["dataset_split"],
+                              reference=frames["reference_labels"], raw={"single": raw_single, "ranking": raw_ranking},
+                              labels={s: frames[f"labels_{s}"] for s in ("single", "ranking")},
+                              agreement=frames["agreement"])
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    models = {}
+    for strategy, name in REGISTERED_MODEL_NAMES.items():
+        version = client.get_model_version_by_alias(name, "champion")
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+            model = mlflow.pytorch.load_model(f"models:/{name}/{version.version}")
+        models[strategy] = ModelUnderTest(name, version.version, version.run_id, model)
+    evaluation = evaluate_models(tables, root / "data", root / "data" / "reports", models, models,
+                                 provenance={}, real_data_dir=tmp_path / "no_real_data")
+    validate_report(evaluation.report)
+    assert evaluation.report["real_image_check"]["strategies"] == {}
+    assert any("real-image check skipped" in w for w in evaluation.warnings)
+    assert {"confusion_ranking.png", "roc_curves.png", "strategy_repeats.png"} <= set(evaluation.figures)
+    assert "real_image_check_ranking.png" not in evaluation.figures
+    reported = json.loads((root / "data" / "reports" / "evaluation.json").read_text())
+    assert evaluation.n_test_images == reported["n_test_images"]
+    for strategy in REGISTERED_MODEL_NAMES:
+        assert evaluation.report["strategies"][strategy]["test_accuracy"] == pytest.approx(
+            reported["strategies"][strategy]["test_accuracy"])
+    with pytest.raises(EvaluationInputError, match="reference labels"):
+        evaluate_models(EvaluationTables(**{**tables.__dict__, "reference": frames["reference_labels"].iloc[0:0]}),
+                        root / "data", root / "data" / "reports", models, models, provenance={})
