@@ -23,6 +23,7 @@ from cmr_assets.domain import CLASS_INDEX
 from cmr_assets.evaluation.real_check import load_real_series, real_image_check
 from cmr_assets.synthetic.cohort import plan_scan, stored_slices
 from cmr_assets.training.core import TrainConfig, train_classifier
+from cmr_assets.training.fitting import symmetry_views_for
 from cmr_assets.training.packaging import DeployableClassifier
 
 
@@ -54,7 +55,7 @@ def main() -> None:
     result = train_classifier(torch.from_numpy(train_images), torch.from_numpy(train_targets),
                               torch.from_numpy(val_images), torch.from_numpy(val_targets), config)
     model = DeployableClassifier(result.model, config.input_size, config.crop_fraction,
-                                 config.test_time_views).eval()
+                                 symmetry_views_for(config)).eval()
     model.calibrate_ood(train_images, train_targets, val_images)
     if args.save:
         torch.save(model, args.save)

@@ -27,6 +27,12 @@ from cmr_assets.training.packaging import DeployableClassifier, predict_slices
 from cmr_assets.training.provenance import provenance_tags
 
 
+def symmetry_views_for(config: TrainConfig) -> int:
+    """The views the packaged model averages: `test_time_views` when training mirrored and turned the
+    images, else 1 (a network that never saw a turned slice is not invariant to turning)."""
+    return config.test_time_views if config.augment else 1
+
+
 @dataclass(frozen=True)
 class FittedClassifier:
     """The packaged model (resize, crop, normalisation and softmax inside), how training went, the
@@ -58,7 +64,7 @@ def fit_classifier(root: Path, train: pd.DataFrame, val: pd.DataFrame, config: T
     result = train_classifier(torch.from_numpy(train_images), training_targets(train, config.soft_labels),
                               torch.from_numpy(val_images), torch.from_numpy(val_targets.copy()), config, on_epoch)
     deployable = DeployableClassifier(result.model, config.input_size, config.crop_fraction,
-                                      config.test_time_views).eval()
+                                      symmetry_views_for(config)).eval()
     val_metrics = classification_metrics(val_targets, predict_slices(deployable, val_images))
     return FittedClassifier(deployable, result, train_images, val_images, val_metrics)
 
@@ -98,7 +104,7 @@ def train_strategy(root: Path, strategy: str, train: pd.DataFrame, val: pd.DataF
     counts = train[label_column].value_counts()
     params = {
         "architecture": config.architecture, "input_size": config.input_size, "crop_fraction": config.crop_fraction,
-        "test_time_views": config.test_time_views,
+        "test_time_views": symmetry_views_for(config),
         "epochs": config.epochs, "batch_size": config.batch_size, "learning_rate": config.lr,
         "patience": config.patience, "max_minutes": config.max_minutes, "seed": config.seed,
         "soft_labels": config.soft_labels, "label_column": label_column,
