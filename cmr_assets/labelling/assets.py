@@ -8,19 +8,13 @@ import dagster as dg
 import pandas as pd
 from dagster_duckdb import DuckDBResource
 
-from cmr_assets.domain import BATCH_SIZE
 from cmr_assets.duckdb_io import append_rows, read_table
 from cmr_assets.labelling.campaign import (
+    CampaignPlan,
     annotator_ids,
-    budget_check,
-    design_adaptive_batches,
-    design_pilot_tasks,
-    design_ranking_batches,
-    design_single_tasks,
-    next_wave,
-    prefix_wave,
     ranking_design_summary,
-    ranking_rounds_for_budget,
+    ranking_waves,
+    single_wave,
 )
 from cmr_assets.labelling.simulator import (
     SimulatorParams,
@@ -58,10 +52,14 @@ class CampaignConfig(dg.Config):
     pilot_minutes: float = 0.0
     seed: int = 0
 
-    def pilot(self, slices: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    def plan(self) -> CampaignPlan:
+        """These settings with the expected task times of the simulator's parameters."""
         params = load_simulator_params()
-        return design_pilot_tasks(slices, self.roster(), self.pilot_minutes, params.seconds_per_single,
-                                  params.seconds_per_batch, self.seed)
+        return CampaignPlan(
+            roster=tuple(self.roster()), seconds_per_single=params.seconds_per_single,
+            seconds_per_batch=params.seconds_per_batch, intra_share=self.intra_share, inter_share=self.inter_share,
+            min_views=self.min_views, adaptive_batches=self.adaptive_batches, hours_per_expert=self.hours_per_expert,
+            fill_budget=self.fill_budget, pilot_minutes=self.pilot_minutes, seed=self.seed)
 
 
 class SimulationConfig(dg.Config):
@@ -82,28 +80,20 @@ def labelling_tasks_single(context: dg.AssetExecutionContext, config: CampaignCo
     Existing tasks never change (annotations refer to them); new slices get a new wave of tasks.
     """
     with duckdb.get_connection() as con:
-        slices = read_table(con, "slices", SLICE_COLUMNS)
         existing = read_table(con, "tasks_single")
-        done = set(existing["slice_id"]) if not existing.empty else set()
-        todo = slices[~slices["slice_id"].isin(done)]
-        if todo.empty:
+        designed = single_wave(read_table(con, "slices", SLICE_COLUMNS), existing, config.plan())
+        if designed is None:
             return dg.MaterializeResult(metadata={"new_tasks": 0, "tasks": len(existing)})
-        tasks = config.pilot(todo)[0] if config.pilot_minutes > 0 else design_single_tasks(
-            todo["slice_id"].tolist(), config.roster(), config.intra_share, config.inter_share, config.seed,
-            extra_vote_rounds=len(config.roster()) - 1 if config.fill_budget else 0)
-        wave = next_wave(existing, "task_id")
-        tasks["task_id"] = prefix_wave(tasks["task_id"], wave)
-        append_rows(con, "tasks_single", tasks)
-        total = con.execute("SELECT count(*) FROM tasks_single").fetchall()[0][0]
-    context.log.info(f"designed {len(tasks)} single-image tasks (wave {wave}) for {len(todo)} new images")
-    required = tasks[tasks["kind"] != "extra_vote"]
-    budget = budget_check(required, load_simulator_params().seconds_per_single, config.hours_per_expert)
+        append_rows(con, "tasks_single", designed.tasks)
+    tasks, wave = designed.tasks, designed.wave
+    context.log.info(f"designed {len(tasks)} {designed.kind} single-image tasks (wave {wave}) covering "
+                     f"{tasks['slice_id'].nunique()} new images")
     return dg.MaterializeResult(metadata={
-        "new_tasks": len(tasks), "tasks": int(total), "wave": int(wave),
+        "new_tasks": len(tasks), "tasks": len(existing) + len(tasks), "wave": int(wave),
         "by_kind": table(tasks.groupby("kind").size().rename("tasks").reset_index()),
         "by_annotator": table(tasks.groupby("annotator_id").size().rename("tasks").reset_index()),
-        "fits_budget": bool(budget.fits), "hours_needed": float(budget.total_hours_needed),
-        "extra_vote_tasks": int(len(tasks) - len(required)),
+        "fits_budget": bool(designed.budget.fits), "hours_needed": float(designed.budget.total_hours_needed),
+        "extra_vote_tasks": int((tasks["kind"] == "extra_vote").sum()),
     })
 
 
@@ -117,41 +107,24 @@ def labelling_tasks_ranking(context: dg.AssetExecutionContext, config: CampaignC
     since labels depend on these tasks).
     """
     with duckdb.get_connection() as con:
-        slices = read_table(con, "slices", SLICE_COLUMNS)
         existing = read_table(con, "tasks_ranking")
-        done = set(existing["slice_ids"].explode()) if not existing.empty else set()
-        todo = slices[~slices["slice_id"].isin(done)]
-        designed = []
-        if not todo.empty and config.pilot_minutes > 0:
-            designed.append(("pilot", config.pilot(todo)[1]))
-        elif not todo.empty:
-            rounds = ranking_rounds_for_budget(len(todo), len(config.roster()), config.hours_per_expert,
-                                               load_simulator_params().seconds_per_batch, config.min_views,
-                                               BATCH_SIZE) if config.fill_budget else config.min_views
-            designed.append(("random", design_ranking_batches(todo, config.roster(), rounds,
-                                                              BATCH_SIZE, config.seed)))
         labels = read_table(con, "labels_ranking", "slice_id, p_too_basal, p_lv, p_too_apical").dropna() \
             if config.adaptive_batches else pd.DataFrame()
-        if not labels.empty:
-            designed.append(("adaptive", design_adaptive_batches(
-                slices, labels, config.roster(), config.adaptive_batches, BATCH_SIZE,
-                seed=config.seed + len(existing))))
-        metadata: dict = {"batches_before": len(existing)}
-        for kind, batches in designed:
-            wave = next_wave(read_table(con, "tasks_ranking"), "batch_id")
-            batches["batch_id"] = prefix_wave(batches["batch_id"], wave)
-            append_rows(con, "tasks_ranking", batches)
-            context.log.info(f"designed {len(batches)} {kind} ranking batches (wave {wave})")
-            budget = budget_check(batches, load_simulator_params().seconds_per_batch, config.hours_per_expert)
-            metadata.update({f"{kind}_batches": len(batches), f"{kind}_wave": int(wave),
-                             f"{kind}_hours_needed": float(budget.total_hours_needed)})
-        total = con.execute("SELECT count(*) FROM tasks_ranking").fetchall()[0][0] if designed else len(existing)
+        todo, waves = ranking_waves(read_table(con, "slices", SLICE_COLUMNS), existing, labels, config.plan())
+        for designed in waves:
+            append_rows(con, "tasks_ranking", designed.tasks)
+    metadata: dict = {"batches_before": len(existing)}
+    for designed in waves:
+        context.log.info(f"designed {len(designed.tasks)} {designed.kind} ranking batches (wave {designed.wave})")
+        metadata.update({f"{designed.kind}_batches": len(designed.tasks), f"{designed.kind}_wave": int(designed.wave),
+                         f"{designed.kind}_hours_needed": float(designed.budget.total_hours_needed)})
     if not todo.empty:
-        summary = ranking_design_summary(designed[0][1], todo["slice_id"].tolist())
+        first = waves[0].tasks
+        summary = ranking_design_summary(first, todo["slice_id"].tolist())
         metadata.update({"new_images": len(todo), "min_views_per_image": int(summary.min_views),
                          "connected": bool(summary.connected),
-                         "by_annotator": table(designed[0][1].groupby("annotator_id").size()
-                                               .rename("batches").reset_index())})
+                         "by_annotator": table(first.groupby("annotator_id").size().rename("batches").reset_index())})
+    total = len(existing) + sum(len(designed.tasks) for designed in waves)
     return dg.MaterializeResult(metadata={**metadata, "batches": int(total)})
 
 

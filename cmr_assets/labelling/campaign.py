@@ -21,6 +21,10 @@ Public API:
   new slices and their ids (`s-000001` in wave 1, `s2-000001` in wave 2), so ids never collide.
 - `budget_check(tasks, seconds_per_task, hours_per_annotator=5.0)` -> `BudgetCheck`: will the
   planned tasks fit the experts' time? `expert_hours_spent(raw_annotations)`: hours actually used.
+- `CampaignPlan`, `TaskWave`: a campaign's settings; one designed wave (ids prefixed, budget checked).
+  `single_wave(slices, existing, plan)` and `ranking_waves(slices, existing, labels, plan)`: the
+  tasks for slices that have none yet (pilot, or the full design; ranking also adaptive batches):
+  what the task assets append.
 
 Conventions: every expert works through their own tasks in id order (`s-000001`, `r-000001`, ...);
 ids are zero-padded so string order is work order. Ranking batches are numbered round by round,
@@ -476,3 +480,86 @@ def expert_hours_spent(raw_annotations: pd.DataFrame) -> pd.Series:
         return pd.Series(dtype=float, name="hours")
     seconds = (raw_annotations["submitted_at"] - raw_annotations["started_at"]).dt.total_seconds()
     return seconds.groupby(raw_annotations["annotator_id"]).sum().div(3600).rename("hours")
+
+
+# ---------------------------------------------------------------- waves of tasks for new slices
+
+
+@dataclass(frozen=True)
+class CampaignPlan:
+    """A campaign's design settings and the expected seconds per task (from the simulator's parameters)."""
+
+    roster: tuple[str, ...]
+    seconds_per_single: float
+    seconds_per_batch: float
+    intra_share: float = 0.05
+    inter_share: float = 0.05
+    min_views: int = 3
+    adaptive_batches: int = 0
+    hours_per_expert: float = DEFAULT_HOURS_PER_ANNOTATOR
+    fill_budget: bool = True
+    pilot_minutes: float = 0.0
+    seed: int = 0
+
+    def pilot(self, slices: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+        return design_pilot_tasks(slices, self.roster, self.pilot_minutes, self.seconds_per_single,
+                                  self.seconds_per_batch, self.seed)
+
+
+@dataclass(frozen=True)
+class TaskWave:
+    """Tasks designed in one go: `kind` single / pilot / random / adaptive, ids prefixed with `wave`."""
+
+    kind: str
+    wave: int
+    tasks: pd.DataFrame
+    budget: BudgetCheck
+
+
+def _new_slices(slices: pd.DataFrame, tasked: set[str]) -> pd.DataFrame:
+    return slices[~slices["slice_id"].isin(tasked)]
+
+
+def single_wave(slices: pd.DataFrame, existing: pd.DataFrame, plan: CampaignPlan) -> TaskWave | None:
+    """Single-image tasks for the slices without any (None when every slice has tasks). The budget is
+    checked on the required tasks; extra votes are there to be cut by it."""
+    todo = _new_slices(slices, set(existing["slice_id"]) if not existing.empty else set())
+    if todo.empty:
+        return None
+    if plan.pilot_minutes > 0:
+        kind, tasks = "pilot", plan.pilot(todo)[0]
+    else:
+        kind, tasks = "single", design_single_tasks(
+            todo["slice_id"].tolist(), plan.roster, plan.intra_share, plan.inter_share, plan.seed,
+            extra_vote_rounds=len(plan.roster) - 1 if plan.fill_budget else 0)
+    wave = next_wave(existing, "task_id")
+    tasks["task_id"] = prefix_wave(tasks["task_id"], wave)
+    required = tasks[tasks["kind"] != "extra_vote"]
+    return TaskWave(kind, wave, tasks, budget_check(required, plan.seconds_per_single, plan.hours_per_expert))
+
+
+def ranking_waves(slices: pd.DataFrame, existing: pd.DataFrame, labels: pd.DataFrame,
+                  plan: CampaignPlan) -> tuple[pd.DataFrame, list[TaskWave]]:
+    """(the slices without batches, the waves to append): batches for those slices (a pilot, or as many
+    rounds as the hours buy with `fill_budget`, else `min_views`), then, with `adaptive_batches`,
+    that many batches aimed at the images `labels` (slice_id, p_*) leave most uncertain."""
+    todo = _new_slices(slices, set(existing["slice_ids"].explode()) if not existing.empty else set())
+    designed: list[tuple[str, pd.DataFrame]] = []
+    if not todo.empty and plan.pilot_minutes > 0:
+        designed.append(("pilot", plan.pilot(todo)[1]))
+    elif not todo.empty:
+        rounds = ranking_rounds_for_budget(len(todo), len(plan.roster), plan.hours_per_expert,
+                                           plan.seconds_per_batch, plan.min_views,
+                                           BATCH_SIZE) if plan.fill_budget else plan.min_views
+        designed.append(("random", design_ranking_batches(todo, plan.roster, rounds, BATCH_SIZE, plan.seed)))
+    if plan.adaptive_batches and not labels.empty:
+        designed.append(("adaptive", design_adaptive_batches(slices, labels, plan.roster, plan.adaptive_batches,
+                                                             BATCH_SIZE, seed=plan.seed + len(existing))))
+    waves, so_far = [], existing
+    for kind, batches in designed:
+        wave = next_wave(so_far, "batch_id")
+        batches["batch_id"] = prefix_wave(batches["batch_id"], wave)
+        waves.append(TaskWave(kind, wave, batches, budget_check(batches, plan.seconds_per_batch,
+                                                                plan.hours_per_expert)))
+        so_far = pd.concat([so_far, batches], ignore_index=True)
+    return todo, waves

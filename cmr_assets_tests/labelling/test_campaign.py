@@ -199,3 +199,31 @@ def test_waves_number_task_ids_so_they_never_collide() -> None:
     assert prefix_wave(ids, 3).tolist() == ["s3-000001", "s3-000002"]
     existing = pd.DataFrame({"task_id": ["s-000001", "s2-000001"]})
     assert next_wave(existing, "task_id") == 3
+
+
+def test_waves_task_only_new_slices_and_number_their_ids() -> None:
+    from cmr_assets.labelling.campaign import CampaignPlan, ranking_waves, single_wave
+
+    slices, _ = reference_like_cohort(n_scans=20, seed=5)
+    plan = CampaignPlan(roster=tuple(ROSTER), seconds_per_single=10.0, seconds_per_batch=30.0, fill_budget=False)
+    old, new = slices.iloc[:120], slices.iloc[120:]
+    first = single_wave(old, pd.DataFrame(), plan)
+    assert first is not None and first.wave == 1 and first.kind == "single"
+    assert set(first.tasks["slice_id"]) == set(old["slice_id"]) and first.tasks["task_id"].str.startswith("s-").all()
+    assert single_wave(old, first.tasks, plan) is None
+    second = single_wave(slices, first.tasks, plan)
+    assert second is not None and second.wave == 2
+    assert set(second.tasks["slice_id"]) == set(new["slice_id"]) and second.tasks["task_id"].str.startswith("s2-").all()
+    assert second.budget.tasks_planned == second.tasks["annotator_id"].value_counts().sort_index().to_dict()
+
+    todo, waves = ranking_waves(old, pd.DataFrame(), pd.DataFrame(), plan)
+    assert len(todo) == len(old) and [w.kind for w in waves] == ["random"]
+    assert set(waves[0].tasks["slice_ids"].explode()) == set(old["slice_id"])
+    assert ranking_design_summary(waves[0].tasks, old["slice_id"]).min_views >= plan.min_views
+    labels = pd.DataFrame({"slice_id": old["slice_id"], "p_too_basal": 0.3, "p_lv": 0.4, "p_too_apical": 0.3})
+    adaptive = CampaignPlan(**{**plan.__dict__, "adaptive_batches": 4})
+    todo, waves = ranking_waves(slices, waves[0].tasks, labels, adaptive)
+    assert set(todo["slice_id"]) == set(new["slice_id"])
+    assert [(w.kind, w.wave, len(w.tasks)) for w in waves][1] == ("adaptive", 3, 4)
+    assert waves[0].wave == 2 and waves[0].tasks["batch_id"].str.startswith("r2-").all()
+    assert waves[1].tasks["batch_id"].str.startswith("r3-").all()
