@@ -19,6 +19,7 @@ from cmr_assets.automation.sensors import (
     retrain_job,
 )
 from cmr_assets.evaluation.assets import evaluation_assets
+from cmr_assets.inference.assets import archive_filter_sensor, inference_assets
 from cmr_assets.ingest.assets import ingest_assets, ingest_checks
 from cmr_assets.labelling.assets import labelling_assets
 from cmr_assets.labels.assets import labels_assets, labels_checks
@@ -50,10 +51,10 @@ def build_definitions() -> dg.Definitions:
     data_paths = DataPathsResource()
     return dg.Definitions(
         assets=[*synthetic_assets, *ingest_assets, *labelling_assets, *labels_assets, *training_assets,
-                *evaluation_assets],
+                *evaluation_assets, *inference_assets],
         asset_checks=[*ingest_checks, *labels_checks],
         jobs=[cmr_pipeline, simulate_experts, strategy_experiment, relabel_job, ingest_new_scans_job, retrain_job],
-        sensors=[annotation_files_sensor, labels_settled_sensor, new_scans_sensor],
+        sensors=[annotation_files_sensor, labels_settled_sensor, new_scans_sensor, archive_filter_sensor],
         schedules=[nightly_retrain_schedule],
         resources={"data_paths": data_paths, "duckdb": duckdb_resource(data_paths.paths()), "mlflow": MlflowResource(),
                    "retrain_policy": RetrainPolicyResource(quiet_minutes=retrain_quiet_minutes())},

@@ -17,6 +17,8 @@ Public API:
   panel per divider assumption, the break-even (difference 0) drawn as a line.
 - `repeats_png(summary, path=None)`, `learning_curves_png(curves, path=None)`: the repeated comparison
   and the learning curves of the strategy experiment.
+- `archive_decisions_png(decisions, path=None)`: where along the stacks the archive-wide filter
+  keeps and removes slices.
 """
 
 from __future__ import annotations
@@ -241,4 +243,34 @@ def learning_curves_png(curves: pd.DataFrame, path: str | Path | None = None) ->
         ax.set_ylabel("accuracy")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    return _finish(fig, path)
+
+
+ARCHIVE_OUTCOMES = ("removed: too basal", "kept: LV", "kept: cannot judge", "removed: too apical")
+
+
+def archive_decisions_png(decisions: pd.DataFrame, path: str | Path | None = None) -> bytes:
+    """Share of each decision by relative position in the stack (base 0 -> apex 1, tenths), with the
+    number of slices per tenth: a filter that holds removes at the ends and keeps the middle."""
+    last = decisions.groupby("scan_id")["slice_from_base"].transform("max").clip(lower=1)
+    tenth = np.minimum((decisions["slice_from_base"] / last * 10).astype(int), 9)
+    outcome = np.where(decisions["ood"], ARCHIVE_OUTCOMES[2], np.where(
+        decisions["keep"], ARCHIVE_OUTCOMES[1],
+        np.where(decisions["filter_class"] == "too_basal", ARCHIVE_OUTCOMES[0], ARCHIVE_OUTCOMES[3])))
+    counts = pd.crosstab(tenth, outcome).reindex(index=range(10), columns=list(ARCHIVE_OUTCOMES), fill_value=0)
+    shares = counts.div(counts.sum(axis=1).replace(0, 1), axis=0)
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    bottom = np.zeros(10)
+    for name, colour in zip(ARCHIVE_OUTCOMES, ("C1", "C2", "0.6", "C0"), strict=True):
+        ax.bar(np.arange(10) / 10 + 0.05, shares[name], width=0.09, bottom=bottom, color=colour, label=name)
+        bottom += shares[name].to_numpy()
+    for x, n in enumerate(counts.sum(axis=1)):
+        ax.text(x / 10 + 0.05, 1.01, str(int(n)), ha="center", va="bottom", fontsize=6)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.1)
+    ax.set_xlabel("position in the stack (base 0 -> apex 1)")
+    ax.set_ylabel("share of slices")
+    ax.set_title(f"archive filter: {decisions['scan_id'].nunique()} scans, {len(decisions)} slices, "
+                 f"{int(decisions['keep'].sum())} kept", fontsize=9)
+    ax.legend(fontsize=7, loc="lower center", ncol=2)
     return _finish(fig, path)

@@ -7,6 +7,8 @@ Public API:
 - `SCANS_COLUMNS`, `SLICES_COLUMNS`, `REJECTED_FILES_COLUMNS`; `ensure_ingestion_tables(con)`
 - `RAW_SINGLE_COLUMNS`, `RAW_RANKING_COLUMNS`; `ensure_annotation_tables(con)` (`raw_annotations_*`,
   `rejected_annotations`, `annotation_files`)
+- `SLICE_DECISIONS_COLUMNS`; `ensure_decision_table(con)`: the archive-wide filter's decisions, rewritten
+  scan by scan
 """
 
 from __future__ import annotations
@@ -102,3 +104,33 @@ def ensure_annotation_tables(con: duckdb.DuckDBPyConnection) -> None:
     """Create the annotation tables if they do not exist (idempotent)."""
     for statement in ANNOTATION_DDL:
         con.execute(statement)
+
+
+SLICE_DECISIONS_COLUMNS = ("slice_id", "scan_id", "slice_from_base", "registered_model", "model_version",
+                           "model_class", "filter_class", "keep", "ood", "ood_score", "p_too_basal", "p_lv",
+                           "p_too_apical", "reason", "decided_at")
+
+DECISIONS_DDL = """
+CREATE TABLE IF NOT EXISTS slice_decisions (
+    slice_id VARCHAR PRIMARY KEY,
+    scan_id VARCHAR NOT NULL,
+    slice_from_base INTEGER NOT NULL,
+    registered_model VARCHAR NOT NULL,
+    model_version VARCHAR NOT NULL,
+    model_class VARCHAR NOT NULL,
+    filter_class VARCHAR NOT NULL,
+    keep BOOLEAN NOT NULL,
+    ood BOOLEAN NOT NULL,
+    ood_score DOUBLE,
+    p_too_basal DOUBLE NOT NULL,
+    p_lv DOUBLE NOT NULL,
+    p_too_apical DOUBLE NOT NULL,
+    reason VARCHAR NOT NULL,
+    decided_at TIMESTAMP NOT NULL
+)
+"""
+
+
+def ensure_decision_table(con: duckdb.DuckDBPyConnection) -> None:
+    """Create `slice_decisions` if it does not exist (idempotent)."""
+    con.execute(DECISIONS_DDL)

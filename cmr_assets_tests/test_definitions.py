@@ -22,6 +22,7 @@ GROUPS = {
                "labels_ranking", "observer_agreement", "strategy_sensitivity"},
     "training": {"dataset_split", "model_single", "model_ranking"},
     "evaluation": {"evaluation_report", "strategy_repeats", "learning_curves"},
+    "inference": {"archive_filter"},
 }
 PRODUCT_GRAPH = {"synthetic_cohort", "raw_scans", "slices", "labelling_tasks_single", "labelling_tasks_ranking",
                  "raw_annotations_single", "raw_annotations_ranking", "labels_single", "labels_ranking",
@@ -54,6 +55,8 @@ def test_lineage_edges_of_the_product_graph() -> None:
     assert {"dataset_split", "labels_single"} <= parents("model_single")
     assert {"dataset_split", "labels_ranking"} <= parents("model_ranking")
     assert {"model_single", "model_ranking", "strategy_repeats", "learning_curves"} <= parents("evaluation_report")
+    assert {"slices", "model_ranking"} <= parents("archive_filter")
+    assert defs.resolve_asset_graph().get(dg.AssetKey("archive_filter")).automation_condition is not None
 
 
 def test_pipeline_job_covers_every_asset() -> None:
@@ -72,7 +75,8 @@ def test_duckdb_writers_use_the_duckdb_pool_and_models_the_gpu_pool() -> None:
 
 def test_automation_is_registered_and_running_by_default() -> None:
     sensors = {s.name: s for s in defs.get_repository_def().sensor_defs}
-    assert set(sensors) == {"annotation_files_sensor", "labels_settled_sensor", "new_scans_sensor"}
+    assert set(sensors) == {"annotation_files_sensor", "labels_settled_sensor", "new_scans_sensor",
+                            "archive_filter_sensor"}
     assert all(s.default_status == dg.DefaultSensorStatus.RUNNING for s in sensors.values())
     schedule = defs.resolve_schedule_def("nightly_retrain_schedule")
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING

@@ -257,3 +257,27 @@ def test_evaluate_models_on_the_pipelines_tables_reports_a_missing_real_folder_a
     with pytest.raises(EvaluationInputError, match="reference labels"):
         evaluate_models(EvaluationTables(**{**tables.__dict__, "reference": frames["reference_labels"].iloc[0:0]}),
                         root / "data", root / "data" / "reports", models, models, provenance={})
+
+
+def test_archive_filter_decides_every_slice_with_the_champion_and_then_only_what_changed(pipeline):
+    import dagster as dg
+    import mlflow
+
+    from cmr_assets.definitions import build_definitions
+    from cmr_assets.inference.assets import archive_filter
+
+    root, _ = pipeline
+    with duckdb.connect(str(root / "data" / "cmr.duckdb"), read_only=True) as con:
+        n_slices = con.execute("SELECT count(*) FROM slices").fetchall()[0][0]
+        decided = con.execute("""SELECT count(*), count(DISTINCT model_version), any_value(model_version),
+                                        sum(CASE WHEN keep = (filter_class = 'lv' OR ood) THEN 1 ELSE 0 END)
+                                 FROM slice_decisions JOIN slices USING (slice_id)""").fetchall()[0]
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    champion = client.get_model_version_by_alias(REGISTERED_MODEL_NAMES["ranking"], "champion").version
+    assert decided == (n_slices, 1, str(champion), n_slices)
+    with pipeline_environment(root):
+        result = dg.materialize([archive_filter], resources=build_definitions().resources,
+                                instance=dg.DagsterInstance.get())
+    assert result.success
+    metadata = result.asset_materializations_for_node("archive_filter")[0].metadata
+    assert metadata["scans_decided_now"].value == 0 and metadata["slices"].value == n_slices

@@ -45,7 +45,9 @@ DICOM_PATTERNS = ("*",)
 # Relabel: what follows answers closely (DuckDB only, seconds). Retrain: the models and the report.
 RELABEL_SELECTION = dg.AssetSelection.assets("raw_annotations_single", "raw_annotations_ranking", "labels_single",
                                              "labels_ranking", "observer_agreement", "dataset_split")
-RETRAIN_SELECTION = dg.AssetSelection.assets("model_single", "model_ranking").downstream()
+# the archive-wide filter follows a new champion by its own automation condition (inference/assets.py)
+RETRAIN_SELECTION = (dg.AssetSelection.assets("model_single", "model_ranking").downstream()
+                     - dg.AssetSelection.assets("archive_filter"))
 NEW_SCANS_SELECTION = dg.AssetSelection.assets("raw_scans", "slices")
 
 # Both run in one process: a step per subprocess would import torch, MLflow and Dagster again for

@@ -61,23 +61,43 @@ def _reason(label: str, slice_ood: bool, verdict: str) -> str:
     return "kept: LV myocardium" if label == "lv" else f"removed: {label.replace('_', ' ')}"
 
 
-def decide(series: OrderedSeries, probabilities: np.ndarray,
-           ood_scores: np.ndarray | None = None) -> list[SliceDecision]:
-    """Keep the positions whose monotone label is `lv`, and every position the model cannot judge."""
+@dataclass(frozen=True)
+class StackVerdict:
+    """The decision for one position of a stack, apart from where its pixels came from."""
+
+    predicted_class: str  # after the monotone step
+    model_class: str  # the model's own argmax
+    keep: bool
+    ood: bool
+    ood_score: float | None
+    reason: str
+
+
+def judge_stack(probabilities: np.ndarray, ood_scores: np.ndarray | None = None) -> list[StackVerdict]:
+    """Per position of one stack, base first: keep the positions whose monotone label is `lv`, and
+    every position the model cannot judge (its own OOD score, or a series mostly out of distribution)."""
     monotone = enforce_monotone(probabilities)
     scores = np.full(len(probabilities), np.nan) if ood_scores is None else np.asarray(ood_scores, dtype=float)
     verdict = series_verdict(scores)
-    decisions = []
-    for s, p, label_index, score in zip(series.slices, probabilities, monotone, scores, strict=True):
+    out = []
+    for p, label_index, score in zip(probabilities, monotone, scores, strict=True):
         label = CLASS_NAMES[int(label_index)]
         beyond = bool(score > 1.0)
         slice_ood = beyond or verdict == "out_of_distribution"
-        decisions.append(SliceDecision(
-            slice_from_base=s.slice_from_base, position_mm=round(float(s.position_mm), 2),
-            predicted_class=label, model_class=CLASS_NAMES[int(np.argmax(p))],
-            probabilities={name: round(float(v), 4) for name, v in zip(CLASS_NAMES, p, strict=True)},
-            keep=label == "lv" or slice_ood, ood=slice_ood,
-            ood_score=None if np.isnan(score) else round(float(score), 3),
-            reason=_reason(label, beyond, verdict), files=list(s.files),
-            frames={path: list(numbers) for path, numbers in s.frames.items()}))
-    return decisions
+        out.append(StackVerdict(predicted_class=label, model_class=CLASS_NAMES[int(np.argmax(p))],
+                                keep=label == "lv" or slice_ood, ood=slice_ood,
+                                ood_score=None if np.isnan(score) else round(float(score), 3),
+                                reason=_reason(label, beyond, verdict)))
+    return out
+
+
+def decide(series: OrderedSeries, probabilities: np.ndarray,
+           ood_scores: np.ndarray | None = None) -> list[SliceDecision]:
+    """`judge_stack` for a series read from DICOM, with each position's files and frames."""
+    return [SliceDecision(
+        slice_from_base=s.slice_from_base, position_mm=round(float(s.position_mm), 2),
+        predicted_class=v.predicted_class, model_class=v.model_class,
+        probabilities={name: round(float(x), 4) for name, x in zip(CLASS_NAMES, p, strict=True)},
+        keep=v.keep, ood=v.ood, ood_score=v.ood_score, reason=v.reason, files=list(s.files),
+        frames={path: list(numbers) for path, numbers in s.frames.items()})
+        for s, p, v in zip(series.slices, probabilities, judge_stack(probabilities, ood_scores), strict=True)]
