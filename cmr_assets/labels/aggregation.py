@@ -214,15 +214,20 @@ def dawid_skene(items: np.ndarray, raters: np.ndarray, classes: np.ndarray, prio
     n_raters = int(raters.max()) + 1 if len(raters) else 0
     log_prior = np.log(np.clip(prior, 1e-12, None))
     posterior = prior.copy()
+    rater_given = raters * N_CLASSES + classes  # sums by bincount: linear, unlike ufunc.at's slow scatter
     for _ in range(n_iter):
         counts = np.full((n_raters, N_CLASSES, N_CLASSES), 0.5)  # add-half smoothing
-        # numpy's stub types ufunc.at indices as integer arrays only; a tuple with a slice is valid at runtime
-        np.add.at(counts, (raters, slice(None), classes), posterior[items])  # type: ignore[arg-type]
+        rated = posterior[items]
+        for true in range(N_CLASSES):
+            counts[:, true, :] += np.bincount(rater_given, weights=rated[:, true],
+                                              minlength=n_raters * N_CLASSES).reshape(n_raters, N_CLASSES)
         log_confusion = np.log(counts / counts.sum(axis=2, keepdims=True))  # [rater, true, given]
         if fit_prior:
             log_prior = np.broadcast_to(np.log(posterior.mean(axis=0) + 1e-12), (n_items, N_CLASSES))
         log_post = log_prior.copy()
-        np.add.at(log_post, items, log_confusion[raters, :, classes])
+        evidence = log_confusion[raters, :, classes]
+        for true in range(N_CLASSES):
+            log_post[:, true] += np.bincount(items, weights=evidence[:, true], minlength=n_items)
         updated: np.ndarray = np.exp(log_post - log_post.max(axis=1, keepdims=True))
         updated /= updated.sum(axis=1, keepdims=True)
         if np.abs(updated - posterior).max() < 1e-6:
@@ -238,8 +243,8 @@ def _ranking_probabilities(method: str, fit: PlackettLuceFit, cut_points: tuple[
     at_score = ordered_logit_probabilities(fit.scores, cut_points, slope)
     if method == "score_cuts":
         return at_score
-    votes = np.zeros((len(at_score), N_CLASSES))
-    np.add.at(votes, (items, classes), 1.0)
+    votes = np.bincount(items * N_CLASSES + classes,
+                        minlength=len(at_score) * N_CLASSES).reshape(len(at_score), N_CLASSES).astype(float)
     n_votes = votes.sum(axis=1, keepdims=True)
     majority = np.where(n_votes > 0, (votes + 1e-3 * at_score) / np.maximum(n_votes + 1e-3, 1e-12), at_score)
     if method == "divider_majority":
@@ -285,13 +290,14 @@ def aggregate_ranking(
     view_class = (positions >= records["divider_a"].to_numpy()[:, None]).astype(int) + (
         positions >= records["divider_b"].to_numpy()[:, None]
     )
-    flagged = np.array(
-        [[slice_id in set(flags) for slice_id in order]
-         for order, flags in zip(orders, records["artefact_ids"], strict=True)],
-        dtype=bool,
-    )
     items = rankings.ravel()
     n_items = len(item_ids)
+    # a view is flagged when its record lists the image among its artefacts: (record, image) codes
+    flags = records["artefact_ids"].reset_index(drop=True).explode().dropna()
+    flagged_items = item_ids.get_indexer(flags.to_numpy())
+    known_flag = flagged_items >= 0
+    flag_codes = flags.index.to_numpy()[known_flag] * n_items + flagged_items[known_flag]
+    flagged = np.isin(np.arange(len(records))[:, None] * n_items + rankings, flag_codes)
     n_views = np.bincount(items, minlength=n_items)
     n_flags = np.bincount(items, weights=flagged.ravel(), minlength=n_items).astype(int)
     excluded = artefact_majority(n_flags, n_views)

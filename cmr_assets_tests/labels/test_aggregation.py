@@ -97,6 +97,7 @@ def test_ranking_excludes_images_most_viewers_flagged():
     assert not labels.loc[flagged_once, "artefact_excluded"]
     assert labels.loc[flagged_once, "n_artefact_flags"] == 1
     assert pd.notna(labels.loc[flagged_once, "label"])
+    assert labels["n_artefact_flags"].sum() == raw["artefact_ids"].map(len).sum()  # no flag lands elsewhere
 
 
 def test_ranking_skips_invalid_records_with_file_and_line(caplog):
