@@ -99,7 +99,7 @@ class TrainConfig:
     seed: int = 0
     patience: int = 15  # = epochs: under the strong augmentation validation F1 swings +-0.15 between epochs
     augment: bool = True
-    test_time_views: int = 8  # symmetry views the registered model averages (packaging.DIHEDRAL_VIEWS)
+    test_time_views: int = 2  # symmetry views the registered model averages: image + mirror (packaging)
     soft_labels: bool = False
     class_weighting: bool = True
     num_threads: int = 0  # 0: half the cores, at least 1 (see select_device)

@@ -29,7 +29,7 @@ from cmr_assets.training.provenance import provenance_tags
 
 def symmetry_views_for(config: TrainConfig) -> int:
     """The views the packaged model averages: `test_time_views` when training mirrored and turned the
-    images, else 1 (a network that never saw a turned slice is not invariant to turning)."""
+    images, else 1 (a network that never saw a mirrored slice is not invariant to mirroring)."""
     return config.test_time_views if config.augment else 1
 
 

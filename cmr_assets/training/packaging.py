@@ -17,12 +17,13 @@ feature ensemble), so a score above 1 means "further from the training data, at 
 the network, than almost every validation image". Early stages catch other modalities and noise,
 the last one images whose content the classes never showed.
 
-Why test-time symmetry views: training mirrors every other image and rotates a third of them by any
-angle, so the network's class evidence should not depend on the view; on a scan unlike the
-training images single views disagree (on the shipped real cines one view calls a mid-ventricular
-slice too apical and the mirrored one LV). The probabilities are therefore the mean over the
-`symmetry_views` first symmetries of the square (`DIHEDRAL_VIEWS`: identity, mirror, the three
-other rotations and their mirrors), one batched pass; the OOD features come from the identity view.
+Why test-time symmetry views: training mirrors every other image, so the network's class evidence
+should not depend on the mirror; on a scan unlike the training images the two disagree (on the
+shipped real cines the plain view calls a mid-ventricular slice too apical and the mirrored one LV).
+The probabilities are therefore the mean over the first `n_views` symmetries of the square
+(`DEFAULT_VIEWS` = 2: the image and its mirror; up to `DIHEDRAL_VIEWS` = 8 adds the quarter turns,
+which training shows only in the third of images turned by any angle, and which cost synthetic
+accuracy: docs/real_images.md), one batched pass; the OOD features come from the plain view.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ OOD_VALIDATION_QUANTILE = 0.995
 OOD_MARGIN = 1.25  # so that in-distribution slices are almost never flagged
 _SHRINKAGE = 0.05
 DIHEDRAL_VIEWS = 8  # the symmetries of the square: 4 rotations, each plain and mirrored
+DEFAULT_VIEWS = 2  # the image and its mirror
 
 
 def features_and_logits(network: nn.Module, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -82,7 +84,7 @@ class DeployableClassifier(nn.Module):
     symmetry views, plus the OOD score."""
 
     def __init__(self, network: nn.Module, input_size: int, crop_fraction: float = 1.0,
-                 n_views: int = DIHEDRAL_VIEWS):
+                 n_views: int = DEFAULT_VIEWS):
         super().__init__()
         _check_views(n_views)
         self.network = network

@@ -39,7 +39,7 @@ def test_train_strategy_gathers_params_metrics_provenance_and_picture(tmp_path: 
     assert trained.metrics["epochs_run"] == 1 and 0.0 <= trained.metrics["val_macro_f1"] <= 1.0
     assert set(trained.ood_calibration) <= set(trained.metrics)
     assert trained.confusion_png.startswith(b"\x89PNG")
-    assert trained.fitted.deployable.n_views == trained.params["test_time_views"] == 8
+    assert trained.fitted.deployable.n_views == trained.params["test_time_views"] == 2
 
 
 def test_the_packaged_model_averages_symmetry_views_only_when_training_turned_the_images() -> None:
@@ -48,6 +48,6 @@ def test_the_packaged_model_averages_symmetry_views_only_when_training_turned_th
     from cmr_assets.training.fitting import symmetry_views_for
 
     config = TrainConfig()
-    assert config.augment and symmetry_views_for(config) == config.test_time_views == 8
+    assert config.augment and symmetry_views_for(config) == config.test_time_views == 2
     assert symmetry_views_for(replace(config, augment=False)) == 1
-    assert symmetry_views_for(replace(config, test_time_views=2)) == 2
+    assert symmetry_views_for(replace(config, test_time_views=8)) == 8
