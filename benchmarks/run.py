@@ -67,7 +67,7 @@ FULL = BenchSettings(mode="full", ingestion_scans=60, ingestion_repeats=3, train
                      training_batch_size=64, training_epochs=2, training_repeats=3, training_threads=2,
                      training_with_augmentation=True,
                      ranking_sizes=((3_323, 1_250), (100_000, 40_000)), choix_max_items=10_000,
-                     growth_sizes=(300, 3_000, 30_000), growth_timeout_s=900)
+                     growth_sizes=(300, 3_000, 30_000, 100_000), growth_timeout_s=1800)
 
 
 def _progress(message: str) -> None:
