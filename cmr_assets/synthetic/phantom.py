@@ -209,8 +209,11 @@ def sample_anatomy(rng: np.random.Generator) -> Anatomy:
         # the left lung lies against the LV's lateral wall, with some fat or pericardium between
         lung_spread_mm=epi_radius + lung_half_axes[0] + float(rng.uniform(0.0, 30.0)),
         lung_half_axes_mm=lung_half_axes,
-        liver_edge_mm=float(rng.uniform(35.0, 80.0)),
-        liver_slope=float(rng.uniform(1.2, 3.2)),
+        # The heart lies on the diaphragm: oblique short-axis planes cut the liver dome below the
+        # heart at mid-ventricular and even basal levels in many patients, so the liver is in view
+        # well before the apex (a shallow slope) and is no cue to the class by itself.
+        liver_edge_mm=float(rng.uniform(15.0, 80.0)),
+        liver_slope=float(rng.uniform(0.2, 1.5)),
         max_contraction=float(rng.uniform(0.15, 0.4)),
         epicardial_fat_mm=float(rng.uniform(0.5, 7.0)),
         trabeculation=tuple((int(k), float(rng.uniform(0.0, 0.035)), float(rng.uniform(0, 2 * np.pi)))
