@@ -40,6 +40,7 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import closing
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -127,6 +128,18 @@ def _ingest_annotations(tasks_single: pd.DataFrame, tasks_ranking: pd.DataFrame,
         return read_raw_annotations(con)[1]
 
 
+def campaign_for_every_batch(n_batches: int, now: datetime | None = None) -> SimulatorParams:
+    """Simulator parameters whose experts have time for every batch: hours raised to twice the expected
+    work, and the campaign started far enough back that its last one-hour-a-day session ends before
+    `now` (at 100,000 scans that is years of sessions; later ones would be rejected as from the future)."""
+    params = SimulatorParams()
+    batches_per_expert = math.ceil(n_batches / N_EXPERTS)
+    hours = 2.0 * batches_per_expert * params.seconds_per_batch / 3600 + 1
+    days = math.ceil(hours * 60 / params.session_minutes) + 2
+    return replace(params, hours_per_expert=hours,
+                   campaign_start=(now or datetime.now(UTC)) - timedelta(days=days))
+
+
 def run_metadata_path(n_scans: int, work_dir: Path, seed: int = 0) -> dict[str, Any]:
     """Every metadata stage on `n_scans` synthetic scans, in this process; see the module docstring."""
     if work_dir.exists():
@@ -144,9 +157,7 @@ def run_metadata_path(n_scans: int, work_dir: Path, seed: int = 0) -> dict[str, 
     annotators = annotator_ids(N_EXPERTS)
     tasks_single = stages.run("tasks", lambda: design_single_tasks(slices["slice_id"], annotators, seed=seed))
     tasks_ranking = stages.run("tasks", lambda: design_ranking_batches(slices, annotators, seed=seed))
-    params = SimulatorParams()
-    batches_per_expert = math.ceil(len(tasks_ranking) / N_EXPERTS)
-    params = replace(params, hours_per_expert=2.0 * batches_per_expert * params.seconds_per_batch / 3600 + 1)
+    params = campaign_for_every_batch(len(tasks_ranking))
     incoming = work_dir / "incoming"
     files = stages.run("annotations_simulated",
                        lambda: simulate_ranking_campaign(tasks_ranking, reference, params, incoming, seed=seed))

@@ -62,3 +62,16 @@ def test_demo_profile_is_read_and_bad_profile_is_named(tmp_path):
     (tmp_path / DEMO_PROFILE_NAME).write_text(json.dumps({"wall_seconds": 1.0}))
     invalid = read_demo_profile(tmp_path)
     assert invalid["status"] == "invalid" and DEMO_PROFILE_NAME in invalid["message"]
+
+
+def test_growth_campaign_ends_before_now_even_for_a_biobank():
+    """At 100,000 scans the experts need years of one-hour sessions; none may lie in the future."""
+    from datetime import UTC, datetime, timedelta
+
+    from benchmarks.growth import campaign_for_every_batch
+
+    now = datetime(2026, 12, 4, tzinfo=UTC)
+    params = campaign_for_every_batch(450_000, now=now)
+    sessions = math.ceil(params.hours_per_expert * 60 / params.session_minutes)
+    assert params.hours_per_expert >= 450_000 / 3 * params.seconds_per_batch / 3600
+    assert params.campaign_start + timedelta(days=sessions) < now
