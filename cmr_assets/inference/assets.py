@@ -9,6 +9,7 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 from dagster_duckdb import DuckDBResource
+from mlflow.exceptions import MlflowException
 
 from cmr_assets.domain import CHAMPION, REGISTERED_MODEL_NAMES
 from cmr_assets.duckdb_io import append_rows, read_table, transaction
@@ -41,7 +42,7 @@ def archive_filter(context: dg.AssetExecutionContext, config: ArchiveFilterConfi
     name = REGISTERED_MODEL_NAMES[FILTER_STRATEGY]
     try:
         version = mlflow.client().get_model_version_by_alias(name, CHAMPION).version
-    except Exception as error:  # the registry says why: no such model or alias
+    except MlflowException as error:  # the registry says why: no such model or alias
         raise dg.Failure(f"archive_filter: no {CHAMPION} of {name} to filter with ({error})") from error
     with duckdb.get_connection() as con:
         ensure_decision_table(con)

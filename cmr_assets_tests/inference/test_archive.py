@@ -74,3 +74,21 @@ def test_rows_and_images_must_match() -> None:
     rows, images = _stack("a", [LV, LV])
     with pytest.raises(ValueError, match="2 slice rows but 1 images"):
         decide_scans(rows, images[:1], BrightnessModel(), "m", "1", datetime.now(UTC))
+
+
+def test_the_asset_fails_clearly_without_a_champion(tmp_path) -> None:
+    import dagster as dg
+
+    from cmr_assets.inference.assets import archive_filter
+    from cmr_assets.resources import DataPathsResource, MlflowResource, duckdb_resource
+    from cmr_assets.settings import DataPaths
+
+    paths = DataPaths(tmp_path / "data").ensure()
+    result = dg.materialize(
+        [archive_filter], raise_on_error=False, instance=dg.DagsterInstance.ephemeral(),
+        resources={"data_paths": DataPathsResource(root=str(paths.root)), "duckdb": duckdb_resource(paths),
+                   "mlflow": MlflowResource(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+                                            artifact_location=(tmp_path / "artifacts").as_uri())})
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "no champion of cmr-slice-classifier-ranking" in failure.step_failure_data.error.message
