@@ -386,7 +386,6 @@ def design_pilot_tasks(slices: pd.DataFrame, annotators: Sequence[str], minutes:
     return single, ranking
 
 
-
 def next_wave(existing: pd.DataFrame, id_column: str) -> int:
     """The wave after the newest in `existing` tasks (ids `s-…` are wave 1, `s2-…` wave 2, …); 1 when none."""
     if existing.empty:
@@ -397,6 +396,7 @@ def next_wave(existing: pd.DataFrame, id_column: str) -> int:
 def prefix_wave(ids: pd.Series, wave: int) -> pd.Series:
     """Wave 1 keeps the designer's ids (`s-000001`); later waves get `s2-000001`, so ids never collide."""
     return ids if wave == 1 else ids.str.replace(r"^([a-z])-", rf"\g<1>{wave}-", regex=True)
+
 
 @dataclass(frozen=True)
 class RankingDesignSummary:

@@ -176,13 +176,11 @@ def break_even_summary(frame: pd.DataFrame) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class SensitivityStudy:
-    """The sweep (`strategy_sensitivity` rows), its summary (`break_even_summary` with the cohort,
-    images, hours per expert and seed) and which cohort it ran on."""
+    """The sweep (`strategy_sensitivity` rows) and its summary (`break_even_summary` with the cohort
+    it ran on, its images, hours per expert and seed)."""
 
     frame: pd.DataFrame
     summary: dict[str, Any]
-    cohort: str
-    images: int
 
 
 def sensitivity_study(slices: pd.DataFrame, reference: pd.DataFrame, params: SimulatorParams,
@@ -201,4 +199,4 @@ def sensitivity_study(slices: pd.DataFrame, reference: pd.DataFrame, params: Sim
     frame = strategy_sensitivity(slices, reference, params, grid, seed)
     summary = {"cohort": cohort, "images": len(slices), "hours_per_expert": params.hours_per_expert,
                "seed": seed, **break_even_summary(frame)}
-    return SensitivityStudy(frame, summary, cohort, len(slices))
+    return SensitivityStudy(frame, summary)

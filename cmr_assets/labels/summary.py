@@ -14,7 +14,8 @@ from cmr_assets.domain import CLASS_NAMES
 # outside them the labels are more likely broken than the cohort unusual.
 CLASS_MIX_BOUNDS: dict[str, tuple[float, float]] = {"too_basal": (0.02, 0.4), "lv": (0.3, 0.95),
                                                     "too_apical": (0.02, 0.4)}
-CLASS_MIX_BOUNDS_TEXT = "too_basal 2-40%, lv 30-95%, too_apical 2-40%"
+CLASS_MIX_BOUNDS_TEXT = ", ".join(f"{name} {100 * low:g}-{100 * high:g}%"
+                                  for name, (low, high) in CLASS_MIX_BOUNDS.items())
 
 
 def class_mix(labels: pd.DataFrame, column: str = "label") -> dict[str, float]:

@@ -19,6 +19,7 @@ from cmr_assets.labels.sensitivity import (
     SENSITIVITY_COLUMNS,
     SensitivityGrid,
     break_even_summary,
+    sensitivity_study,
     strategy_sensitivity,
 )
 from cmr_assets.resources import DataPathsResource
@@ -70,3 +71,17 @@ def test_asset_writes_json_and_picture(cohort, tmp_path: Path) -> None:
     assert (tmp_path / "reports" / "strategy_sensitivity.png").read_bytes()[:4] == b"\x89PNG"
     metadata = result.asset_materializations_for_node("strategy_sensitivity")[0].metadata
     assert "data:image/png;base64" in metadata["break_even"].value
+
+
+def test_study_runs_on_the_cohort_with_positions_else_on_a_stand_in(cohort) -> None:
+    slices, reference = cohort
+    params = replace(SimulatorParams(), hours_per_expert=0.3)
+    grid = SensitivityGrid(noise_sd=(0.012,), impression_share=(0.0,), divider_share=(0.0,), seconds_per_batch=(36.0,))
+    own = sensitivity_study(slices, reference, params, grid, seed=1)
+    assert own.summary["cohort"] == "synthetic truth of the ingested cohort"
+    assert own.summary["images"] == len(slices) and own.summary["hours_per_expert"] == 0.3
+    no_positions = reference.assign(position01=float("nan"))  # a user's CSV reference: no continuous position
+    stand_in = sensitivity_study(slices, no_positions, params, grid, seed=1)
+    assert stand_in.summary["cohort"] == "stand-in cohort (reference_like_cohort)"
+    assert stand_in.summary["images"] == len(reference_like_cohort(60, seed=1)[0])
+    assert list(stand_in.frame.columns) == list(SENSITIVITY_COLUMNS)

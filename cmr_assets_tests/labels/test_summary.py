@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pandas as pd
 
-from cmr_assets.labels.summary import CLASS_MIX_BOUNDS, class_mix, class_mix_is_plausible, summarise_labels
+from cmr_assets.labels.summary import (
+    CLASS_MIX_BOUNDS,
+    CLASS_MIX_BOUNDS_TEXT,
+    class_mix,
+    class_mix_is_plausible,
+    summarise_labels,
+)
 
 
 def test_summary_counts_labelled_excluded_and_monotone_changes() -> None:
@@ -25,3 +31,4 @@ def test_class_mix_bounds() -> None:
     low, high = CLASS_MIX_BOUNDS["lv"]
     assert class_mix_is_plausible({"too_basal": 0.02, "lv": low, "too_apical": 0.4})  # inclusive
     assert not class_mix_is_plausible({"too_basal": 0.02, "lv": high + 0.01, "too_apical": 0.02})
+    assert CLASS_MIX_BOUNDS_TEXT == "too_basal 2-40%, lv 30-95%, too_apical 2-40%"
