@@ -107,7 +107,6 @@ class StrategyEvaluation:
     model: Mapping[str, Any] = field(default_factory=dict)
 
 
-
 def evaluate_strategy(strategy: str, y_true: np.ndarray, proba: np.ndarray, raw_answers: pd.DataFrame,
                       labels: pd.DataFrame, reference: pd.DataFrame, agreement: Mapping[str, Any],
                       model: Mapping[str, Any]) -> StrategyEvaluation:
@@ -119,6 +118,7 @@ def evaluate_strategy(strategy: str, y_true: np.ndarray, proba: np.ndarray, raw_
         metrics=classification_metrics(y_true, proba), **labelling_cost(raw_answers, labels),
         label_accuracy_vs_reference=agreement.get(f"label_accuracy_{strategy}"),
         label_kappa_vs_reference=label_kappa_vs_reference(labels, reference), model=model)
+
 
 def _jsonable(value: Any) -> Any:
     """Plain JSON types all the way down; NaN/inf become None (JSON has no NaN)."""
