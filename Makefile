@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: install demo experiment test test-slow lint ui bench gpu-check clean-data
+.PHONY: install demo experiment test test-slow test-cluster lint ui bench gpu-check clean-data
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ test: install
 
 test-slow: install
 	$(BIN)/pytest -q -m slow
+
+# Slow, opt-in: PostgreSQL + dagster-daemon + concurrent ingestion runs + MLflow on PostgreSQL, for real
+# (scripts/test_cluster.sh; needs the PostgreSQL 15 server binaries: initdb, pg_ctl, postgres).
+test-cluster: install
+	$(BIN)/pip install -q -c requirements.lock -e '.[dev,cluster]'
+	bash scripts/test_cluster.sh
 
 lint: install
 	$(BIN)/ruff check cmr_assets cmr_assets_tests benchmarks scripts
