@@ -168,9 +168,12 @@ def _ingestion_line(ingestion: dict[str, Any]) -> str:
     """The issue 12 verdict: per-file-seen ratios against their aims, with the load they ran under."""
     if "comparisons" not in ingestion:
         return f"ingestion: {ingestion.get('error')}"
+    per_file_seen = [row for row in ingestion["comparisons"] if "per file seen" in row["name"]]
     verdicts = [f"workers={run['workers']} {row['ratio']:.2f}x (aim {row['aim']}: "
                 f"{'met' if row['aim_met'] else 'NOT met'})"
-                for run, row in zip(ingestion["ours"], ingestion["comparisons"][::2], strict=True)]
+                for run, row in zip(ingestion["ours"], per_file_seen, strict=True)]
+    verdicts += [f"{row['name']} {row['ratio']:.2f}x (aim {row['aim']}: {'met' if row['aim_met'] else 'NOT met'})"
+                 for row in ingestion["comparisons"] if "partition" in row["name"]]
     before, after = ingestion["load_average_1min_before_after"]
     return (f"ingestion vs bare dcmread(...).pixel_array on the same {ingestion['n_files']:,} files: "
             f"{'; '.join(verdicts)}; load average {before:.2f} -> {after:.2f} during the section, "

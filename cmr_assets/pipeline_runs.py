@@ -79,11 +79,14 @@ def demo_run_config(n_scans: int | None = None, seed: int | None = None) -> dict
 
 
 def run_job(job_name: str, run_config: dict[str, Any] | None = None) -> dg.ExecuteInProcessResult:
-    """Execute one job in process against the current instance, with resources bound to the current settings."""
+    """Execute one job in process against the current instance, with resources bound to the current
+    settings; a job with partitioned assets runs every partition, in this one run."""
     from cmr_assets.definitions import build_definitions
+    from cmr_assets.ingest.assets import ALL_BUCKETS_TAGS
 
     job = build_definitions().resolve_job_def(job_name)
     return job.execute_in_process(run_config=run_config or {}, instance=dg.DagsterInstance.get(),
+                                  tags=ALL_BUCKETS_TAGS if job.partitions_def is not None else None,
                                   raise_on_error=False)
 
 

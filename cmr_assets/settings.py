@@ -81,6 +81,11 @@ class DataPaths:
         return self.root / "slices" / "arrays"
 
     @property
+    def table_files(self) -> Path:
+        """Parquet files of the tables partition runs write, one per group and bucket (`partitioned_tables.py`)."""
+        return self.root / "tables"
+
+    @property
     def annotations_incoming(self) -> Path:
         return self.root / "annotations" / "incoming"
 

@@ -4,11 +4,12 @@ and types. Tables written whole from a DataFrame (tasks, labels, split, agreemen
 take the frame's schema; docs/architecture.md lists every table.
 
 Public API:
-- `SCANS_COLUMNS`, `SLICES_COLUMNS`, `REJECTED_FILES_COLUMNS`; `ensure_ingestion_tables(con)`
+- `SCANS_COLUMNS`, `SLICES_COLUMNS`, `REJECTED_FILES_COLUMNS`, `INGESTION_DDL`: the types of the ingested
+  tables' Parquet partition files (`partitioned_tables.py`; DuckDB shows them as views)
 - `RAW_SINGLE_COLUMNS`, `RAW_RANKING_COLUMNS`; `ensure_annotation_tables(con)` (`raw_annotations_*`,
   `rejected_annotations`, `annotation_files`)
-- `SLICE_DECISIONS_COLUMNS`; `ensure_decision_table(con)`: the archive-wide filter's decisions, rewritten
-  scan by scan
+- `SLICE_DECISIONS_COLUMNS`, `DECISIONS_DDL`: the archive-wide filter's decisions (Parquet per bucket, like
+  the ingestion tables)
 """
 
 from __future__ import annotations
@@ -91,15 +92,6 @@ ANNOTATION_DDL = (
 )
 
 
-def ensure_ingestion_tables(con: duckdb.DuckDBPyConnection) -> None:
-    """Create the ingestion tables if they do not exist (idempotent; adds `scans.study_key` and
-    `slices.heart_crop` and `scans.patient_group` to older files, whose rows keep NULL there)."""
-    con.execute(INGESTION_DDL)
-    con.execute("ALTER TABLE scans ADD COLUMN IF NOT EXISTS study_key VARCHAR")
-    con.execute("ALTER TABLE slices ADD COLUMN IF NOT EXISTS heart_crop INTEGER[]")
-    con.execute("ALTER TABLE scans ADD COLUMN IF NOT EXISTS patient_group VARCHAR")
-
-
 def ensure_annotation_tables(con: duckdb.DuckDBPyConnection) -> None:
     """Create the annotation tables if they do not exist (idempotent)."""
     for statement in ANNOTATION_DDL:
@@ -129,8 +121,3 @@ CREATE TABLE IF NOT EXISTS slice_decisions (
     decided_at TIMESTAMP NOT NULL
 )
 """
-
-
-def ensure_decision_table(con: duckdb.DuckDBPyConnection) -> None:
-    """Create `slice_decisions` if it does not exist (idempotent)."""
-    con.execute(DECISIONS_DDL)

@@ -265,6 +265,7 @@ def test_archive_filter_decides_every_slice_with_the_champion_and_then_only_what
 
     from cmr_assets.definitions import build_definitions
     from cmr_assets.inference.assets import archive_filter
+    from cmr_assets.ingest.assets import ALL_BUCKETS_TAGS
 
     root, _ = pipeline
     with duckdb.connect(str(root / "data" / "cmr.duckdb"), read_only=True) as con:
@@ -277,7 +278,7 @@ def test_archive_filter_decides_every_slice_with_the_champion_and_then_only_what
     assert decided == (n_slices, 1, str(champion), n_slices)
     with pipeline_environment(root):
         result = dg.materialize([archive_filter], resources=build_definitions().resources,
-                                instance=dg.DagsterInstance.get())
+                                instance=dg.DagsterInstance.get(), tags=ALL_BUCKETS_TAGS)
     assert result.success
     metadata = result.asset_materializations_for_node("archive_filter")[0].metadata
     assert metadata["scans_decided_now"].value == 0 and metadata["slices"].value == n_slices

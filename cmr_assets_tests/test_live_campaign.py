@@ -18,8 +18,9 @@ from starlette.testclient import TestClient
 
 from cmr_assets.app.web import create_app
 from cmr_assets.automation.retrain import RetrainPolicyResource
-from cmr_assets.automation.sensors import annotation_files_sensor, labels_settled_sensor
+from cmr_assets.automation.sensors import annotation_files_sensor, labels_settled_sensor, new_scans_sensor
 from cmr_assets.domain import REGISTERED_MODEL_NAMES
+from cmr_assets.ingest.partitions import bucket_of
 from cmr_assets.labelling.roster import add_annotator
 from cmr_assets.resources import DataPathsResource, MlflowResource
 from cmr_assets.settings import DataPaths
@@ -61,6 +62,7 @@ def _launch(live, job_name: str, request: dg.RunRequest | None = None, run_confi
     job = live["defs"].resolve_job_def(job_name)
     result = job.execute_in_process(run_config=run_config or {}, instance=dg.DagsterInstance.get(),
                                     tags=request.tags if request else None,
+                                    partition_key=request.partition_key if request else None,
                                     asset_selection=request.asset_selection if request else None,
                                     raise_on_error=False)
     assert result.success, [e.message for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
@@ -188,9 +190,13 @@ def test_answers_relabel_promptly_and_retrain_once_when_the_inbox_is_quiet(live)
 def test_new_scans_without_labels_wait_and_break_nothing(live, series_writer) -> None:
     paths = live["paths"]
     split_before = _query(live, "SELECT scan_id, split FROM dataset_split ORDER BY scan_id")
+    _, cursor = _sensor_tick(new_scans_sensor, live)  # the demo's scans: already ingested, nothing new
     series_writer(paths.scans / "new_export_1")
     series_writer(paths.scans / "new_export_2")
-    _launch(live, "ingest_new_scans")
+    requests, _ = _sensor_tick(new_scans_sensor, live, cursor)
+    assert {r.partition_key for r in requests} == {bucket_of("new_export_1/x"), bucket_of("new_export_2/x")}
+    for request in requests:  # one partition run per changed bucket
+        _launch(live, "ingest_new_scans", request)
     scans = {row[0] for row in _query(live, "SELECT DISTINCT scan_id FROM slices")}
     assert len(scans) == len(split_before) + 2
 

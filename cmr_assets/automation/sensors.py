@@ -4,13 +4,15 @@
   cheap, so it follows answers within a tick; never more than one relabel run waiting in the queue.
 - `labels_settled_sensor`: -> `retrain_models` for the strategies whose training labels changed since
   their newest registered model, once the inbox has been quiet (see `cmr_assets.automation.retrain`).
-- `new_scans_sensor`: new files under `data/scans/` -> `ingest_new_scans`.
+- `new_scans_sensor`: new files under `data/scans/` -> `ingest_new_scans`, one run per bucket (partition)
+  whose files changed.
 
 Defaults (documented in the README): the sensors and the nightly schedule are RUNNING once the
 Dagster daemon runs (`make ui` starts it); switch any of them in the UI (Automation tab) or with
 `dagster sensor stop NAME` / `dagster schedule stop NAME`.
 """
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,6 +39,7 @@ from cmr_assets.automation.retrain import (
 )
 from cmr_assets.domain import STRATEGIES
 from cmr_assets.duckdb_io import read_only, table_exists
+from cmr_assets.ingest.partitions import bucket_of
 from cmr_assets.resources import DataPathsResource, MlflowResource
 
 ANNOTATION_PATTERNS = ("*.jsonl",)
@@ -183,9 +186,29 @@ def labels_settled_sensor(context: dg.SensorEvaluationContext, data_paths: DataP
     return retrain_due(context, data_paths, mlflow, retrain_policy.quiet_minutes * 60, "settled")
 
 
+def changed_buckets(stamps: list[FileStamp], cursor: str | None) -> tuple[list[str], str, dict[str, int]]:
+    """The ingestion buckets whose files changed since `cursor` (new, grown, touched; a bucket whose
+    files all went needs no run), the cursor to store (a digest per bucket) and each bucket's file count."""
+    by_bucket: dict[str, list[FileStamp]] = {}
+    for stamp in stamps:
+        by_bucket.setdefault(bucket_of(stamp.path), []).append(stamp)
+    now = {bucket: folder_state(files).digest for bucket, files in sorted(by_bucket.items())}
+    before = json.loads(cursor).get("buckets", {}) if cursor else {}  # an older, whole-folder cursor: all
+    changed = [bucket for bucket, digest in now.items() if before.get(bucket) != digest]
+    return changed, json.dumps({"buckets": now}), {bucket: len(files) for bucket, files in by_bucket.items()}
+
+
 @dg.sensor(job=ingest_new_scans_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
 def new_scans_sensor(context: dg.SensorEvaluationContext,
-                     data_paths: DataPathsResource) -> dg.RunRequest | dg.SkipReason:
-    """New files under the scans folder -> incremental ingestion (existing scans are not reprocessed)."""
+                     data_paths: DataPathsResource) -> list[dg.RunRequest] | dg.SkipReason:
+    """New files under the scans folder -> one incremental ingestion run per bucket that changed
+    (`ingest/partitions.py`); those runs share no writer, so the run queue may run them side by side."""
     paths = data_paths.paths()
-    return _folder_sensor_tick(context, paths.scans, DICOM_PATTERNS, "files under scans/")
+    changed, cursor, counts = changed_buckets(scan_folder(paths.scans, DICOM_PATTERNS), context.cursor)
+    if not changed:
+        return dg.SkipReason(f"no new files under {paths.scans}")
+    context.update_cursor(cursor)
+    context.log.info(f"files under scans/: {len(changed)} bucket(s) changed: {', '.join(changed)}")
+    digests = json.loads(cursor)["buckets"]
+    return [dg.RunRequest(run_key=f"{bucket}-{digests[bucket]}", partition_key=bucket,
+                          tags={"cmr/bucket_files": str(counts[bucket])}) for bucket in changed]

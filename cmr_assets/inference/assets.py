@@ -1,6 +1,8 @@
 """The archive-wide filter as an asset: the ranking champion's keep/remove decision for every ingested
-slice, in the `slice_decisions` table (`inference.archive`), redone for what changed when new scans
-are ingested or a retrain registers a model (eager automation; `archive_filter_sensor` evaluates it)."""
+slice, in the `slice_decisions` table (`inference.archive`), partitioned like ingestion (one Parquet
+file per bucket, `partitioned_tables.py`, so bucket runs share no writer), redone for what changed
+when new scans are ingested or a retrain registers a model (eager automation; `archive_filter_sensor`
+evaluates it)."""
 
 import time
 from datetime import UTC, datetime
@@ -8,20 +10,20 @@ from typing import Any
 
 import dagster as dg
 import pandas as pd
-from dagster_duckdb import DuckDBResource
 from mlflow.exceptions import MlflowException
 
 from cmr_assets.domain import CHAMPION, REGISTERED_MODEL_NAMES
-from cmr_assets.duckdb_io import append_rows, read_table, transaction
 from cmr_assets.figures import archive_decisions_png
 from cmr_assets.inference.archive import decide_scans, decision_summary, scans_to_decide
+from cmr_assets.ingest.assets import SCAN_BUCKETS
 from cmr_assets.metadata import picture
+from cmr_assets.partitioned_tables import PartitionStore
 from cmr_assets.resources import DataPathsResource, MlflowResource
-from cmr_assets.tables import ensure_decision_table
 from cmr_assets.training.dataset import load_slice_images
 
 GROUP = "inference"
 FILTER_STRATEGY = "ranking"  # the model `cmr-assets filter` uses by default
+DECISIONS_GROUP = "archive_filter"  # the decisions' files: <data>/tables/slice_decisions/archive_filter/<bucket>
 
 
 class ArchiveFilterConfig(dg.Config):
@@ -30,46 +32,53 @@ class ArchiveFilterConfig(dg.Config):
     scans_per_chunk: int = 200
 
 
-@dg.asset(group_name=GROUP, deps=["slices", f"model_{FILTER_STRATEGY}"], pool="duckdb", kinds={"duckdb", "pytorch"},
-          automation_condition=dg.AutomationCondition.eager())
+def _decide_bucket(context: dg.AssetExecutionContext, store: PartitionStore, bucket: str, model: Any,
+                   name: str, version: str, scans_per_chunk: int) -> int:
+    """Decide the bucket's scans that this version has not decided; the bucket's file is rewritten after
+    each chunk (its other rows kept), so an interrupted run keeps its progress. Returns scans decided."""
+    slices = store.read("slices", "slice_id, scan_id, slice_from_base, array_path, array_index",
+                        store.bucket_files("slices", bucket))
+    decided = store.read_partition("slice_decisions", DECISIONS_GROUP, bucket)
+    todo = scans_to_decide(slices, decided, version) if len(slices) else []
+    kept = decided[~decided["scan_id"].isin(todo)]
+    started = time.perf_counter()
+    for start in range(0, len(todo), scans_per_chunk):
+        chunk = todo[start:start + scans_per_chunk]
+        rows = slices[slices["scan_id"].isin(chunk)]
+        decisions = decide_scans(rows, load_slice_images(store.paths.root, rows), model, name, version,
+                                 datetime.now(UTC))
+        kept = pd.concat([frame for frame in (kept, decisions) if len(frame)], ignore_index=True)
+        store.write_partition("slice_decisions", DECISIONS_GROUP, bucket, kept)
+        done, seconds = start + len(chunk), time.perf_counter() - started
+        context.log.info(f"archive_filter bucket {bucket}: {done}/{len(todo)} scans ({len(rows)} slices in this "
+                         f"chunk), {done / max(seconds, 1e-9):.1f} scans/s")
+    return len(todo)
+
+
+@dg.asset(group_name=GROUP, deps=["slices", f"model_{FILTER_STRATEGY}"], partitions_def=SCAN_BUCKETS,
+          kinds={"parquet", "pytorch"}, automation_condition=dg.AutomationCondition.eager())
 def archive_filter(context: dg.AssetExecutionContext, config: ArchiveFilterConfig, data_paths: DataPathsResource,
-                   duckdb: DuckDBResource, mlflow: MlflowResource) -> dg.MaterializeResult:
-    """Every ingested slice through the champion and the filter's decision rule (monotone step along
-    each stack, OOD slices kept), into `slice_decisions`; scans already decided by this champion
-    version are left as they are."""
+                   mlflow: MlflowResource) -> dg.MaterializeResult:
+    """Every ingested slice of the bucket(s) through the champion and the filter's decision rule
+    (monotone step along each stack, OOD slices kept), into `slice_decisions`; scans already decided
+    by this champion version are left as they are."""
     if config.scans_per_chunk < 1:
         raise dg.Failure(f"archive_filter: scans_per_chunk must be >= 1, got {config.scans_per_chunk}")
     name = REGISTERED_MODEL_NAMES[FILTER_STRATEGY]
     try:
-        version = mlflow.client().get_model_version_by_alias(name, CHAMPION).version
+        version = str(mlflow.client().get_model_version_by_alias(name, CHAMPION).version)
     except MlflowException as error:  # the registry says why: no such model or alias
         raise dg.Failure(f"archive_filter: no {CHAMPION} of {name} to filter with ({error})") from error
-    with duckdb.get_connection() as con:
-        ensure_decision_table(con)
-        slices = read_table(con, "slices", "slice_id, scan_id, slice_from_base, array_path, array_index")
-        decided = read_table(con, "slice_decisions", "slice_id, model_version")
-    todo = scans_to_decide(slices, decided, str(version)) if not slices.empty else []
-    root = data_paths.paths().root
-    started = time.perf_counter()
-    if todo:
-        model = mlflow.load_model(f"models:/{name}/{version}")
-        context.log.info(f"archive_filter: {len(todo)} of {slices['scan_id'].nunique()} scans to decide with "
-                         f"{name} v{version}")
-    for start in range(0, len(todo), config.scans_per_chunk):
-        chunk = todo[start:start + config.scans_per_chunk]
-        rows = slices[slices["scan_id"].isin(chunk)]
-        decisions = decide_scans(rows, load_slice_images(root, rows), model, name, str(version), datetime.now(UTC))
-        with duckdb.get_connection() as con, transaction(con):
-            con.execute("DELETE FROM slice_decisions WHERE scan_id IN (SELECT unnest(?::VARCHAR[]))", [chunk])
-            append_rows(con, "slice_decisions", decisions)
-        done, seconds = start + len(chunk), time.perf_counter() - started
-        context.log.info(f"archive_filter: {done}/{len(todo)} scans ({len(rows)} slices in this chunk), "
-                         f"{done / max(seconds, 1e-9):.1f} scans/s")
-    with duckdb.get_connection() as con:
-        everything = read_table(con, "slice_decisions")
+    store = PartitionStore(data_paths.paths())
+    model = mlflow.load_model(f"models:/{name}/{version}")
+    decided_now = sum(_decide_bucket(context, store, bucket, model, name, version, config.scans_per_chunk)
+                      for bucket in context.partition_keys)
+    context.log.info(f"archive_filter: {decided_now} scans decided with {name} v{version} in bucket(s) "
+                     f"{', '.join(context.partition_keys)}")
+    everything = store.read("slice_decisions")
     summary = decision_summary(everything) if not everything.empty else {}
-    metadata: dict[str, Any] = {"registered_model": name, "model_version": str(version),
-                                   "scans_decided_now": len(todo), **summary}
+    metadata: dict[str, Any] = {"registered_model": name, "model_version": version,
+                                   "scans_decided_now": decided_now, **summary}
     if not everything.empty:
         metadata["decisions_by_position"] = picture(archive_decisions_png(everything), "decisions by position")
         metadata["by_reason"] = dg.MetadataValue.md(_reason_table(everything))

@@ -16,11 +16,17 @@ from cmr_assets.duckdb_io import read_table
 from cmr_assets.figures import montage
 from cmr_assets.ingest.dicom_files import inventory
 from cmr_assets.ingest.ingestion import ingest_folder
+from cmr_assets.ingest.partitions import BUCKET_KEYS
 from cmr_assets.metadata import picture, table
+from cmr_assets.partitioned_tables import PartitionStore
 from cmr_assets.resources import DataPathsResource
 from cmr_assets.settings import DataPaths
 
 GROUP = "ingest"
+SCAN_BUCKETS = dg.StaticPartitionsDefinition(list(BUCKET_KEYS))
+# a run over every bucket at once (the demo, `cmr-assets ingest`): one process, one worker pool
+ALL_BUCKETS_TAGS = {"dagster/asset_partition_range_start": BUCKET_KEYS[0],
+                    "dagster/asset_partition_range_end": BUCKET_KEYS[-1]}
 
 
 class ScanSourceConfig(dg.Config):
@@ -64,24 +70,27 @@ def _slice_montage(paths: DataPaths, slices: pd.DataFrame, n_scans: int = 2) -> 
     return montage(images, titles, ncols=8)
 
 
-@dg.asset(group_name=GROUP, deps=[raw_scans], pool="duckdb", kinds={"duckdb"})
+@dg.asset(group_name=GROUP, deps=[raw_scans], partitions_def=SCAN_BUCKETS, kinds={"dicom", "parquet"})
 def slices(context: dg.AssetExecutionContext, config: ScanSourceConfig, data_paths: DataPathsResource,
            duckdb: DuckDBResource) -> dg.MaterializeResult:
-    """De-identified slices, base -> apex, end-diastolic phase: PNGs, arrays and the `slices` table.
+    """De-identified slices, base -> apex, end-diastolic phase: PNGs, arrays and the rows of `scans`,
+    `slices` and `rejected_files`, one Parquet file per bucket of the source folder (`partitions.py`).
 
-    Incremental: scans already stored are skipped; every rejected file is recorded with its reason.
+    Partition runs share no writer, so many run at once. Incremental: scans already stored are
+    skipped; every rejected file is recorded with its reason.
     """
     paths = data_paths.paths()
+    buckets = context.partition_keys
     report = ingest_folder(_source_dir(config, paths), paths, duckdb.get_connection, workers=config.workers,
-                           log=context.log.info)
-    with duckdb.get_connection() as con:
-        stored = read_table(con, "slices")
-        by_reason = con.execute("SELECT reason, count(*) AS files FROM rejected_files GROUP BY reason "
-                                "ORDER BY files DESC").df()
+                           log=context.log.info, buckets=buckets)
+    store = PartitionStore(paths)
+    stored = store.read("slices", "scan_id, slice_from_base, array_path")
+    rejected = store.read("rejected_files", "reason")
+    by_reason = rejected.groupby("reason").size().rename("files").sort_values(ascending=False).reset_index()
     metadata: dict[str, int | float | dg.MetadataValue] = {
         key: value for key, value in report.as_dict().items() if isinstance(value, int | float)}
-    metadata.update({"slices_total": len(stored), "scans_total": int(stored["scan_id"].nunique()) if len(stored) else 0,
-                     "rejections_by_reason": table(by_reason)})
+    metadata.update({"buckets": dg.MetadataValue.text(", ".join(buckets)), "slices_total": len(stored),
+                     "scans_total": int(stored["scan_id"].nunique()), "rejections_by_reason": table(by_reason)})
     png = _slice_montage(paths, stored)
     if png is not None:
         metadata["montage"] = picture(png, "slices base to apex")

@@ -1,18 +1,22 @@
 """Ingest any folder of DICOM into the slice store: the one function the CLI and Dagster call.
 
 Why: one orchestration path (discover -> headers in a process pool -> group/validate/order ->
-skip scans already stored -> decode the chosen phase, normalise, write images -> insert rows) so
-the command line, the Dagster assets and the tests all get the same behaviour.
+skip scans already stored -> decode the chosen phase, normalise, write images -> write rows) so
+the command line, the Dagster assets (one partition or all) and the tests all get the same behaviour.
 
 Behaviour:
-- Incremental and idempotent: a series whose keyed `scan_id` is already in `scans` is skipped
-  before any pixel is decoded; rows are only inserted, never updated; `rejected_files` is unique on
-  (source_root_hash, path, reason), so re-running a folder adds nothing.
+- Partitions: with `buckets`, only the files of those hash buckets (`partitions.py`) are read. Rows
+  go to the Parquet file of their (source folder, bucket) partition (`partitioned_tables.py`), never to
+  the DuckDB file, so partition runs on several processes or machines never wait on one writer;
+  `database` (optional) only gets its `scans` / `slices` / `rejected_files` views made once.
+- Incremental and idempotent: a series whose keyed `scan_id` is already stored (in any partition)
+  is skipped before any pixel is decoded; a partition's file keeps its rows and gains the new ones;
+  `rejected_files` is unique on (source_root_hash, path, reason), so re-running a folder adds nothing.
 - Bad input never stops the run: every unusable file gets a `rejected_files` row (path relative to
   the source folder, reason); a series rejected as a whole gives each of its files a
   "series rejected: ..." reason.
 - An empty source folder is not an error: it records one row (path ".", reason "empty folder: no
-  files found") and returns a zero-count report. A missing source folder raises
+  files found") and returns a zero-count report. An empty bucket records nothing. A missing source folder raises
   FileNotFoundError / NotADirectoryError naming it.
 - Parallelism: up to `workers` processes working, this one included (`worker_pool`,
   `parallel_map`), one per `MIN_FILES_PER_WORKER` files (a small folder is read in this process
@@ -29,10 +33,9 @@ Behaviour:
 
 Public API:
 - `IngestReport` (dataclass; `as_dict()` for metadata)
-- `ingest_folder(source_dir, paths, database, workers=2, log=None) -> IngestReport`, where
-  `database` is a DuckDB file path or a zero-argument callable returning a connection or a context
-  manager yielding one (e.g. Dagster's `DuckDBResource.get_connection`). Connections are opened
-  per write and closed at once, so transactions stay short.
+- `ingest_folder(source_dir, paths, database=None, workers=2, log=None, buckets=None) -> IngestReport`,
+  where `database` is a DuckDB file path or a zero-argument callable returning a connection or a
+  context manager yielding one (e.g. Dagster's `DuckDBResource.get_connection`), opened once, briefly.
 - `connect(database)`: that short-lived connection, as a context manager.
 """
 
@@ -42,7 +45,7 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -68,22 +71,18 @@ from cmr_assets.ingest.dicom_files import (
     worker_pool,
 )
 from cmr_assets.ingest.heart_crop import stack_heart_box
+from cmr_assets.ingest.partitions import bucket_of, files_in_buckets
 from cmr_assets.ingest.pixels import REJECT_SERIES_DECODE, SeriesDecodeError, decode_image, render_series
-from cmr_assets.ingest.slice_store import (
-    existing_scan_ids,
-    insert_rejections,
-    insert_scans,
-    scan_rows,
-    write_scan_files,
-)
+from cmr_assets.ingest.slice_store import scan_rows, write_scan_files
 from cmr_assets.ingest.stack_geometry import SeriesPlan, plan_all_series
+from cmr_assets.partitioned_tables import PartitionStore, PartitionWriter, ensure_partition_views
 from cmr_assets.settings import DataPaths
-from cmr_assets.tables import ensure_ingestion_tables
 
 logger = logging.getLogger(__name__)
 
 Database = Path | str | Callable[[], Any]
-SCANS_PER_WRITE = 100  # each write opens the database: 30-60 ms (a checkpoint on close), whatever the rows
+SCANS_PER_FLUSH = 200  # the first flush of a run's rows to its partition files; later ones double
+SCANS_PER_LOG = 100
 MIN_FILES_PER_WORKER = 1000  # below this, starting spawned workers costs more than it saves
 
 
@@ -144,40 +143,51 @@ def _render_and_write(source_dir: Path, plan: SeriesPlan, scan_id: str, paths_ro
     return scan_rows(scan_id, rendered, files, ingested_at, study_key, heart, patient_group)
 
 
-def _store_new_scans(tasks: list[tuple], pool: Executor | None, database: Database, report: IngestReport,
-                     log: Callable[[str], None]) -> list[FileRejection]:
-    """Render and write each new scan (in the pool), insert rows in batches; returns decode rejections."""
+def _store_new_scans(tasks: list[tuple], buckets: list[str], pool: Executor | None, writer: PartitionWriter,
+                     report: IngestReport, log: Callable[[str], None]) -> list[FileRejection]:
+    """Render and write each new scan (in the pool), its rows to its partition (`buckets[i]` for
+    `tasks[i]`); returns decode rejections. Rows are flushed after `SCANS_PER_FLUSH` scans, then each
+    time as many again as were stored before (each flush rewrites the partitions that grew, so the
+    doubling keeps the rewriting linear in the scans stored)."""
     rejections: list[FileRejection] = []
-    pending_scans: list[dict] = []
-    pending_slices: list[dict] = []
     started = time.perf_counter()
-    for done, outcome in enumerate(parallel_map(_render_and_write, tasks, pool), start=1):
+    unflushed, flushed = 0, 0
+    for done, (outcome, bucket) in enumerate(zip(parallel_map(_render_and_write, tasks, pool), buckets,
+                                                 strict=True), start=1):
         if isinstance(outcome, list):
             rejections.extend(outcome)
             log(f"scan rejected: {outcome[0].path}: {outcome[0].reason}")
         else:
-            pending_scans.append(outcome[0])
-            pending_slices.extend(outcome[1])
+            writer.add("scans", bucket, [outcome[0]])
+            writer.add("slices", bucket, outcome[1])
             report.scans_new += 1
             report.slices_new += len(outcome[1])
-        if len(pending_scans) >= SCANS_PER_WRITE or done == len(tasks):
-            with connect(database) as con:
-                insert_scans(con, pending_scans, pending_slices)
-            pending_scans, pending_slices = [], []
+            unflushed += 1
+        if unflushed >= max(SCANS_PER_FLUSH, flushed) or (done == len(tasks) and unflushed):
+            writer.flush()
+            flushed, unflushed = flushed + unflushed, 0
+        if done % SCANS_PER_LOG == 0 or done == len(tasks):
             rate = report.slices_new / max(time.perf_counter() - started, 1e-9)
-            log(f"slices: {done}/{len(tasks)} new scans processed, {report.slices_new} slices stored "
-                f"({rate:.0f} slices/s)")
+            log(f"slices: {done}/{len(tasks)} new scans processed, {report.slices_new} slices, {flushed} scans "
+                f"stored ({rate:.0f} slices/s)")
     return rejections
+
+
+def _plan_bucket(plan: SeriesPlan) -> str:
+    """A scan's partition: the bucket of its first file (a series keeps to one top-level folder)."""
+    return bucket_of(min(h.path for position in plan.positions for h in position.files))
 
 
 def ingest_folder(
     source_dir: Path,
     paths: DataPaths,
-    database: Database,
+    database: Database | None = None,
     workers: int = 2,
     log: Callable[[str], None] | None = None,
+    buckets: Sequence[str] | None = None,
 ) -> IngestReport:
-    """Ingest every short-axis cine MR stack under `source_dir` that is not stored yet."""
+    """Ingest every short-axis cine MR stack under `source_dir` (only the files of `buckets`, when
+    given) that is not stored yet; with `database`, make sure its views show the partition files."""
     log = log or logger.info
     source_dir = Path(source_dir).resolve()
     if not source_dir.exists():
@@ -190,14 +200,24 @@ def ingest_folder(
     key = load_or_create_key(paths.secret)
     report = IngestReport()
 
+    source = source_root_hash(source_dir, key)
+    store = PartitionStore(paths)
+    if database is not None:  # before anything is read: moves a pre-partition database's rows to Parquet
+        with connect(database) as con:
+            ensure_partition_views(con, paths)
     files = discover_files(source_dir)
+    if buckets is not None:
+        files = files_in_buckets(source_dir, files, buckets)
     report.files_seen = len(files)
-    log(f"discovery: {len(files)} files under the source folder")
+    scope = "the source folder" if buckets is None else f"bucket(s) {', '.join(buckets)}"
+    log(f"discovery: {len(files)} files in {scope}")
     with worker_pool(min(workers, len(files) // MIN_FILES_PER_WORKER)) as pool:
         if files:
             headers, rejections = read_headers(source_dir, files, pool, log)
-        else:
+        elif buckets is None:
             headers, rejections = [], [FileRejection(".", REJECT_EMPTY_FOLDER, "no files found")]
+        else:  # an empty bucket is no error
+            headers, rejections = [], []
         report.dicom_files = len({h.path for h in headers})
         report.series_found = len({h.series_uid for h in headers})
         plans, plan_rejections = plan_all_series(headers)
@@ -205,19 +225,25 @@ def ingest_folder(
         log(f"grouping: {report.series_found} series, {len(plans)} short-axis stacks, "
             f"{len(rejections)} files rejected so far")
 
-        with connect(database) as con:
-            ensure_ingestion_tables(con)
-            stored = existing_scan_ids(con)
+        stored = set(store.read("scans", "scan_id")["scan_id"])
         scan_ids = {plan.scan_key: scan_id_for(plan.scan_key, key) for plan in plans}
+        new_plans = [plan for plan in plans if scan_ids[plan.scan_key] not in stored]
         tasks = [(source_dir, plan, scan_ids[plan.scan_key], paths.root, now, study_key_for(plan.study_uid, key),
-                  patient_group_for(plan.patient_id, plan.study_uid, plan.scan_key, key))
-                 for plan in plans if scan_ids[plan.scan_key] not in stored]
+                  patient_group_for(plan.patient_id, plan.study_uid, plan.scan_key, key)) for plan in new_plans]
         report.scans_skipped_existing = len(plans) - len(tasks)
         if report.scans_skipped_existing:
             log(f"incremental: {report.scans_skipped_existing} scans already stored, skipped")
-        rejections.extend(_store_new_scans(tasks, pool, database, report, log))
-    with connect(database) as con:
-        report.rejected_rows_new = insert_rejections(con, source_root_hash(source_dir, key), rejections, now)
+        writer = PartitionWriter(store, source)
+        rejections.extend(_store_new_scans(tasks, [_plan_bucket(plan) for plan in new_plans], pool, writer,
+                                           report, log))
+    legacy = store.read("rejected_files", "source_root_hash, path, reason", [store.legacy_file("rejected_files")])
+    recorded = set(legacy.itertuples(index=False, name=None))
+    for r in rejections:
+        if (source, r.path, r.reason) not in recorded:
+            writer.add("rejected_files", bucket_of(r.path),
+                       [{"source_root_hash": source, "path": r.path, "reason": r.reason, "rejected_at": now}])
+    writer.flush()
+    report.rejected_rows_new = writer.new_rejections
     report.rejected = dict(sorted(Counter(r.kind for r in rejections).items()))
     report.seconds = time.perf_counter() - started
     report.files_per_s = report.files_seen / max(report.seconds, 1e-9)

@@ -1,12 +1,11 @@
-"""The slice store: de-identified images on disk and the `slices`, `scans`, `rejected_files` tables.
+"""The slice store: de-identified images on disk and the rows of the `slices` and `scans` tables.
 
 Why: the labelling UI needs an 8-bit PNG per slice, training needs one uint8 array per scan, and
 everything downstream joins on `slice_id`. Files are written atomically (temporary file + rename)
-before the scan's rows are inserted in one short transaction, so a row always has its images and
-an interrupted run is simply redone. Rows are only ever inserted (`INSERT OR IGNORE`), never
-updated: re-ingesting changes nothing.
+before the scan's rows are written (`partitioned_tables.py`), so a row always has its images and an
+interrupted run is simply redone.
 
-Layout (paths stored in DuckDB are relative to the data root, `DataPaths.root`):
+Layout (paths stored in the rows are relative to the data root, `DataPaths.root`):
 - `slices/png/<scan_id>/<slice_from_base:02d>.png`: native matrix size, 8-bit greyscale, written
   directly (IHDR, IDAT, IEND only: no text/time chunks).
 - `slices/arrays/<scan_id>.npy`: uint8 `(n_slices, 128, 128)`, base first; `array_index` =
@@ -17,12 +16,9 @@ Layout (paths stored in DuckDB are relative to the data root, `DataPaths.root`):
 
 Public API:
 - `slice_id_for(scan_id, slice_from_base) -> str`
-- `existing_scan_ids(con) -> set[str]`
 - `write_scan_files(paths, scan_id, rendered) -> ScanFiles`; `png_bytes(image)`, `npy_bytes(array)`
 - `scan_rows(scan_id, rendered, files, ingested_at, study_key=None, heart_crop=None, patient_group=None)
   -> (scan_row: dict, slice_rows: list[dict])`
-- `insert_scans(con, scan_rows, slice_rows)`: one transaction, duplicates ignored
-- `insert_rejections(con, source_root_hash, rejections, rejected_at) -> int` (rows added)
 """
 
 from __future__ import annotations
@@ -30,21 +26,15 @@ from __future__ import annotations
 import io
 import struct
 import zlib
-from collections.abc import Sequence
-from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
 
-import duckdb
 import numpy as np
 
-from cmr_assets.duckdb_io import transaction
 from cmr_assets.fileio import write_atomically
-from cmr_assets.ingest.dicom_files import FileRejection
 from cmr_assets.ingest.heart_crop import CropBox
 from cmr_assets.ingest.pixels import RenderedSeries
 from cmr_assets.settings import DataPaths
-from cmr_assets.tables import REJECTED_FILES_COLUMNS, SCANS_COLUMNS, SLICES_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -58,11 +48,6 @@ class ScanFiles:
 def slice_id_for(scan_id: str, slice_from_base: int) -> str:
     """The stable slice id: `<scan_id>-<slice_from_base:02d>`."""
     return f"{scan_id}-{slice_from_base:02d}"
-
-
-def existing_scan_ids(con: duckdb.DuckDBPyConnection) -> set[str]:
-    """Scan ids already stored; ingestion skips these without decoding pixels."""
-    return {row[0] for row in con.execute("SELECT scan_id FROM scans").fetchall()}
 
 
 def _png_chunk(kind: bytes, payload: bytes) -> bytes:
@@ -142,39 +127,3 @@ def scan_rows(scan_id: str, rendered: RenderedSeries, files: ScanFiles, ingested
         for index, position in enumerate(plan.positions)
     ]
     return scan_row, slice_rows
-
-
-def _insert_frame(con: duckdb.DuckDBPyConnection, table: str, columns: Sequence[str],
-                  rows: list[dict]) -> None:
-    import pandas as pd  # here, not at the top: ingestion's spawned workers import this module, never insert
-
-    frame = pd.DataFrame.from_records(rows, columns=list(columns))
-    column_list = ", ".join(columns)
-    con.register("incoming_rows", frame)
-    try:
-        con.execute(f"INSERT OR IGNORE INTO {table} ({column_list}) SELECT {column_list} FROM incoming_rows")
-    finally:
-        with suppress(duckdb.Error):  # an aborted transaction refuses this; the original error matters
-            con.unregister("incoming_rows")
-
-
-def insert_scans(con: duckdb.DuckDBPyConnection, scans: list[dict], slices: list[dict]) -> None:
-    """Insert scans and their slices in one short transaction; rows already present are kept as they are."""
-    if not scans:
-        return
-    with transaction(con):
-        _insert_frame(con, "scans", SCANS_COLUMNS, scans)
-        _insert_frame(con, "slices", SLICES_COLUMNS, slices)
-
-
-def insert_rejections(con: duckdb.DuckDBPyConnection, source_root_hash: str,
-                      rejections: Sequence[FileRejection], rejected_at: datetime) -> int:
-    """Record rejected files once per (source, path, reason); returns how many rows were new."""
-    if not rejections:
-        return 0
-    rows = [{"source_root_hash": source_root_hash, "path": r.path, "reason": r.reason,
-             "rejected_at": rejected_at} for r in rejections]
-    before = con.execute("SELECT count(*) FROM rejected_files").fetchall()[0][0]
-    with transaction(con):
-        _insert_frame(con, "rejected_files", REJECTED_FILES_COLUMNS, rows)
-    return con.execute("SELECT count(*) FROM rejected_files").fetchall()[0][0] - before

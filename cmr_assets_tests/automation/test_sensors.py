@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -10,8 +11,10 @@ import duckdb
 import pandas as pd
 import pytest
 
-from cmr_assets.automation.sensors import annotation_files_sensor, new_scans_sensor
+from cmr_assets.automation.file_cursor import FileStamp
+from cmr_assets.automation.sensors import annotation_files_sensor, changed_buckets, new_scans_sensor
 from cmr_assets.definitions import defs
+from cmr_assets.ingest.partitions import bucket_of
 from cmr_assets.labelling.annotation_format import write_annotation_file
 from cmr_assets.labelling.annotation_ingest import ingest_annotation_files, read_raw_annotations
 from cmr_assets.resources import DataPathsResource
@@ -105,19 +108,29 @@ def test_malformed_file_still_triggers_one_run_and_ingestion_rejects_it_not_the_
     assert rejected["reason"].str.len().gt(0).all()
 
 
-def test_new_scans_sensor_picks_up_only_new_dicom(data_paths, instance, series_writer) -> None:
+def test_new_scans_sensor_requests_one_run_per_bucket_that_changed(data_paths, instance, series_writer) -> None:
     assert new_scans_sensor.job_name == "ingest_new_scans"
     assert selected_keys("ingest_new_scans") == {"raw_scans", "slices"}
     for path in series_writer(data_paths.scans / "export1"):
         touch(path, 1_000)
     first, cursor = tick(new_scans_sensor, data_paths, instance, None)
-    assert isinstance(first, dg.RunRequest) and first.tags["cmr/new_files"] == "12"
+    (request,) = first
+    assert request.partition_key == bucket_of("export1/IM1.dcm") and request.tags["cmr/bucket_files"] == "12"
     assert isinstance(tick(new_scans_sensor, data_paths, instance, cursor)[0], dg.SkipReason)
-    for path in series_writer(data_paths.scans / "export2"):
-        touch(path, 2_000)
+    others = [f"export{k}" for k in range(2, 40) if bucket_of(f"export{k}/x") != bucket_of("export1/x")][:2]
+    for folder in others:
+        for path in series_writer(data_paths.scans / folder):
+            touch(path, 2_000)
     second, _ = tick(new_scans_sensor, data_paths, instance, cursor)
-    assert isinstance(second, dg.RunRequest) and second.tags["cmr/new_files"] == "12"
-    assert second.run_key != first.run_key
+    assert sorted(r.partition_key for r in second) == sorted(bucket_of(f"{folder}/x") for folder in others)
+    assert {r.run_key for r in second}.isdisjoint({request.run_key})
+
+
+def test_a_whole_folder_cursor_from_before_buckets_asks_for_every_bucket_once(data_paths) -> None:
+    stamps = [FileStamp(f"s{k}/IM1.dcm", 10, 1) for k in range(40)]
+    changed, cursor, counts = changed_buckets(stamps, json.dumps({"digest": "abc", "n_files": 40}))
+    assert changed == sorted({bucket_of(s.path) for s in stamps}) and sum(counts.values()) == 40
+    assert changed_buckets(stamps, cursor)[0] == []
 
 
 def test_files_already_ingested_start_no_run_but_a_new_one_does(data_paths, instance) -> None:

@@ -2,17 +2,17 @@
 
 from datetime import UTC, datetime
 
-import duckdb
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from torch import nn
 
-from cmr_assets.duckdb_io import append_rows, read_table
 from cmr_assets.figures import archive_decisions_png
 from cmr_assets.inference.archive import decide_scans, decision_summary, scans_to_decide
-from cmr_assets.tables import SLICE_DECISIONS_COLUMNS, ensure_decision_table
+from cmr_assets.partitioned_tables import PartitionStore
+from cmr_assets.settings import DataPaths
+from cmr_assets.tables import SLICE_DECISIONS_COLUMNS
 
 BASAL, LV, APICAL, STRANGE = 0, 128, 255, 60  # image brightness the toy model reads as its answer
 
@@ -37,7 +37,7 @@ def _stack(scan: str, levels: list[int]) -> tuple[pd.DataFrame, np.ndarray]:
     return rows, np.stack([np.full((128, 128), v, dtype=np.uint8) for v in levels])
 
 
-def test_each_scan_is_judged_as_a_stack_whatever_the_row_order() -> None:
+def test_each_scan_is_judged_as_a_stack_whatever_the_row_order(tmp_path) -> None:
     a_rows, a_images = _stack("a", [BASAL, LV, LV, BASAL, LV, APICAL])  # a stray basal call mid-stack
     b_rows, b_images = _stack("b", [LV, STRANGE, LV, APICAL])
     rows = pd.concat([a_rows, b_rows], ignore_index=True)
@@ -55,10 +55,12 @@ def test_each_scan_is_judged_as_a_stack_whatever_the_row_order() -> None:
     assert decision_summary(decisions) == {"scans": 2, "slices": 10, "kept": 7, "removed": 3,
                                            "out_of_distribution": 1, "filter_too_basal": 1, "filter_lv": 7,
                                            "filter_too_apical": 2}
-    with duckdb.connect() as con:
-        ensure_decision_table(con)
-        append_rows(con, "slice_decisions", decisions)
-        assert len(read_table(con, "slice_decisions")) == 10
+    store = PartitionStore(DataPaths(tmp_path))
+    store.write_partition("slice_decisions", "archive_filter", "03", decisions)
+    stored = store.read("slice_decisions")
+    assert list(stored.columns) == list(SLICE_DECISIONS_COLUMNS)
+    as_rows = [(r.slice_id, bool(r.keep), bool(r.ood)) for r in stored.itertuples()]
+    assert sorted(as_rows) == sorted((r.slice_id, bool(r.keep), bool(r.ood)) for r in decisions.itertuples())
     assert archive_decisions_png(decisions).startswith(b"\x89PNG")
 
 
@@ -80,13 +82,13 @@ def test_the_asset_fails_clearly_without_a_champion(tmp_path) -> None:
     import dagster as dg
 
     from cmr_assets.inference.assets import archive_filter
-    from cmr_assets.resources import DataPathsResource, MlflowResource, duckdb_resource
+    from cmr_assets.resources import DataPathsResource, MlflowResource
     from cmr_assets.settings import DataPaths
 
     paths = DataPaths(tmp_path / "data").ensure()
     result = dg.materialize(
-        [archive_filter], raise_on_error=False, instance=dg.DagsterInstance.ephemeral(),
-        resources={"data_paths": DataPathsResource(root=str(paths.root)), "duckdb": duckdb_resource(paths),
+        [archive_filter], partition_key="00", raise_on_error=False, instance=dg.DagsterInstance.ephemeral(),
+        resources={"data_paths": DataPathsResource(root=str(paths.root)),
                    "mlflow": MlflowResource(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
                                             artifact_location=(tmp_path / "artifacts").as_uri())})
     assert not result.success

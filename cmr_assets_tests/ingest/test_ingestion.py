@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import shutil
 from pathlib import Path
 
 import duckdb
@@ -207,14 +208,28 @@ def test_every_slice_of_a_scan_carries_the_scan_heart_crop(tmp_path: Path, data_
     assert 0 <= top < bottom <= 40 and 0 <= left < right <= 30
 
 
-def test_a_database_from_before_heart_crop_gets_the_column_and_keeps_its_rows(
+def _as_older_versions_stored_it(paths: DataPaths) -> None:
+    """The database of a version before partitions: the rows in DuckDB tables (slices without
+    heart_crop), no Parquet partition files."""
+    with duckdb.connect(str(paths.duckdb)) as con:
+        for table in ("scans", "slices", "rejected_files"):
+            con.execute(f"CREATE TABLE {table}_rows AS SELECT * FROM {table}")
+            con.execute(f"DROP VIEW {table}")
+            con.execute(f"ALTER TABLE {table}_rows RENAME TO {table}")
+        con.execute("ALTER TABLE slices DROP COLUMN heart_crop")
+    shutil.rmtree(paths.table_files)
+
+
+def test_a_database_from_before_partitions_keeps_its_rows_and_skips_its_scans(
         tmp_path: Path, data_paths: DataPaths) -> None:
-    write_series(tmp_path / "old", SeriesSpec(n_positions=3))
+    write_series(tmp_path / "old" / "one", SeriesSpec(n_positions=3))
+    (tmp_path / "old" / "notes.txt").write_text("not dicom")
     _ingest(tmp_path / "old", data_paths)
-    with duckdb.connect(str(data_paths.duckdb)) as con:
-        con.execute("ALTER TABLE slices DROP COLUMN heart_crop")  # the table as older versions made it
-    write_series(tmp_path / "new" / "one", SeriesSpec(n_positions=4))
-    report, _ = _ingest(tmp_path / "new", data_paths)
-    assert report.scans_new == 1
+    _as_older_versions_stored_it(data_paths)
+    write_series(tmp_path / "old" / "two", SeriesSpec(n_positions=4))
+    report, _ = _ingest(tmp_path / "old", data_paths)
+    assert (report.scans_new, report.scans_skipped_existing, report.rejected_rows_new) == (1, 1, 0)
     rows = _table(data_paths, "SELECT n_slices, heart_crop IS NULL FROM slices ORDER BY n_slices")
     assert rows == [(3, True)] * 3 + [(4, False)] * 4
+    assert _table(data_paths, "SELECT count(*) FROM scans") == [(2,)]
+    assert (data_paths.table_files / "slices" / "legacy" / "rows.parquet").exists()

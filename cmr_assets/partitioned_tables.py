@@ -1,0 +1,206 @@
+"""The tables that partition runs write (`scans`, `slices`, `rejected_files` by ingestion,
+`slice_decisions` by the archive-wide filter) as Parquet files, one per group and bucket, read by
+DuckDB through views of the same names.
+
+Why: partition runs work in separate processes or machines at once. Each writes only its own
+files, atomically (temporary file + rename), so no run waits on DuckDB's single writer, a reader
+sees a partition's old rows or its new ones, and re-running a partition replaces exactly its rows.
+Everything downstream keeps reading these tables from the DuckDB file: `ensure_partition_views`
+makes them views over the files. Once, for a database from before partitions, it moves the rows of
+the ingestion tables into a `legacy` file, and renames `slice_decisions` (derived: the next filter
+run decides again) to `slice_decisions_before_partitions`, so nothing stored is lost.
+
+Layout under `DataPaths.table_files` (`<data>/tables/`):
+- `<table>/<group>/<bucket>.parquet`: one partition's rows; the group is the keyed hash of the
+  source folder for ingestion (`deid.source_root_hash`), `archive_filter` for the decisions;
+- `<table>/_schema/empty.parquet`: no rows, the declared types (`tables.py`), so the views work
+  before any partition exists;
+- `<table>/legacy/rows.parquet`: rows moved out of a pre-partition ingestion table.
+
+Public API:
+- `PARTITIONED_TABLES`; `PartitionStore(paths)`: `file`, `bucket_files`, `legacy_file`, `read`,
+  `read_partition`, `write_partition`
+- `PartitionWriter(store, group)`: `add`, `flush`
+- `ensure_partition_views(con, paths)`
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+from cmr_assets.duckdb_io import transaction
+from cmr_assets.settings import DataPaths
+from cmr_assets.tables import (
+    DECISIONS_DDL,
+    INGESTION_DDL,
+    REJECTED_FILES_COLUMNS,
+    SCANS_COLUMNS,
+    SLICE_DECISIONS_COLUMNS,
+    SLICES_COLUMNS,
+)
+
+PARTITIONED_TABLES: dict[str, tuple[str, ...]] = {
+    "scans": SCANS_COLUMNS, "slices": SLICES_COLUMNS, "rejected_files": REJECTED_FILES_COLUMNS,
+    "slice_decisions": SLICE_DECISIONS_COLUMNS}
+KEY_COLUMNS: dict[str, tuple[str, ...]] = {
+    "scans": ("scan_id",), "slices": ("slice_id",), "rejected_files": ("source_root_hash", "path", "reason"),
+    "slice_decisions": ("slice_id",)}
+DERIVED_TABLES = ("slice_decisions",)  # recomputed, so a pre-partition table is set aside, not carried over
+SCHEMA_FOLDER, LEGACY_FOLDER = "_schema", "legacy"
+
+
+@contextlib.contextmanager
+def _memory() -> Iterator[duckdb.DuckDBPyConnection]:
+    """An in-memory DuckDB with the partitioned tables' declared types (never the project's file)."""
+    with contextlib.closing(duckdb.connect()) as con:
+        con.execute(INGESTION_DDL)
+        con.execute(DECISIONS_DDL)
+        yield con
+
+
+def _quoted(path: Path | str) -> str:
+    """A path as a SQL string literal."""
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+def _parquet_list(files: Sequence[Path]) -> str:
+    return "[" + ", ".join(_quoted(f) for f in files) + "]"
+
+
+@dataclass(frozen=True)
+class PartitionStore:
+    """The Parquet files of the partitioned tables under one data root."""
+
+    paths: DataPaths
+
+    def folder(self, table: str) -> Path:
+        return self.paths.table_files / table
+
+    def file(self, table: str, group: str, bucket: str) -> Path:
+        return self.folder(table) / group / f"{bucket}.parquet"
+
+    def bucket_files(self, table: str, bucket: str) -> list[Path]:
+        """The bucket's files of every group (e.g. every source folder)."""
+        return sorted(self.folder(table).glob(f"*/{bucket}.parquet"))
+
+    def legacy_file(self, table: str) -> Path:
+        return self.file(table, LEGACY_FOLDER, "rows")
+
+    def glob(self, table: str) -> str:
+        return (self.folder(table) / "*" / "*.parquet").as_posix()
+
+    def files(self, table: str) -> list[Path]:
+        """Every file of the table (the schema file included), sorted."""
+        self.ensure_schema_files()
+        return sorted(self.folder(table).glob("*/*.parquet"))
+
+    def ensure_schema_files(self) -> None:
+        """The empty typed file of each table (written once)."""
+        missing = [table for table in PARTITIONED_TABLES if not self.file(table, SCHEMA_FOLDER, "empty").exists()]
+        if not missing:
+            return
+        with _memory() as con:
+            for table in missing:
+                self._copy_out(con, table, self.file(table, SCHEMA_FOLDER, "empty"))
+
+    def read(self, table: str, columns: str = "*", files: Sequence[Path] | None = None) -> pd.DataFrame:
+        """Rows of the table from `files` (default: every partition), without opening the DuckDB file."""
+        chosen = self.files(table) if files is None else [f for f in files if f.exists()]
+        if not chosen:
+            return pd.DataFrame(columns=list(PARTITIONED_TABLES[table]))
+        with contextlib.closing(duckdb.connect()) as con:
+            return con.execute(f"SELECT {columns} FROM read_parquet({_parquet_list(chosen)}, union_by_name = true, "
+                               "hive_partitioning = false)").df()
+
+    def read_partition(self, table: str, group: str, bucket: str) -> pd.DataFrame:
+        return self.read(table, files=[self.file(table, group, bucket)])
+
+    def write_partition(self, table: str, group: str, bucket: str, frame: pd.DataFrame) -> Path:
+        """Replace the partition's file with `frame` (declared types; duplicate keys keep the first row)."""
+        columns = list(PARTITIONED_TABLES[table])
+        rows = frame.reindex(columns=columns).drop_duplicates(list(KEY_COLUMNS[table]), keep="first")
+        target = self.file(table, group, bucket)
+        with _memory() as con:
+            con.register("partition_rows", rows)
+            column_list = ", ".join(f'"{c}"' for c in columns)
+            con.execute(f"INSERT INTO {table} ({column_list}) SELECT {column_list} FROM partition_rows")
+            self._copy_out(con, table, target)
+        return target
+
+    @staticmethod
+    def _copy_out(con: duckdb.DuckDBPyConnection, table: str, target: Path) -> None:
+        """The in-memory table to `target`, atomically (a `.tmp` beside it, renamed over it)."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+        con.execute(f"COPY {table} TO {_quoted(temporary)} (FORMAT parquet)")
+        os.replace(temporary, target)
+
+
+class PartitionWriter:
+    """The rows one ingestion run adds to its partitions (`group`, each bucket), written on top of what
+    the partition files hold: `flush` rewrites each partition that gained rows, so an interrupted run
+    keeps what it flushed. Memory holds only the rows not flushed yet."""
+
+    def __init__(self, store: PartitionStore, group: str) -> None:
+        self.store, self.group = store, group
+        self.pending: dict[tuple[str, str], list[dict]] = {}
+        self.new_rejections = 0
+
+    def add(self, table: str, bucket: str, rows: Sequence[dict]) -> None:
+        self.pending.setdefault((table, bucket), []).extend(rows)
+
+    def pending_rows(self, table: str) -> int:
+        return sum(len(rows) for (name, _), rows in self.pending.items() if name == table)
+
+    def flush(self) -> None:
+        """Each partition with pending rows: its file's rows, then the new ones (keys already there are kept)."""
+        for (table, bucket), rows in sorted(self.pending.items()):
+            before = self.store.read_partition(table, self.group, bucket)
+            incoming = pd.DataFrame.from_records(rows, columns=list(PARTITIONED_TABLES[table]))
+            if table == "rejected_files":
+                keys = list(KEY_COLUMNS[table])
+                known = set(map(tuple, before[keys].itertuples(index=False))) if len(before) else set()
+                fresh = {key for key in map(tuple, incoming[keys].itertuples(index=False)) if key not in known}
+                self.new_rejections += len(fresh)
+            frames = [frame for frame in (before, incoming) if len(frame)]
+            if not frames:
+                continue
+            self.store.write_partition(table, self.group, bucket, pd.concat(frames, ignore_index=True))
+        self.pending.clear()
+
+
+def _view_sql(store: PartitionStore, table: str) -> str:
+    columns = ", ".join(f'"{c}"' for c in PARTITIONED_TABLES[table])
+    return (f"CREATE OR REPLACE VIEW {table} AS SELECT {columns} FROM read_parquet({_quoted(store.glob(table))}, "
+            "union_by_name = true, hive_partitioning = false)")
+
+
+def ensure_partition_views(con: duckdb.DuckDBPyConnection, paths: DataPaths) -> None:
+    """Make each partitioned table a view over its files under `paths` (idempotent; a no-op when they
+    already are). A pre-partition table is moved aside first (see the module's docstring)."""
+    store = PartitionStore(paths)
+    store.ensure_schema_files()
+    for table in PARTITIONED_TABLES:
+        found = con.execute("SELECT table_type FROM information_schema.tables WHERE table_name = ?", [table]).fetchall()
+        kind = found[0][0] if found else None
+        if kind == "VIEW":
+            definition = con.execute("SELECT sql FROM duckdb_views() WHERE view_name = ?", [table]).fetchall()
+            if definition and store.glob(table) in definition[0][0]:
+                continue
+        with transaction(con):
+            if kind == "BASE TABLE" and table in DERIVED_TABLES:
+                con.execute(f"ALTER TABLE {table} RENAME TO {table}_before_partitions")
+            elif kind == "BASE TABLE":
+                legacy = store.legacy_file(table)
+                if con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]:
+                    legacy.parent.mkdir(parents=True, exist_ok=True)
+                    con.execute(f"COPY {table} TO {_quoted(legacy)} (FORMAT parquet)")
+                con.execute(f"DROP TABLE {table}")
+            con.execute(_view_sql(store, table))
