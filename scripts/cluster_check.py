@@ -173,7 +173,8 @@ def add_bad_files(folder: Path, scan_dirs: Sequence[Path]) -> int:
 
 
 def partition_keys() -> list[str] | None:
-    """The ingestion partitions' keys, once `cmr_assets.ingest.partitions.SCAN_BUCKETS` exists."""
+    """The ingestion partitions' keys (`cmr_assets.ingest.partitions.SCAN_BUCKETS`), None while the
+    ingestion job is not partitioned."""
     try:
         from cmr_assets.ingest.partitions import SCAN_BUCKETS
     except ImportError:

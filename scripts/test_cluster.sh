@@ -87,19 +87,23 @@ cleanup() {
 trap cleanup EXIT
 trap 'log "interrupted"; exit 130' INT TERM
 
-# 1. PostgreSQL: a fresh cluster on a free port, trust auth on 127.0.0.1 only, socket in the folder.
+# 1. PostgreSQL: a fresh cluster on a free port, 127.0.0.1 only, a random password, socket in the folder.
 PORT=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 mkdir -p "$PGROOT"
 [[ ${#PG_AS[@]} == 0 ]] || chown "$PG_USER" "$PGROOT"
-"${PG_AS[@]}" initdb -D "$PGROOT/data" -U cmr --auth=trust -E UTF8 --no-sync >"$PGROOT/initdb.log" 2>&1 \
-    || { cat "$PGROOT/initdb.log" >&2; die "initdb failed"; }
+PG_PASSWORD=$("$PY" -c 'import secrets; print(secrets.token_hex(16))')
+printf '%s\n' "$PG_PASSWORD" >"$PGROOT/pwfile"
+[[ ${#PG_AS[@]} == 0 ]] || chown "$PG_USER" "$PGROOT/pwfile"
+"${PG_AS[@]}" initdb -D "$PGROOT/data" -U cmr --pwfile="$PGROOT/pwfile" --auth=scram-sha-256 -E UTF8 --no-sync \
+    >"$PGROOT/initdb.log" 2>&1 || { cat "$PGROOT/initdb.log" >&2; die "initdb failed"; }
+rm -f "$PGROOT/pwfile"
 PG_STARTED=1
 "${PG_AS[@]}" pg_ctl -D "$PGROOT/data" -l "$PGROOT/server.log" -w -t 60 \
     -o "-c listen_addresses=127.0.0.1 -c port=$PORT -c unix_socket_directories=$PGROOT -c fsync=off -c max_connections=200" \
     start >/dev/null || die "PostgreSQL did not start"
-# SQLAlchemy 2.1 reads plain postgresql:// as psycopg 3; the extra `cluster` installs psycopg2
-LIBPQ_URL=postgresql://cmr@127.0.0.1:$PORT
-PG_URL=postgresql+psycopg2://cmr@127.0.0.1:$PORT
+# SQLAlchemy 2.1 reads a plain postgresql:// URL as psycopg 3; the extra `cluster` installs psycopg2.
+LIBPQ_URL=postgresql://cmr:$PG_PASSWORD@127.0.0.1:$PORT
+PG_URL=postgresql+psycopg2://cmr:$PG_PASSWORD@127.0.0.1:$PORT
 "$PY" - "$LIBPQ_URL/postgres" <<'EOF'
 import sys
 
@@ -118,7 +122,8 @@ log "PostgreSQL $(postgres --version | awk '{print $3}') on 127.0.0.1:$PORT (dat
 export DAGSTER_HOME=$WORK/dagster_home
 mkdir -p "$DAGSTER_HOME"
 cp deploy/cluster-test/dagster.yaml "$DAGSTER_HOME/dagster.yaml"
-export CLUSTER_DAGSTER_PG_URL=$PG_URL/dagster
+export DAGSTER_PG_HOST=127.0.0.1 DAGSTER_PG_PORT=$PORT DAGSTER_PG_DB=dagster DAGSTER_PG_USER=cmr
+export DAGSTER_PG_PASSWORD=$PG_PASSWORD
 export CMR_DATA_DIR=$WORK/cluster-data
 export MLFLOW_TRACKING_URI=$PG_URL/mlflow
 export MLFLOW_ARTIFACT_ROOT=file://$WORK/mlflow-artifacts
