@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import duckdb
 import mlflow
 from dagster_duckdb import DuckDBResource
 
 from cmr_assets import mlflow_store, settings
 from cmr_assets.domain import REGISTERED_MODEL_NAMES
+from cmr_assets.partitioned_tables import ensure_partition_views
 from cmr_assets.promotion import promote_if_better
 from cmr_assets.settings import DataPaths, data_dir
 
@@ -24,11 +28,25 @@ class DataPathsResource(dg.ConfigurableResource):
         return DataPaths(Path(self.root).resolve() if self.root else data_dir()).ensure()
 
 
+class ProjectDuckDBResource(DuckDBResource):
+    """DuckDB on the project's database whose partitioned tables (`partitioned_tables.py`) are views
+    over the Parquet files of its data root: every connection checks the views point there (a moved
+    data folder, a database older than partitions), so no asset depends on ingestion having run here."""
+
+    data_root: str
+
+    @contextmanager
+    def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with super().get_connection() as con:
+            ensure_partition_views(con, DataPaths(Path(self.data_root)))
+            yield con
+
+
 def duckdb_resource(paths: DataPaths | None = None) -> DuckDBResource:
     """A DuckDB resource on the database of `paths` (definitions pass the `data_paths` resource's, so
     both follow one root; default `$CMR_DATA_DIR/cmr.duckdb`); connections are opened per use and kept short."""
     paths = (paths or DataPaths.default()).ensure()
-    return DuckDBResource(database=str(paths.duckdb))
+    return ProjectDuckDBResource(database=str(paths.duckdb), data_root=str(paths.root))
 
 
 class MlflowResource(dg.ConfigurableResource):
