@@ -173,6 +173,20 @@ def _store_new_scans(tasks: list[tuple], buckets: list[str], pool: Executor | No
     return rejections
 
 
+def _record_rejections(writer: PartitionWriter, rejections: list[FileRejection], now: datetime) -> int:
+    """Each rejection into its file's partition, once per (source, path, reason), also across a
+    pre-partition database's rows (the `legacy` file); returns how many rows were new."""
+    store, source = writer.store, writer.group
+    legacy = store.read("rejected_files", "source_root_hash, path, reason", [store.legacy_file("rejected_files")])
+    recorded = set(legacy.itertuples(index=False, name=None))
+    for r in rejections:
+        if (source, r.path, r.reason) not in recorded:
+            writer.add("rejected_files", bucket_of(r.path),
+                       [{"source_root_hash": source, "path": r.path, "reason": r.reason, "rejected_at": now}])
+    writer.flush()
+    return writer.new_rejections
+
+
 def _plan_bucket(plan: SeriesPlan) -> str:
     """A scan's partition: the bucket of its first file (a series keeps to one top-level folder)."""
     return bucket_of(min(h.path for position in plan.positions for h in position.files))
@@ -236,14 +250,7 @@ def ingest_folder(
         writer = PartitionWriter(store, source)
         rejections.extend(_store_new_scans(tasks, [_plan_bucket(plan) for plan in new_plans], pool, writer,
                                            report, log))
-    legacy = store.read("rejected_files", "source_root_hash, path, reason", [store.legacy_file("rejected_files")])
-    recorded = set(legacy.itertuples(index=False, name=None))
-    for r in rejections:
-        if (source, r.path, r.reason) not in recorded:
-            writer.add("rejected_files", bucket_of(r.path),
-                       [{"source_root_hash": source, "path": r.path, "reason": r.reason, "rejected_at": now}])
-    writer.flush()
-    report.rejected_rows_new = writer.new_rejections
+    report.rejected_rows_new = _record_rejections(writer, rejections, now)
     report.rejected = dict(sorted(Counter(r.kind for r in rejections).items()))
     report.seconds = time.perf_counter() - started
     report.files_per_s = report.files_seen / max(report.seconds, 1e-9)
