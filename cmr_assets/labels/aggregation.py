@@ -48,6 +48,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from scipy.optimize import minimize
 from scipy.special import expit, log_expit
 
@@ -160,23 +161,17 @@ def ordered_logit_probabilities(
     return np.diff(np.column_stack([np.zeros(len(scores)), below, np.ones(len(scores))]), axis=1)
 
 
-def _ordered_logit_log_likelihood(
-    params: np.ndarray, scores: np.ndarray, classes: np.ndarray
-) -> float:
-    """Log-likelihood in (cut_0, log(cut_1 - cut_0), log slope), computed in log space."""
+def _ordered_logit_log_likelihood(params: np.ndarray, by_class: tuple[np.ndarray, ...]) -> float:
+    """Log-likelihood in (cut_0, log(cut_1 - cut_0), log slope), computed in log space, from the
+    scores of the views of each class (split once: each term is evaluated on its own views only)."""
     cut_low, cut_high = params[0], params[0] + np.exp(params[1])
     slope = np.exp(params[2])
-    z_low, z_high = slope * (cut_low - scores), slope * (cut_high - scores)
+    below, lv, above = by_class
     # P(lv) = sigmoid(z_high) - sigmoid(z_low) = sigmoid(z_high) sigmoid(-z_low) (1 - exp(z_low - z_high))
-    log_p = np.select(
-        [classes == 0, classes == 1],
-        [
-            log_expit(z_low),
-            log_expit(z_high) + log_expit(-z_low) + np.log1p(-np.exp(slope * (cut_low - cut_high))),
-        ],
-        log_expit(-z_high),
-    )
-    return float(log_p.sum())
+    log_lv = (log_expit(slope * (cut_high - lv)) + log_expit(-slope * (cut_low - lv))
+              + np.log1p(-np.exp(slope * (cut_low - cut_high))))
+    return float(log_expit(slope * (cut_low - below)).sum() + log_lv.sum()
+                 + log_expit(-slope * (cut_high - above)).sum())
 
 
 class CutPointsError(ValueError):
@@ -195,7 +190,8 @@ def fit_ordered_logit(scores: np.ndarray, classes: np.ndarray) -> tuple[tuple[fl
     share_upto_lv = (classes <= 1).mean()
     start_low, start_high = np.quantile(scores, [share_low, share_upto_lv])
     start = np.array([start_low, np.log(max(start_high - start_low, 1e-3)), 0.0])
-    result = minimize(lambda p: -_ordered_logit_log_likelihood(p, scores, classes), start, method="BFGS")
+    by_class = tuple(scores[classes == c] for c in range(N_CLASSES))
+    result = minimize(lambda p: -_ordered_logit_log_likelihood(p, by_class), start, method="BFGS")
     if not np.isfinite(result.fun):
         raise ValueError(f"ordered-logit fit failed: {result.message}")
     cut_low = float(result.x[0])
@@ -214,20 +210,19 @@ def dawid_skene(items: np.ndarray, raters: np.ndarray, classes: np.ndarray, prio
     n_raters = int(raters.max()) + 1 if len(raters) else 0
     log_prior = np.log(np.clip(prior, 1e-12, None))
     posterior = prior.copy()
-    rater_given = raters * N_CLASSES + classes  # sums by bincount: linear, unlike ufunc.at's slow scatter
+    # ratings counted per (item, rater and given class): both EM steps become products with this
+    # sparse matrix, linear in the ratings, instead of gathers and scatters of every rating
+    given = sp.csr_matrix((np.ones(len(items)), (items, raters * N_CLASSES + classes)),
+                          shape=(n_items, n_raters * N_CLASSES))
+    given_t = given.T.tocsr()
     for _ in range(n_iter):
-        counts = np.full((n_raters, N_CLASSES, N_CLASSES), 0.5)  # add-half smoothing
-        rated = posterior[items]
-        for true in range(N_CLASSES):
-            counts[:, true, :] += np.bincount(rater_given, weights=rated[:, true],
-                                              minlength=n_raters * N_CLASSES).reshape(n_raters, N_CLASSES)
-        log_confusion = np.log(counts / counts.sum(axis=2, keepdims=True))  # [rater, true, given]
+        counts = 0.5 + (given_t @ posterior).reshape(n_raters, N_CLASSES, N_CLASSES)  # add-half smoothing
+        counts = counts.transpose(0, 2, 1)  # [rater, true, given]
+        log_confusion = np.log(counts / counts.sum(axis=2, keepdims=True))
         if fit_prior:
             log_prior = np.broadcast_to(np.log(posterior.mean(axis=0) + 1e-12), (n_items, N_CLASSES))
-        log_post = log_prior.copy()
-        evidence = log_confusion[raters, :, classes]
-        for true in range(N_CLASSES):
-            log_post[:, true] += np.bincount(items, weights=evidence[:, true], minlength=n_items)
+        # evidence per (rater, given) code for each true class: log_confusion[rater, true, given]
+        log_post = log_prior + given @ log_confusion.transpose(0, 2, 1).reshape(n_raters * N_CLASSES, N_CLASSES)
         updated: np.ndarray = np.exp(log_post - log_post.max(axis=1, keepdims=True))
         updated /= updated.sum(axis=1, keepdims=True)
         if np.abs(updated - posterior).max() < 1e-6:
@@ -281,9 +276,10 @@ def aggregate_ranking(
     if records.empty:
         raise ValueError("no valid ranking annotations to aggregate")
     orders = np.array(records["order"].map(list).tolist(), dtype=object)
-    seen = set(orders.ravel())
-    item_ids = known[known.isin(list(seen))]  # slices-table order (scan, base -> apex)
-    rankings = item_ids.get_indexer(orders.ravel()).reshape(orders.shape)
+    positions = known.get_indexer(orders.ravel())  # every id is known (_valid_rankings)
+    seen = np.unique(positions)
+    item_ids = known[seen]  # slices-table order (scan, base -> apex)
+    rankings = np.searchsorted(seen, positions).reshape(orders.shape)
     fit = fit_plackett_luce(rankings, len(item_ids), alpha=alpha)
 
     positions = np.arange(BATCH_SIZE)[None, :]
@@ -302,11 +298,12 @@ def aggregate_ranking(
     n_flags = np.bincount(items, weights=flagged.ravel(), minlength=n_items).astype(int)
     excluded = artefact_majority(n_flags, n_views)
     annotators = np.repeat(records["annotator_id"].to_numpy(), BATCH_SIZE)
-    n_annotators = pd.Series(annotators).groupby(items).nunique().reindex(range(n_items)).to_numpy()
+    rater_codes, raters = pd.factorize(annotators)
+    # distinct (image, expert) pairs counted per image: one sort, not a groupby-nunique over the views
+    n_annotators = np.bincount(np.unique(items * len(raters) + rater_codes) // len(raters), minlength=n_items)
 
     kept_views = ~excluded[items]
     cut_points, slope = fit_ordered_logit(fit.scores[items[kept_views]], view_class.ravel()[kept_views])
-    rater_codes = pd.factorize(annotators)[0]
     probabilities = _ranking_probabilities(method, fit, cut_points, slope, items[kept_views],
                                            rater_codes[kept_views], view_class.ravel()[kept_views])
     labels = pd.DataFrame(

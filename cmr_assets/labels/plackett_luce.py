@@ -106,8 +106,8 @@ class _PenalisedLikelihood:
         _, log_norm = self.stage_probabilities(b)
         return log_norm - float(self.wins @ b) + 0.5 * self.alpha * float(b @ b)
 
-    def gradient_and_hessian(self, b: np.ndarray) -> tuple[np.ndarray, sp.csr_matrix]:
-        """Gradient and sparse Hessian: sum over stages of (P - e_winner) and diag(P) - P P^T."""
+    def _gradient_and_pair_blocks(self, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Gradient and each ranking's (k, k) Hessian block: sum over stages of diag(P) - P P^T."""
         probs, _ = self.stage_probabilities(b)
         item_prob = probs.sum(axis=1)  # (n, k): summed over stages
         grad = np.bincount(self.rankings.ravel(), item_prob.ravel(), minlength=self.n_items)
@@ -115,11 +115,36 @@ class _PenalisedLikelihood:
         pair = -np.einsum("rjl,rjm->rlm", probs, probs)
         k = self.rankings.shape[1]
         pair[:, np.arange(k), np.arange(k)] += item_prob
+        return grad, pair
+
+    def gradient_and_hessian(self, b: np.ndarray) -> tuple[np.ndarray, sp.csr_matrix]:
+        """Gradient and sparse Hessian (images that shared a ranking are its non-zeros)."""
+        grad, pair = self._gradient_and_pair_blocks(b)
+        k = self.rankings.shape[1]
         rows = np.repeat(self.rankings, k, axis=1).ravel()
         cols = np.tile(self.rankings, (1, k)).ravel()
         hessian = sp.coo_matrix((pair.ravel(), (rows, cols)), shape=(self.n_items, self.n_items)).tocsr()
         hessian = hessian + self.alpha * sp.identity(self.n_items, format="csr")
         return grad, hessian
+
+    def gradient_and_hessian_operator(self, b: np.ndarray) -> tuple[np.ndarray, LinearOperator, np.ndarray]:
+        """Gradient, Hessian as a product with the rankings' blocks, and its diagonal.
+
+        Why: a Newton step needs only products H v; assembling the sparse matrix (a COO -> CSR
+        conversion and sort of ~k^2 entries per ranking) cost more than all the CG products
+        together and grew faster than the rankings, as it no longer fitted the cache."""
+        grad, pair = self._gradient_and_pair_blocks(b)
+        flat = self.rankings.ravel()
+        k = self.rankings.shape[1]
+        diagonal = np.bincount(flat, pair[:, np.arange(k), np.arange(k)].ravel(), minlength=self.n_items) + self.alpha
+
+        def product(v: np.ndarray) -> np.ndarray:
+            blocks = np.matmul(pair, v.ravel()[self.rankings][:, :, None])
+            result: np.ndarray = np.bincount(flat, blocks.ravel(), minlength=self.n_items) + self.alpha * v.ravel()
+            return result
+
+        operator = LinearOperator((self.n_items, self.n_items), matvec=product, dtype=float)
+        return grad, operator, diagonal
 
 
 def _approximate_posterior_sd(hessian: sp.csr_matrix) -> np.ndarray:
@@ -158,8 +183,7 @@ def fit_plackett_luce(
     converged = False
     n_iter = 0
     for n_iter in range(1, max_iter + 1):  # noqa: B007 - n_iter is reported
-        grad, hessian = likelihood.gradient_and_hessian(b)
-        diagonal = hessian.diagonal()
+        grad, hessian, diagonal = likelihood.gradient_and_hessian_operator(b)
         preconditioner = LinearOperator(hessian.shape, matvec=lambda v, d=diagonal: v / d)
         forcing = min(0.1, float(np.sqrt(np.abs(grad).max())))  # inexact Newton: looser far away
         step, _ = cg(hessian, grad, rtol=forcing, maxiter=500, M=preconditioner)

@@ -221,6 +221,55 @@ def test_dawid_skene_down_weights_an_expert_whose_dividers_are_noise():
     np.testing.assert_allclose(kept, flat)
 
 
+def _dawid_skene_rating_by_rating(items: np.ndarray, raters: np.ndarray, given: np.ndarray, prior: np.ndarray,
+                                  fit_prior: bool, n_iter: int = 50) -> np.ndarray:
+    """The textbook EM, one rating at a time: what the sparse-count version must reproduce."""
+    n_raters = raters.max() + 1
+    posterior, log_prior = prior.copy(), np.log(np.clip(prior, 1e-12, None))
+    for _ in range(n_iter):
+        counts = np.full((n_raters, 3, 3), 0.5)
+        for item, rater, c in zip(items, raters, given, strict=True):
+            counts[rater, :, c] += posterior[item]
+        log_confusion = np.log(counts / counts.sum(axis=2, keepdims=True))
+        if fit_prior:
+            log_prior = np.broadcast_to(np.log(posterior.mean(axis=0) + 1e-12), prior.shape)
+        log_post = log_prior.copy()
+        for item, rater, c in zip(items, raters, given, strict=True):
+            log_post[item] += log_confusion[rater, :, c]
+        updated = np.exp(log_post - log_post.max(axis=1, keepdims=True))
+        updated /= updated.sum(axis=1, keepdims=True)
+        if np.abs(updated - posterior).max() < 1e-6:
+            return updated
+        posterior = updated
+    return posterior
+
+
+@pytest.mark.parametrize("fit_prior", [True, False])
+def test_dawid_skene_matches_the_rating_by_rating_em(fit_prior):
+    rng = np.random.default_rng(4)
+    items = rng.integers(0, 60, 250)  # some items rated twice by one rater, some never
+    raters = rng.integers(0, 4, 250)
+    given = rng.integers(0, 3, 250)
+    prior = rng.dirichlet(np.ones(3), size=70)
+    np.testing.assert_allclose(dawid_skene(items, raters, given, prior, fit_prior),
+                               _dawid_skene_rating_by_rating(items, raters, given, prior, fit_prior), atol=1e-12)
+
+
+def test_ranking_views_and_distinct_experts_per_image():
+    from cmr_assets.labelling.campaign import annotator_ids, design_ranking_batches
+    from cmr_assets.labelling.simulator import SimulatorParams, reference_like_cohort, simulate_ranking_rows
+
+    slices, reference = reference_like_cohort(40, seed=3)
+    raw = simulate_ranking_rows(design_ranking_batches(slices, annotator_ids(3), seed=3), reference,
+                                SimulatorParams(), seed=3)
+    labels = aggregate_ranking(raw, slices).labels.set_index("slice_id")
+    views = raw[["annotator_id", "order"]].explode("order")
+    assert labels["n_views"].to_dict() == views["order"].value_counts().to_dict()
+    assert labels["n_annotators"].to_dict() == views.groupby("order")["annotator_id"].nunique().to_dict()
+    ranked = slices["slice_id"][slices["slice_id"].isin(views["order"])]
+    assert labels.index.tolist() == ranked.tolist()  # slices-table order
+
+
 def test_ranking_methods_on_a_simulated_campaign():
     """The default (scores as prior, each image's own dividers as Dawid-Skene evidence) beats the
     score-and-cut-points label; probabilities are distributions; an unknown method is refused."""

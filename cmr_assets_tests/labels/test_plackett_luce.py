@@ -74,6 +74,18 @@ def test_gradient_matches_finite_differences():
     np.testing.assert_allclose(hessian @ direction, (grad_ahead - grad) / step, atol=1e-4)
 
 
+def test_hessian_product_and_diagonal_match_the_sparse_hessian():
+    _, rankings = planted(40, 60, seed=4)
+    likelihood = _PenalisedLikelihood(rankings, 45, 0.01)  # items 40-44 never ranked
+    b = np.random.default_rng(2).normal(size=45)
+    grad, hessian = likelihood.gradient_and_hessian(b)
+    grad_op, operator, diagonal = likelihood.gradient_and_hessian_operator(b)
+    np.testing.assert_allclose(grad_op, grad)
+    np.testing.assert_allclose(diagonal, hessian.diagonal())
+    v = np.random.default_rng(3).normal(size=45)
+    np.testing.assert_allclose(operator @ v, hessian @ v, atol=1e-12)
+
+
 def test_extreme_scores_stay_finite_and_unseen_items_get_prior_se():
     rankings = np.tile(np.arange(8), (200, 1))
     fit = fit_plackett_luce(rankings, 10, alpha=1e-4)
