@@ -33,19 +33,28 @@ ID_HEX_CHARS = 16
 
 
 def load_or_create_key(secret_dir: Path) -> bytes:
-    """Read the scan-id key, creating it (random, mode 0600) on first use; safe if two runs race."""
+    """Read the scan-id key, creating it (random, mode 0600) on first use. Safe when runs race (e.g.
+    partition runs starting together on a fresh data folder): the key is written whole to a private
+    temporary file and linked into place, so a reader never sees a half-written key and every racer
+    ends with the one key that won."""
     secret_dir.mkdir(parents=True, exist_ok=True)
     key_path = secret_dir / KEY_FILE_NAME
-    try:
-        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        key = key_path.read_bytes()
-        if len(key) != KEY_BYTES:
-            raise ValueError(f"{key_path}: expected a {KEY_BYTES}-byte key, found {len(key)} bytes") from None
-        return key
-    key = secrets.token_bytes(KEY_BYTES)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(key)
+    if not key_path.exists():
+        temporary = secret_dir / f".{KEY_FILE_NAME}.{os.getpid()}.{secrets.token_hex(4)}"
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(secrets.token_bytes(KEY_BYTES))
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(temporary, key_path)  # fails if another run's key got there first: that one is used
+        except FileExistsError:
+            pass
+        finally:
+            temporary.unlink()
+    key = key_path.read_bytes()
+    if len(key) != KEY_BYTES:
+        raise ValueError(f"{key_path}: expected a {KEY_BYTES}-byte key, found {len(key)} bytes")
     return key
 
 

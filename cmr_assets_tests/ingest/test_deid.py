@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import stat
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import duckdb
@@ -68,3 +70,18 @@ def test_no_identifier_reaches_any_output(tmp_path: Path, data_paths: DataPaths,
     assert "rejected" in texts["log lines"] and texts["duckdb cells"]
     leaks = [(where, value) for where, text in texts.items() for value in forbidden if value in text]
     assert leaks == []
+
+
+def test_runs_creating_the_key_at_once_all_get_the_one_key(tmp_path: Path) -> None:
+    """Partition runs on a fresh data folder start together: none may read a half-written key."""
+    for attempt in range(20):
+        start = threading.Barrier(8)
+
+        def racer(folder: Path = tmp_path / f"secret{attempt}", start: threading.Barrier = start) -> bytes:
+            start.wait()
+            return load_or_create_key(folder)
+
+        with ThreadPoolExecutor(8) as pool:
+            keys = list(pool.map(lambda _: racer(), range(8)))
+        assert len(set(keys)) == 1 and len(keys[0]) == 32
+        assert [p.name for p in (tmp_path / f"secret{attempt}").iterdir()] == ["scan_id.key"]
