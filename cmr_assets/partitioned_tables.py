@@ -1,27 +1,30 @@
 """The tables that partition runs write (`scans`, `slices`, `rejected_files` by ingestion,
 `slice_decisions` by the archive-wide filter) as Parquet files, one per group and bucket, read by
-DuckDB through views of the same names.
+DuckDB as tables of the same names, rebuilt from the files when they change.
 
 Why: partition runs work in separate processes or machines at once. Each writes only its own
 files, atomically (temporary file + rename), so no run waits on DuckDB's single writer, a reader
 sees a partition's old rows or its new ones, and re-running a partition replaces exactly its rows.
-Everything downstream keeps reading these tables from the DuckDB file: `ensure_partition_views`
-makes them views over the files. Once, for a database from before partitions, it moves the rows of
-the ingestion tables into a `legacy` file, and renames `slice_decisions` (derived: the next filter
-run decides again) to `slice_decisions_before_partitions`, so nothing stored is lost.
+The Parquet files are the truth; the DuckDB file (the single-file default everything downstream
+and every person reads) holds the same rows as ordinary tables: `sync_partitioned_tables` rebuilds a
+table when its files changed since the last sync, in one short transaction, and the project's
+DuckDB resource syncs on every connection. Once, for a database from before partitions, it moves
+the rows of the ingestion tables into a `legacy` file (so they stay), and renames `slice_decisions`
+(derived: the next filter run decides again) to `slice_decisions_before_partitions`; nothing stored
+is lost.
 
 Layout under `DataPaths.table_files` (`<data>/tables/`):
 - `<table>/<group>/<bucket>.parquet`: one partition's rows; the group is the keyed hash of the
   source folder for ingestion (`deid.source_root_hash`), `archive_filter` for the decisions;
-- `<table>/_schema/empty.parquet`: no rows, the declared types (`tables.py`), so the views work
-  before any partition exists;
+- `<table>/_schema/empty.parquet`: no rows, the declared types (`tables.py`), so a table has its
+  columns before any partition exists;
 - `<table>/legacy/rows.parquet`: rows moved out of a pre-partition ingestion table.
 
 Public API:
 - `PARTITIONED_TABLES`; `PartitionStore(paths)`: `file`, `bucket_files`, `legacy_file`, `read`,
   `read_partition`, `write_partition`
 - `PartitionWriter(store, group)`: `add`, `flush`
-- `ensure_partition_views(con, paths)`
+- `sync_partitioned_tables(con, paths) -> list[str]`
 """
 
 from __future__ import annotations
@@ -93,9 +96,6 @@ class PartitionStore:
     def legacy_file(self, table: str) -> Path:
         return self.file(table, LEGACY_FOLDER, "rows")
 
-    def glob(self, table: str) -> str:
-        return (self.folder(table) / "*" / "*.parquet").as_posix()
-
     def files(self, table: str) -> list[Path]:
         """Every file of the table (the schema file included), sorted."""
         self.ensure_schema_files()
@@ -156,9 +156,6 @@ class PartitionWriter:
     def add(self, table: str, bucket: str, rows: Sequence[dict]) -> None:
         self.pending.setdefault((table, bucket), []).extend(rows)
 
-    def pending_rows(self, table: str) -> int:
-        return sum(len(rows) for (name, _), rows in self.pending.items() if name == table)
-
     def flush(self) -> None:
         """Each partition with pending rows: its file's rows, then the new ones (keys already there are kept)."""
         for (table, bucket), rows in sorted(self.pending.items()):
@@ -176,31 +173,55 @@ class PartitionWriter:
         self.pending.clear()
 
 
-def _view_sql(store: PartitionStore, table: str) -> str:
-    columns = ", ".join(f'"{c}"' for c in PARTITIONED_TABLES[table])
-    return (f"CREATE OR REPLACE VIEW {table} AS SELECT {columns} FROM read_parquet({_quoted(store.glob(table))}, "
-            "union_by_name = true, hive_partitioning = false)")
+def _file_stamps(files: Sequence[Path]) -> set[tuple[str, int, int]]:
+    stamps = set()
+    for file in files:
+        info = file.stat()
+        stamps.add((file.as_posix(), info.st_size, info.st_mtime_ns))
+    return stamps
 
 
-def ensure_partition_views(con: duckdb.DuckDBPyConnection, paths: DataPaths) -> None:
-    """Make each partitioned table a view over its files under `paths` (idempotent; a no-op when they
-    already are). A pre-partition table is moved aside first (see the module's docstring)."""
+def _set_aside_pre_partition_table(con: duckdb.DuckDBPyConnection, store: PartitionStore, table: str) -> None:
+    """A table from before partitions: ingestion rows move to the `legacy` file (they stay in the
+    table, now rebuilt from the files); derived rows are renamed aside (the next run decides again)."""
+    if table in DERIVED_TABLES:
+        con.execute(f"ALTER TABLE {table} RENAME TO {table}_before_partitions")
+        return
+    if con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]:
+        legacy = store.legacy_file(table)
+        legacy.parent.mkdir(parents=True, exist_ok=True)
+        con.execute(f"COPY {table} TO {_quoted(legacy)} (FORMAT parquet)")
+    con.execute(f"DROP TABLE {table}")
+
+
+def sync_partitioned_tables(con: duckdb.DuckDBPyConnection, paths: DataPaths) -> list[str]:
+    """Make each partitioned table in the DuckDB file hold exactly the rows of its Parquet files under
+    `paths`, rebuilding only the tables whose files changed since the last sync (`partition_files`
+    records the files, sizes and times each table was built from); returns the tables rebuilt.
+    A writer's short transaction per table; readers see the old rows or the new ones."""
     store = PartitionStore(paths)
-    store.ensure_schema_files()
+    con.execute("CREATE TABLE IF NOT EXISTS partition_files (table_name VARCHAR NOT NULL, path VARCHAR NOT NULL, "
+                "size BIGINT NOT NULL, mtime_ns BIGINT NOT NULL)")
+    rebuilt = []
     for table in PARTITIONED_TABLES:
+        files = store.files(table)
+        stamps = _file_stamps(files)
+        built_from = set(con.execute("SELECT path, size, mtime_ns FROM partition_files WHERE table_name = ?",
+                                     [table]).fetchall())
         found = con.execute("SELECT table_type FROM information_schema.tables WHERE table_name = ?", [table]).fetchall()
         kind = found[0][0] if found else None
-        if kind == "VIEW":
-            definition = con.execute("SELECT sql FROM duckdb_views() WHERE view_name = ?", [table]).fetchall()
-            if definition and store.glob(table) in definition[0][0]:
-                continue
+        if kind == "BASE TABLE" and stamps == built_from:
+            continue
         with transaction(con):
-            if kind == "BASE TABLE" and table in DERIVED_TABLES:
-                con.execute(f"ALTER TABLE {table} RENAME TO {table}_before_partitions")
-            elif kind == "BASE TABLE":
-                legacy = store.legacy_file(table)
-                if con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]:
-                    legacy.parent.mkdir(parents=True, exist_ok=True)
-                    con.execute(f"COPY {table} TO {_quoted(legacy)} (FORMAT parquet)")
-                con.execute(f"DROP TABLE {table}")
-            con.execute(_view_sql(store, table))
+            if kind == "BASE TABLE" and not built_from:
+                _set_aside_pre_partition_table(con, store, table)
+                files = store.files(table)  # with the legacy file just written
+                stamps = _file_stamps(files)
+            columns = ", ".join(f'"{c}"' for c in PARTITIONED_TABLES[table])
+            con.execute(f"CREATE OR REPLACE TABLE {table} AS SELECT {columns} FROM read_parquet("
+                        f"{_parquet_list(files)}, union_by_name = true, hive_partitioning = false)")
+            con.execute("DELETE FROM partition_files WHERE table_name = ?", [table])
+            con.executemany("INSERT INTO partition_files VALUES (?, ?, ?, ?)",
+                            [(table, *stamp) for stamp in sorted(stamps)])
+        rebuilt.append(table)
+    return rebuilt

@@ -14,7 +14,7 @@ from dagster_duckdb import DuckDBResource
 
 from cmr_assets import mlflow_store, settings
 from cmr_assets.domain import REGISTERED_MODEL_NAMES
-from cmr_assets.partitioned_tables import ensure_partition_views
+from cmr_assets.partitioned_tables import sync_partitioned_tables
 from cmr_assets.promotion import promote_if_better
 from cmr_assets.settings import DataPaths, data_dir
 
@@ -29,16 +29,16 @@ class DataPathsResource(dg.ConfigurableResource):
 
 
 class ProjectDuckDBResource(DuckDBResource):
-    """DuckDB on the project's database whose partitioned tables (`partitioned_tables.py`) are views
-    over the Parquet files of its data root: every connection checks the views point there (a moved
-    data folder, a database older than partitions), so no asset depends on ingestion having run here."""
+    """DuckDB on the project's database, whose partitioned tables (`partitioned_tables.py`) every
+    connection first brings up to date with the Parquet files of its data root (a no-op unless
+    partition runs wrote since), so each asset reads what every partition run stored."""
 
     data_root: str
 
     @contextmanager
     def get_connection(self) -> Iterator[duckdb.DuckDBPyConnection]:
         with super().get_connection() as con:
-            ensure_partition_views(con, DataPaths(Path(self.data_root)))
+            sync_partitioned_tables(con, DataPaths(Path(self.data_root)))
             yield con
 
 

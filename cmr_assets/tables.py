@@ -5,7 +5,7 @@ take the frame's schema; docs/architecture.md lists every table.
 
 Public API:
 - `SCANS_COLUMNS`, `SLICES_COLUMNS`, `REJECTED_FILES_COLUMNS`, `INGESTION_DDL`: the types of the ingested
-  tables' Parquet partition files (`partitioned_tables.py`; DuckDB shows them as views)
+  tables' Parquet partition files (`partitioned_tables.py`), which the DuckDB tables copy
 - `RAW_SINGLE_COLUMNS`, `RAW_RANKING_COLUMNS`; `ensure_annotation_tables(con)` (`raw_annotations_*`,
   `rejected_annotations`, `annotation_files`)
 - `SLICE_DECISIONS_COLUMNS`, `DECISIONS_DDL`: the archive-wide filter's decisions (Parquet per bucket, like

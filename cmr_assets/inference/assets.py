@@ -10,6 +10,7 @@ from typing import Any
 
 import dagster as dg
 import pandas as pd
+from dagster_duckdb import DuckDBResource
 from mlflow.exceptions import MlflowException
 
 from cmr_assets.domain import CHAMPION, REGISTERED_MODEL_NAMES
@@ -17,7 +18,7 @@ from cmr_assets.figures import archive_decisions_png
 from cmr_assets.inference.archive import decide_scans, decision_summary, scans_to_decide
 from cmr_assets.ingest.assets import SCAN_BUCKETS
 from cmr_assets.metadata import picture
-from cmr_assets.partitioned_tables import PartitionStore
+from cmr_assets.partitioned_tables import PartitionStore, sync_partitioned_tables
 from cmr_assets.resources import DataPathsResource, MlflowResource
 from cmr_assets.training.dataset import load_slice_images
 
@@ -58,7 +59,7 @@ def _decide_bucket(context: dg.AssetExecutionContext, store: PartitionStore, buc
 @dg.asset(group_name=GROUP, deps=["slices", f"model_{FILTER_STRATEGY}"], partitions_def=SCAN_BUCKETS,
           kinds={"parquet", "pytorch"}, automation_condition=dg.AutomationCondition.eager())
 def archive_filter(context: dg.AssetExecutionContext, config: ArchiveFilterConfig, data_paths: DataPathsResource,
-                   mlflow: MlflowResource) -> dg.MaterializeResult:
+                   duckdb: DuckDBResource, mlflow: MlflowResource) -> dg.MaterializeResult:
     """Every ingested slice of the bucket(s) through the champion and the filter's decision rule
     (monotone step along each stack, OOD slices kept), into `slice_decisions`; scans already decided
     by this champion version are left as they are."""
@@ -69,12 +70,15 @@ def archive_filter(context: dg.AssetExecutionContext, config: ArchiveFilterConfi
         version = str(mlflow.client().get_model_version_by_alias(name, CHAMPION).version)
     except MlflowException as error:  # the registry says why: no such model or alias
         raise dg.Failure(f"archive_filter: no {CHAMPION} of {name} to filter with ({error})") from error
-    store = PartitionStore(data_paths.paths())
+    paths = data_paths.paths()
+    store = PartitionStore(paths)
     model = mlflow.load_model(f"models:/{name}/{version}")
     decided_now = sum(_decide_bucket(context, store, bucket, model, name, version, config.scans_per_chunk)
                       for bucket in context.partition_keys)
     context.log.info(f"archive_filter: {decided_now} scans decided with {name} v{version} in bucket(s) "
                      f"{', '.join(context.partition_keys)}")
+    with duckdb.get_connection() as con:  # the decisions into the DuckDB file too (one short write)
+        sync_partitioned_tables(con, paths)
     everything = store.read("slice_decisions")
     summary = decision_summary(everything) if not everything.empty else {}
     metadata: dict[str, Any] = {"registered_model": name, "model_version": version,

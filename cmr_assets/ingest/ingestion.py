@@ -6,9 +6,10 @@ the command line, the Dagster assets (one partition or all) and the tests all ge
 
 Behaviour:
 - Partitions: with `buckets`, only the files of those hash buckets (`partitions.py`) are read. Rows
-  go to the Parquet file of their (source folder, bucket) partition (`partitioned_tables.py`), never to
+  go to the Parquet file of their (source folder, bucket) partition (`partitioned_tables.py`), not to
   the DuckDB file, so partition runs on several processes or machines never wait on one writer;
-  `database` (optional) only gets its `scans` / `slices` / `rejected_files` views made once.
+  `database` (optional) has its `scans` / `slices` / `rejected_files` tables rebuilt from the files
+  at the start and the end (one short transaction each, only when the files changed).
 - Incremental and idempotent: a series whose keyed `scan_id` is already stored (in any partition)
   is skipped before any pixel is decoded; a partition's file keeps its rows and gains the new ones;
   `rejected_files` is unique on (source_root_hash, path, reason), so re-running a folder adds nothing.
@@ -35,7 +36,7 @@ Public API:
 - `IngestReport` (dataclass; `as_dict()` for metadata)
 - `ingest_folder(source_dir, paths, database=None, workers=2, log=None, buckets=None) -> IngestReport`,
   where `database` is a DuckDB file path or a zero-argument callable returning a connection or a
-  context manager yielding one (e.g. Dagster's `DuckDBResource.get_connection`), opened once, briefly.
+  context manager yielding one (e.g. Dagster's `DuckDBResource.get_connection`), opened twice, briefly.
 - `connect(database)`: that short-lived connection, as a context manager.
 """
 
@@ -75,7 +76,7 @@ from cmr_assets.ingest.partitions import bucket_of, files_in_buckets
 from cmr_assets.ingest.pixels import REJECT_SERIES_DECODE, SeriesDecodeError, decode_image, render_series
 from cmr_assets.ingest.slice_store import scan_rows, write_scan_files
 from cmr_assets.ingest.stack_geometry import SeriesPlan, plan_all_series
-from cmr_assets.partitioned_tables import PartitionStore, PartitionWriter, ensure_partition_views
+from cmr_assets.partitioned_tables import PartitionStore, PartitionWriter, sync_partitioned_tables
 from cmr_assets.settings import DataPaths
 
 logger = logging.getLogger(__name__)
@@ -173,6 +174,11 @@ def _store_new_scans(tasks: list[tuple], buckets: list[str], pool: Executor | No
     return rejections
 
 
+def _sync(database: Database, paths: DataPaths) -> None:
+    with connect(database) as con:
+        sync_partitioned_tables(con, paths)
+
+
 def _record_rejections(writer: PartitionWriter, rejections: list[FileRejection], now: datetime) -> int:
     """Each rejection into its file's partition, once per (source, path, reason), also across a
     pre-partition database's rows (the `legacy` file); returns how many rows were new."""
@@ -201,7 +207,7 @@ def ingest_folder(
     buckets: Sequence[str] | None = None,
 ) -> IngestReport:
     """Ingest every short-axis cine MR stack under `source_dir` (only the files of `buckets`, when
-    given) that is not stored yet; with `database`, make sure its views show the partition files."""
+    given) that is not stored yet; with `database`, its tables are brought up to date before and after."""
     log = log or logger.info
     source_dir = Path(source_dir).resolve()
     if not source_dir.exists():
@@ -217,8 +223,7 @@ def ingest_folder(
     source = source_root_hash(source_dir, key)
     store = PartitionStore(paths)
     if database is not None:  # before anything is read: moves a pre-partition database's rows to Parquet
-        with connect(database) as con:
-            ensure_partition_views(con, paths)
+        _sync(database, paths)
     files = discover_files(source_dir)
     if buckets is not None:
         files = files_in_buckets(source_dir, files, buckets)
@@ -251,6 +256,8 @@ def ingest_folder(
         rejections.extend(_store_new_scans(tasks, [_plan_bucket(plan) for plan in new_plans], pool, writer,
                                            report, log))
     report.rejected_rows_new = _record_rejections(writer, rejections, now)
+    if database is not None:
+        _sync(database, paths)
     report.rejected = dict(sorted(Counter(r.kind for r in rejections).items()))
     report.seconds = time.perf_counter() - started
     report.files_per_s = report.files_seen / max(report.seconds, 1e-9)

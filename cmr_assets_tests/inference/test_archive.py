@@ -82,13 +82,13 @@ def test_the_asset_fails_clearly_without_a_champion(tmp_path) -> None:
     import dagster as dg
 
     from cmr_assets.inference.assets import archive_filter
-    from cmr_assets.resources import DataPathsResource, MlflowResource
+    from cmr_assets.resources import DataPathsResource, MlflowResource, duckdb_resource
     from cmr_assets.settings import DataPaths
 
     paths = DataPaths(tmp_path / "data").ensure()
     result = dg.materialize(
         [archive_filter], partition_key="00", raise_on_error=False, instance=dg.DagsterInstance.ephemeral(),
-        resources={"data_paths": DataPathsResource(root=str(paths.root)),
+        resources={"data_paths": DataPathsResource(root=str(paths.root)), "duckdb": duckdb_resource(paths),
                    "mlflow": MlflowResource(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
                                             artifact_location=(tmp_path / "artifacts").as_uri())})
     assert not result.success

@@ -212,10 +212,7 @@ def _as_older_versions_stored_it(paths: DataPaths) -> None:
     """The database of a version before partitions: the rows in DuckDB tables (slices without
     heart_crop), no Parquet partition files."""
     with duckdb.connect(str(paths.duckdb)) as con:
-        for table in ("scans", "slices", "rejected_files"):
-            con.execute(f"CREATE TABLE {table}_rows AS SELECT * FROM {table}")
-            con.execute(f"DROP VIEW {table}")
-            con.execute(f"ALTER TABLE {table}_rows RENAME TO {table}")
+        con.execute("DROP TABLE partition_files")
         con.execute("ALTER TABLE slices DROP COLUMN heart_crop")
     shutil.rmtree(paths.table_files)
 

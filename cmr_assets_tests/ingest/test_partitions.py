@@ -16,7 +16,7 @@ from cmr_assets.ingest.deid import KEY_FILE_NAME
 from cmr_assets.ingest.dicom_files import discover_files
 from cmr_assets.ingest.ingestion import ingest_folder
 from cmr_assets.ingest.partitions import BUCKET_KEYS, bucket_of, files_in_buckets
-from cmr_assets.partitioned_tables import PartitionStore, ensure_partition_views
+from cmr_assets.partitioned_tables import PartitionStore, sync_partitioned_tables
 from cmr_assets.settings import DataPaths
 from cmr_assets_tests.conftest import SeriesSpec, write_series
 
@@ -25,9 +25,9 @@ SORT_KEYS = {"scans": ["scan_id"], "slices": ["slice_id"], "rejected_files": ["p
 
 
 def _tables(paths: DataPaths) -> dict[str, pd.DataFrame]:
-    """The ingested tables through the DuckDB views, timestamps left out, rows sorted."""
+    """The ingested tables in the DuckDB file after a sync, timestamps left out, rows sorted."""
     with duckdb.connect(str(paths.duckdb)) as con:
-        ensure_partition_views(con, paths)
+        sync_partitioned_tables(con, paths)
         frames = {table: con.execute(f"SELECT * FROM {table}").df() for table in SORT_KEYS}
     return {table: frame.drop(columns=[c for c in TIMESTAMPS if c in frame]).sort_values(SORT_KEYS[table])
             .reset_index(drop=True) for table, frame in frames.items()}
@@ -75,6 +75,9 @@ def test_partition_runs_side_by_side_equal_one_run_over_the_whole_folder(archive
         scans_new = list(pool.map(_ingest_buckets, [archive] * 2, [split.root] * 2, halves))
     assert not split.duckdb.exists()  # the partition runs never opened DuckDB
     expected, got = _tables(whole), _tables(split)
+    with duckdb.connect(str(split.duckdb)) as con:  # ordinary tables in the single file, as before partitions
+        kinds = con.execute("SELECT table_name, table_type FROM information_schema.tables").fetchall()
+        assert {("scans", "BASE TABLE"), ("slices", "BASE TABLE"), ("rejected_files", "BASE TABLE")} <= set(kinds)
     assert sum(scans_new) == len(expected["scans"]) == 10
     for table in SORT_KEYS:
         pd.testing.assert_frame_equal(got[table], expected[table], obj=table)
@@ -107,7 +110,7 @@ def test_an_empty_bucket_records_nothing_and_an_empty_folder_is_recorded(tmp_pat
 def test_a_decisions_table_from_before_partitions_is_set_aside(data_paths: DataPaths) -> None:
     with duckdb.connect(str(data_paths.duckdb)) as con:
         con.execute("CREATE TABLE slice_decisions AS SELECT 'a-00' AS slice_id")
-        ensure_partition_views(con, data_paths)
+        assert "slice_decisions" in sync_partitioned_tables(con, data_paths)
         assert con.execute("SELECT count(*) FROM slice_decisions").fetchall() == [(0,)]
         assert con.execute("SELECT * FROM slice_decisions_before_partitions").fetchall() == [("a-00",)]
-        ensure_partition_views(con, data_paths)  # a no-op the second time
+        assert sync_partitioned_tables(con, data_paths) == []  # nothing changed since
