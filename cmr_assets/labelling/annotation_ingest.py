@@ -112,51 +112,50 @@ def _timestamps(values: Iterable[datetime]) -> pd.Series:
     return pd.Series(pd.to_datetime(list(values), utc=True))
 
 
-def _record_frame(rows: Sequence[tuple[SingleAnnotation | RankingAnnotation, int]], source_file: str,
+_Row = tuple[ParsedRecord, str]  # a valid record and the file (relative name) it came from
+
+
+def _record_frame(rows: Sequence[tuple[SingleAnnotation | RankingAnnotation, int, str]],
                   own_columns: dict[str, pd.Series]) -> pd.DataFrame:
     """A raw annotation table's rows: the columns both strategies share around the strategy's own."""
     return pd.DataFrame({
-        "submission_id": pd.Series([r.submission_id for r, _ in rows], dtype=object),
-        "annotator_id": pd.Series([r.annotator_id for r, _ in rows], dtype=object),
+        "submission_id": pd.Series([r.submission_id for r, _, _ in rows], dtype=object),
+        "annotator_id": pd.Series([r.annotator_id for r, _, _ in rows], dtype=object),
         **own_columns,
-        "started_at": _timestamps(r.started_at for r, _ in rows),
-        "submitted_at": _timestamps(r.submitted_at for r, _ in rows),
-        "source_file": pd.Series([source_file] * len(rows), dtype=object),
-        "line": pd.Series([line for _, line in rows], dtype="int64"),
+        "started_at": _timestamps(r.started_at for r, _, _ in rows),
+        "submitted_at": _timestamps(r.submitted_at for r, _, _ in rows),
+        "source_file": pd.Series([source for _, _, source in rows], dtype=object),
+        "line": pd.Series([line for _, line, _ in rows], dtype="int64"),
     })
 
 
-def _single_frame(records: list[ParsedRecord], source_file: str) -> pd.DataFrame:
-    rows = [(p.record, p.line) for p in records if isinstance(p.record, SingleAnnotation)]
-    return _record_frame(rows, source_file, {
-        "task_id": pd.Series([r.task_id for r, _ in rows], dtype=object),
-        "slice_id": pd.Series([r.image_ids[0] for r, _ in rows], dtype=object),
-        "label": pd.Series([r.label for r, _ in rows], dtype=object),
-        "artefact": pd.Series([r.artefact for r, _ in rows], dtype=bool),
+def _single_frame(records: Sequence[_Row]) -> pd.DataFrame:
+    rows = [(p.record, p.line, source) for p, source in records if isinstance(p.record, SingleAnnotation)]
+    return _record_frame(rows, {
+        "task_id": pd.Series([r.task_id for r, _, _ in rows], dtype=object),
+        "slice_id": pd.Series([r.image_ids[0] for r, _, _ in rows], dtype=object),
+        "label": pd.Series([r.label for r, _, _ in rows], dtype=object),
+        "artefact": pd.Series([r.artefact for r, _, _ in rows], dtype=bool),
     })
 
 
-def _ranking_frame(records: list[ParsedRecord], source_file: str) -> pd.DataFrame:
-    rows = [(p.record, p.line) for p in records if isinstance(p.record, RankingAnnotation)]
-    return _record_frame(rows, source_file, {
-        "batch_id": pd.Series([r.batch_id for r, _ in rows], dtype=object),
-        "order": pd.Series([list(r.order) for r, _ in rows], dtype=object),
-        "divider_a": pd.Series([r.dividers[0] for r, _ in rows], dtype="int64"),
-        "divider_b": pd.Series([r.dividers[1] for r, _ in rows], dtype="int64"),
-        "artefact_ids": pd.Series([list(r.artefact_ids) for r, _ in rows], dtype=object),
+def _ranking_frame(records: Sequence[_Row]) -> pd.DataFrame:
+    rows = [(p.record, p.line, source) for p, source in records if isinstance(p.record, RankingAnnotation)]
+    return _record_frame(rows, {
+        "batch_id": pd.Series([r.batch_id for r, _, _ in rows], dtype=object),
+        "order": pd.Series([list(r.order) for r, _, _ in rows], dtype=object),
+        "divider_a": pd.Series([r.dividers[0] for r, _, _ in rows], dtype="int64"),
+        "divider_b": pd.Series([r.dividers[1] for r, _, _ in rows], dtype="int64"),
+        "artefact_ids": pd.Series([list(r.artefact_ids) for r, _, _ in rows], dtype=object),
     })
 
 
 def annotation_file_rows(paths: Iterable[Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(single, ranking) rows of every valid record in `paths` (format checks only; rejected lines
     are left out), with the columns of the raw tables."""
-    single, ranking = [], []
-    for path in paths:
-        records = parse_annotation_bytes(read_annotation_bytes(path)).records
-        single.append(_single_frame(records, path.name))
-        ranking.append(_ranking_frame(records, path.name))
-    return (pd.concat(single, ignore_index=True) if single else _single_frame([], ""),
-            pd.concat(ranking, ignore_index=True) if ranking else _ranking_frame([], ""))
+    rows = [(record, path.name) for path in paths
+            for record in parse_annotation_bytes(read_annotation_bytes(path)).records]
+    return _single_frame(rows), _ranking_frame(rows)
 
 
 def _insert(con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame, columns: list[str]) -> None:
@@ -170,32 +169,62 @@ def _insert(con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame, col
         con.unregister("incoming_frame")
 
 
-def _rejections_frame(rejections: list[tuple[int, str]], source_file: str, now: datetime) -> pd.DataFrame:
+def _rejections_frame(rejections: Sequence[tuple[str, int, str]], now: datetime) -> pd.DataFrame:
     return pd.DataFrame({
-        "source_file": pd.Series([source_file] * len(rejections), dtype=object),
-        "line": pd.Series([line for line, _ in rejections], dtype="int64"),
-        "reason": pd.Series([reason for _, reason in rejections], dtype=object),
+        "source_file": pd.Series([source for source, _, _ in rejections], dtype=object),
+        "line": pd.Series([line for _, line, _ in rejections], dtype="int64"),
+        "reason": pd.Series([reason for _, _, reason in rejections], dtype=object),
         "rejected_at": pd.Series([pd.Timestamp(now)] * len(rejections), dtype="datetime64[us, UTC]"),
     })
 
 
-def _store_file(con: duckdb.DuckDBPyConnection, source_file: str, size: int, digest: str, n_valid: int,
-                n_rejected: int, now: datetime, single: pd.DataFrame, ranking: pd.DataFrame,
-                rejected: pd.DataFrame) -> None:
-    """One file's new rows and its `annotation_files` entry, in one transaction."""
-    with transaction(con):
-        _insert(con, "raw_annotations_single", single, RAW_SINGLE_COLUMNS)
-        _insert(con, "raw_annotations_ranking", ranking, RAW_RANKING_COLUMNS)
-        _insert(con, "rejected_annotations", rejected, ["source_file", "line", "reason", "rejected_at"])
-        con.execute("DELETE FROM annotation_files WHERE source_file = ?", [source_file])
-        con.execute("INSERT INTO annotation_files VALUES (?, ?, ?, ?, ?, ?)",
-                    [source_file, size, digest, n_valid, n_rejected, now])
+# Records held before a group of files is stored: bounds memory, while a transaction (and the
+# frames handed to DuckDB) per ~100-record session file cost more than the rows themselves
+FLUSH_RECORDS = 50_000
+
+
+@dataclass
+class _PendingFiles:
+    """Files read but not yet stored: their new rows and their `annotation_files` entries."""
+
+    records: list[_Row] = field(default_factory=list)
+    rejections: list[tuple[str, int, str]] = field(default_factory=list)  # (source_file, line, reason)
+    files: list[tuple[str, int, str, int, int]] = field(default_factory=list)  # name, size, digest, valid, rejected
+
+    def __len__(self) -> int:
+        return len(self.records) + len(self.rejections) + len(self.files)
+
+    def store(self, con: duckdb.DuckDBPyConnection, now: datetime, report: AnnotationIngestReport) -> None:
+        """Every pending file's new rows and `annotation_files` entry in one transaction: a crash
+        never half-ingests a file (a file's rows and its entry commit together)."""
+        if not self.files:
+            return
+        single, ranking = _single_frame(self.records), _ranking_frame(self.records)
+        entries = pd.DataFrame(self.files, columns=["source_file", "size", "sha256", "n_valid", "n_rejected"])
+        entries["ingested_at"] = pd.Series([pd.Timestamp(now)] * len(entries), dtype="datetime64[us, UTC]")
+        with transaction(con):
+            _insert(con, "raw_annotations_single", single, RAW_SINGLE_COLUMNS)
+            _insert(con, "raw_annotations_ranking", ranking, RAW_RANKING_COLUMNS)
+            _insert(con, "rejected_annotations", _rejections_frame(self.rejections, now),
+                    ["source_file", "line", "reason", "rejected_at"])
+            con.register("stored_files", entries)
+            try:
+                con.execute("DELETE FROM annotation_files WHERE source_file IN (SELECT source_file FROM stored_files)")
+                con.execute("INSERT INTO annotation_files SELECT source_file, size, sha256, n_valid, n_rejected, "
+                            "ingested_at FROM stored_files")
+            finally:
+                con.unregister("stored_files")
+        report.single_added += len(single)
+        report.ranking_added += len(ranking)
+        report.rejected_added += len(self.rejections)
+        self.records, self.rejections, self.files = [], [], []
 
 
 def ingest_annotation_files(incoming_dir: Path, con: duckdb.DuckDBPyConnection, known_annotators: set[str],
                             now: datetime | None = None) -> AnnotationIngestReport:
     """Append the new valid records of every annotation file to the raw tables, and the new bad ones
-    to `rejected_annotations`; one transaction per file so a crash never half-ingests a file."""
+    to `rejected_annotations`; files are stored in groups of about `FLUSH_RECORDS` records, each
+    group in one transaction, so a crash never half-ingests a file."""
     now = now or datetime.now(UTC)
     ensure_annotation_tables(con)
     report = AnnotationIngestReport()
@@ -203,8 +232,12 @@ def ingest_annotation_files(incoming_dir: Path, con: duckdb.DuckDBPyConnection, 
     report.files_seen = len(entries)
     known_files = {row[0]: (row[1], row[2]) for row in
                    con.execute("SELECT source_file, size, sha256 FROM annotation_files").fetchall()}
+    rejected_lines: dict[str, set[int]] = {}  # read once: a query per file would scan the table per file
+    for source, line in con.execute("SELECT source_file, line FROM rejected_annotations").fetchall():
+        rejected_lines.setdefault(source, set()).add(line)
     context: AnnotationContext | None = None
     stored_at: dict[str, tuple[str, int]] | None = None  # submission_id -> (source_file, line)
+    pending = _PendingFiles()
     for path in entries:
         source_file = path.name
         try:
@@ -214,19 +247,16 @@ def ingest_annotation_files(incoming_dir: Path, con: duckdb.DuckDBPyConnection, 
         if known_files.get(source_file) == (entry_size, REJECTED_FILE_DIGEST):
             report.files_skipped_unchanged += 1
             continue
-        already_rejected = {row[0] for row in con.execute(
-            "SELECT line FROM rejected_annotations WHERE source_file = ?", [source_file]).fetchall()}
+        already_rejected = rejected_lines.get(source_file, set())
         try:
             data = read_annotation_bytes(path)
         except FileNotFoundError:
             continue
         except UnsafeAnnotationFile as unsafe:
             report.files_rejected.append(source_file)
-            new = [] if 0 in already_rejected else [(0, str(unsafe))]
-            empty = pd.DataFrame()
-            _store_file(con, source_file, entry_size, REJECTED_FILE_DIGEST, 0, 1, now, empty, empty,
-                        _rejections_frame(new, source_file, now))
-            report.rejected_added += len(new)
+            if 0 not in already_rejected:
+                pending.rejections.append((source_file, 0, str(unsafe)))
+            pending.files.append((source_file, entry_size, REJECTED_FILE_DIGEST, 0, 1))
             continue
         fingerprint = (len(data), hashlib.sha256(data).hexdigest())
         if known_files.get(source_file) == fingerprint:
@@ -241,7 +271,6 @@ def ingest_annotation_files(incoming_dir: Path, con: duckdb.DuckDBPyConnection, 
         report.files_read += 1
         if parsed.partial_last_line:
             report.files_with_partial_line.append(source_file)
-        fresh: list[ParsedRecord] = []
         rejections = [(r.line, r.reason) for r in parsed.rejections]
         n_valid = 0
         for item in parsed.records:
@@ -255,16 +284,14 @@ def ingest_annotation_files(incoming_dir: Path, con: duckdb.DuckDBPyConnection, 
                                               f"already stored from {first[0]} line {first[1]}"))
             else:
                 stored_at[item.record.submission_id] = (source_file, item.line)
-                fresh.append(item)
+                pending.records.append((item, source_file))
                 n_valid += 1
-        new_rejections = sorted(r for r in rejections if r[0] not in already_rejected)
-        single = _single_frame(fresh, source_file)
-        ranking = _ranking_frame(fresh, source_file)
-        _store_file(con, source_file, fingerprint[0], fingerprint[1], n_valid, len(rejections), now,
-                    single, ranking, _rejections_frame(new_rejections, source_file, now))
-        report.single_added += len(single)
-        report.ranking_added += len(ranking)
-        report.rejected_added += len(new_rejections)
+        pending.rejections += [(source_file, line, reason) for line, reason in sorted(rejections)
+                               if line not in already_rejected]
+        pending.files.append((source_file, fingerprint[0], fingerprint[1], n_valid, len(rejections)))
+        if len(pending) >= FLUSH_RECORDS:
+            pending.store(con, now, report)
+    pending.store(con, now, report)
     return report
 
 

@@ -237,3 +237,33 @@ def test_repeated_submission_id_across_files_gets_a_rejection_row(con, tmp_path:
                                                    f"already stored from {original.name} line 1")]
     files = dict(con.execute("SELECT source_file, n_valid FROM annotation_files").fetchall())
     assert files == {original.name: 1, "replay.jsonl": 0}  # the replay is not counted valid
+
+
+def _stored(con: duckdb.DuckDBPyConnection) -> tuple[list, list, list]:
+    return (con.execute("SELECT source_file, line, task_id FROM raw_annotations_single ORDER BY 1, 2").fetchall(),
+            con.execute("SELECT source_file, line, reason FROM rejected_annotations ORDER BY 1, 2").fetchall(),
+            con.execute("SELECT source_file, size, sha256, n_valid, n_rejected FROM annotation_files ORDER BY 1")
+            .fetchall())
+
+
+def test_files_stored_in_groups_give_the_same_tables_and_report(con, tmp_path: Path, monkeypatch) -> None:
+    """Several files per transaction (a group of ~FLUSH_RECORDS records) store exactly what one file per
+    transaction stores, duplicates across the groups included."""
+    from cmr_assets.labelling import annotation_ingest
+
+    repeated = single("s-000002", "scan1-01")
+    write_annotation_file([single(), repeated], tmp_path, "single", "sim-expert-1")
+    write_annotation_file([single("s-000003", annotator="sim-expert-2")], tmp_path, "single", "sim-expert-2")
+    (tmp_path / "x-replay.jsonl").write_text(json.dumps(repeated.to_json_dict()) + "\n{not json\n")
+    (tmp_path / "y-bad.jsonl").write_text("[]\n")
+    reports, tables = [], []
+    for flush in (1, 1_000):
+        monkeypatch.setattr(annotation_ingest, "FLUSH_RECORDS", flush)
+        database = duckdb.connect()
+        for table in ("tasks_single", "tasks_ranking"):
+            database.register("source", con.sql(f"SELECT * FROM {table}").df())
+            database.execute(f"CREATE TABLE {table} AS SELECT * FROM source")
+        reports.append(ingest_annotation_files(tmp_path, database, ROSTER, now=T0 + timedelta(days=1)))
+        tables.append(_stored(database))
+    assert reports[0] == reports[1] and tables[0] == tables[1]
+    assert (reports[0].single_added, reports[0].duplicates_rejected, reports[0].rejected_added) == (3, 1, 3)
