@@ -10,8 +10,9 @@
 # postgresql-15) and `pip install -e '.[dev,cluster]'` (dagster-postgres, psycopg2).
 # Run as root, the server runs as the `postgres` user (else `nobody`): PostgreSQL refuses root.
 #
-# Environment knobs: CLUSTER_N_SCANS (16), CLUSTER_MODE (auto|partitions|folders), CLUSTER_TIMEOUT
-# (900 s for the runs), CLUSTER_KEEP=1 (keep the temporary folder, for a look after a failure).
+# Environment knobs: CLUSTER_N_SCANS (12), CLUSTER_MODE (auto|partitions|folders), CLUSTER_TIMEOUT
+# (900 s for the runs), CLUSTER_EXECUTOR (in_process: one process per run; job: the job's own
+# executor, a process per step), CLUSTER_KEEP=1 (keep the temporary folder, to look after a failure).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -142,7 +143,7 @@ set +m
 log "dagster-daemon started (pid $DAEMON_PID), log $WORK/daemon.log"
 
 # 4. The checks: concurrent ingestion runs vs one process, then MLflow on PostgreSQL.
-args=(--work "$WORK" --daemon-since "$DAEMON_SINCE" --n-scans "${CLUSTER_N_SCANS:-16}"
-      --mode "${CLUSTER_MODE:-auto}" --timeout "${CLUSTER_TIMEOUT:-900}")
+args=(--work "$WORK" --daemon-since "$DAEMON_SINCE" --n-scans "${CLUSTER_N_SCANS:-12}"
+      --mode "${CLUSTER_MODE:-auto}" --timeout "${CLUSTER_TIMEOUT:-900}" --executor "${CLUSTER_EXECUTOR:-in_process}")
 "$PY" scripts/cluster_check.py check "${args[@]}"
 STATUS=0
