@@ -160,9 +160,10 @@ def _repair_collisions(batches: np.ndarray, scan_codes: np.ndarray, rng: np.rand
     """Swap members within their stratum so no batch holds an image twice and, where possible,
     no two images of one scan (same-scan pairs are allowed but carry less cross-scan information)."""
 
-    def cost(row: np.ndarray) -> int:
-        duplicate_images = len(row) - len(np.unique(row))
-        duplicate_scans = len(row) - len(np.unique(scan_codes[row]))
+    def cost(row: np.ndarray) -> int:  # sets, not np.unique: a row is 8 values, called ~once per batch
+        images = row.tolist()
+        duplicate_images = len(images) - len(set(images))
+        duplicate_scans = len(images) - len(set(scan_codes[row].tolist()))
         return 100 * duplicate_images + duplicate_scans
 
     n_batches, batch_size = batches.shape
@@ -178,7 +179,8 @@ def _repair_collisions(batches: np.ndarray, scan_codes: np.ndarray, rng: np.rand
                 if cost(batches[b]) + cost(batches[other]) < before:
                     break
                 batches[b, k], batches[other, k] = batches[other, k], batches[b, k]
-    if any(len(np.unique(row)) != batch_size for row in batches):
+    ordered = np.sort(batches, axis=1)
+    if (ordered[:, 1:] == ordered[:, :-1]).any():
         raise ValueError("could not form batches of distinct images; too few images for the batch size")
 
 
@@ -215,24 +217,35 @@ def _assign_experts(batches: np.ndarray, n_rounds_batches: list[int], n: int, n_
     """Deal batches evenly over experts, each batch to the expert (with room left this round) who
     is the only viewer of the fewest of its images, then who has seen the fewest of them, so images
     collect views from different experts."""
-    seen = np.zeros((n_experts, n), dtype=np.int32)
+    seen = np.zeros((n, n_experts), dtype=np.int32)
     expert_of = np.empty(len(batches), dtype=np.int64)
+    experts = range(n_experts)
     start = 0
     for size in n_rounds_batches:
         capacity = np.full(n_experts, size // n_experts)
         capacity[rng.permutation(n_experts)[: size % n_experts]] += 1
-        for b in start + rng.permutation(size):
-            members = seen[:, batches[b]]
-            total = members.sum(axis=0)
-            # images this expert alone has seen so far would stay single-expert: avoid that first
-            only_viewer = ((members == total) & (total > 0)).sum(axis=1).astype(float)
-            only_viewer[capacity == 0] = np.inf
-            overlap = members.sum(axis=1)
-            load = capacity.max() - capacity  # prefer the least-loaded expert among equal choices
-            choice = int(np.lexsort((rng.random(n_experts), load, overlap, only_viewer))[0])
+        room = capacity.tolist()
+        order = (start + rng.permutation(size)).tolist()
+        ties = rng.random((size, n_experts)).tolist()  # the same draws as one call per batch
+        # plain Python on the batch's 8 x n_experts counts: numpy's per-call overhead dominated
+        for b, tie in zip(order, ties, strict=True):
+            members = seen[batches[b]].tolist()
+            only_viewer = [0.0] * n_experts
+            overlap = [0] * n_experts
+            for views in members:
+                total = sum(views)
+                for e in experts:
+                    overlap[e] += views[e]
+                    # images this expert alone has seen so far would stay single-expert: avoid that first
+                    if total > 0 and views[e] == total:
+                        only_viewer[e] += 1
+            most = max(room)
+            # the least-loaded expert among equal choices, then at random
+            choice = min(experts, key=lambda e: (only_viewer[e] if room[e] else np.inf, overlap[e], most - room[e],
+                                                 tie[e]))
             expert_of[b] = choice
-            capacity[choice] -= 1
-            seen[choice, batches[b]] += 1
+            room[choice] -= 1
+            seen[batches[b], choice] += 1
         start += size
     return expert_of
 
