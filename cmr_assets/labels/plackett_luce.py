@@ -92,18 +92,23 @@ class _PenalisedLikelihood:
         winners = rankings[:, : k - 1].ravel()
         self.wins = np.bincount(winners, minlength=n_items).astype(float)
 
+    def _log_suffix(self, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Scores by ranking position and log of sum_{l >= j} exp(b_l) per stage j, accumulated in
+        log space so extreme scores cannot underflow."""
+        br = b[self.rankings]
+        return br, np.logaddexp.accumulate(br[:, ::-1], axis=1)[:, ::-1][:, :-1]
+
     def stage_probabilities(self, b: np.ndarray) -> tuple[np.ndarray, float]:
         """Return P (n_rankings, k-1, k) and the sum over stages of log-sum-exp of each choice set."""
-        br = b[self.rankings]
-        # log of sum_{l >= j} exp(b_l), accumulated in log space so extreme scores cannot underflow
-        log_suffix = np.logaddexp.accumulate(br[:, ::-1], axis=1)[:, ::-1][:, :-1]
+        br, log_suffix = self._log_suffix(b)
         probs = np.where(self.stage_mask[None], np.exp(br[:, None, :] - log_suffix[:, :, None]), 0.0)
         log_norm = float(log_suffix.sum())
         return probs, log_norm
 
     def objective(self, b: np.ndarray) -> float:
-        """Penalised negative log-likelihood at ``b``."""
-        _, log_norm = self.stage_probabilities(b)
+        """Penalised negative log-likelihood at ``b`` (no stage probabilities: the line search calls
+        this several times per Newton step)."""
+        log_norm = float(self._log_suffix(b)[1].sum())
         return log_norm - float(self.wins @ b) + 0.5 * self.alpha * float(b @ b)
 
     def _gradient_and_pair_blocks(self, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
