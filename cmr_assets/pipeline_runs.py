@@ -130,10 +130,10 @@ def run_ingest(source_dir: Path, workers: int = 2) -> int:
         return 2
     config = {"source_dir": str(source_dir.resolve()), "workers": workers}
     result = run_job("ingest_new_scans", {"ops": {"raw_scans": {"config": config}, "slices": {"config": config}}})
-    for event in result.get_asset_materialization_events():
-        if event.asset_key == dg.AssetKey("slices"):
-            meta = event.materialization.metadata
-            print(", ".join(f"{k}={meta[k].value}" for k in ("scans_new", "slices_new", "slices_total") if k in meta))
+    slices = [e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey("slices")]
+    if slices:  # one event per bucket, all with the run's figures
+        meta = slices[0].materialization.metadata
+        print(", ".join(f"{k}={meta[k].value}" for k in ("scans_new", "slices_new", "slices_total") if k in meta))
     return 0 if result.success else 1
 
 

@@ -34,3 +34,20 @@ def test_bench_outside_a_source_checkout_says_how_to_run_it(monkeypatch, capsys)
     assert main(["bench", "--quick"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "source checkout" in err and "PYTHONPATH=." in err
+
+
+def test_ingest_runs_every_bucket_in_one_recorded_run_and_prints_one_line(tmp_path, capsys):
+    import dagster as dg
+    import duckdb
+
+    from cmr_assets_tests.conftest import pipeline_environment, write_series
+
+    for k in range(3):
+        write_series(tmp_path / "source" / f"series{k}")
+    with pipeline_environment(tmp_path):
+        assert main(["ingest", str(tmp_path / "source")]) == 0
+        runs = dg.DagsterInstance.get().get_runs()
+    assert capsys.readouterr().out.splitlines()[-1] == "scans_new=3, slices_new=12, slices_total=12"
+    assert len(runs) == 1 and runs[0].tags["dagster/asset_partition_range_end"] == "15"
+    with duckdb.connect(str(tmp_path / "data" / "cmr.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM slices").fetchall() == [(12,)]
