@@ -18,9 +18,10 @@ runs this script twice around starting `dagster-daemon`:
 
 How runs are split (`plan_runs`): once `cmr_assets.ingest.partitions.SCAN_BUCKETS` exists the
 ingestion job is partitioned by hash bucket of the top-level folder, and one run per bucket that
-holds files is launched (tag `dagster/partition`) over one source folder; until then two runs of the
-unpartitioned job ingest two halves of the cohort (two source folders), and the reference ingests
-both folders one after the other. `--mode` forces either.
+holds files is launched (tag `dagster/partition`) over one source folder. Mode `folders` (the default
+before partitioned ingestion) runs the job twice at once over two halves of the cohort (two source
+folders; on partitioned ingestion each run covers every bucket), and the reference ingests both
+folders one after the other. `--mode` forces either.
 
 Runs are created and submitted in this process like `dagster job launch` does (its helper
 `dagster._cli.job._create_run`, pinned dagster 1.13.27), with one workspace load for all of them.
@@ -226,7 +227,10 @@ def plan_runs(work: Path, n_scans: int, seed: int, mode: str) -> RunPlan:
         for index, scan_dir in enumerate(scan_dirs):
             scan_dir.rename(halves[index % 2] / scan_dir.name)
         n_bad = add_bad_files(halves[1], sorted(p for p in halves[1].iterdir() if p.is_dir()))
-        runs = [RunSpec(half.name, half) for half in halves]
+        # on partitioned ingestion each of these runs covers every bucket (a partition range)
+        every_bucket = ({"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
+                        if keys else {})
+        runs = [RunSpec(half.name, half, every_bucket) for half in halves]
         reference = halves
     say(f"mode {mode}: {len(runs)} runs ({', '.join(r.label for r in runs)}); {n_bad} bad files planted")
     return RunPlan(mode, runs, reference)
