@@ -94,7 +94,7 @@ def test_helm_values_run_the_project_definitions_on_kubernetes() -> None:
 
 def test_mlflow_server_settings() -> None:
     env = read_env_file(DEPLOY / "mlflow" / "mlflow.env")
-    assert env["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql://")
+    assert env["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg2://")  # the driver psycopg2-binary brings
     assert env["MLFLOW_ARTIFACTS_DESTINATION"].startswith("s3://")
     script = (DEPLOY / "mlflow" / "serve.sh").read_text()
     assert "--backend-store-uri" in script and "--artifacts-destination" in script

@@ -53,7 +53,7 @@ RETRAIN_SELECTION = (dg.AssetSelection.assets("model_single", "model_ranking").d
                      - dg.AssetSelection.assets("archive_filter"))
 NEW_SCANS_SELECTION = dg.AssetSelection.assets("raw_scans", "slices")
 
-# Both run in one process: a step per subprocess would import torch, MLflow and Dagster again for
+# These run in one process: a step per subprocess would import torch, MLflow and Dagster again for
 # each of a dozen short steps (tens of seconds each on a loaded 2-core machine), and the pools
 # (duckdb, gpu: one slot each) serialise the steps anyway.
 relabel_job = dg.define_asset_job(
@@ -62,7 +62,7 @@ relabel_job = dg.define_asset_job(
                 "to the split. Models are retrained separately (`retrain_models`), when labels settle.",
 )
 ingest_new_scans_job = dg.define_asset_job(
-    "ingest_new_scans", selection=NEW_SCANS_SELECTION,
+    "ingest_new_scans", selection=NEW_SCANS_SELECTION, executor_def=dg.in_process_executor,
     description="Ingest DICOM that appeared under the scans folder (already ingested scans are skipped).",
 )
 retrain_job = dg.define_asset_job(
