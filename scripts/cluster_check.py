@@ -7,24 +7,21 @@ runs this script twice around starting `dagster-daemon`:
 - `pause-automation`: stops every sensor and schedule in that instance before the daemon starts, so
   the only runs are the ones launched here (the sensors default to RUNNING, and the archive filter's
   automation condition would follow fresh slices).
-- `check`: writes a small synthetic DICOM cohort (plus a few bad files), launches several ingestion
-  runs at once through the queued run coordinator, waits for them (failing on any failed run, or
-  after `--timeout` seconds), ingests the same folder(s) in one process with `cmr-assets ingest`
-  into a second data folder sharing the scan-id key, and requires `scans`, `slices` and
-  `rejected_files` (timestamps aside) and the stored images to be equal. Then it trains one epoch on
-  the ingested slices, logs, registers and promotes the model through cmr_assets.mlflow_store /
-  cmr_assets.promotion against MLflow on the same PostgreSQL, loads the champion back and compares
-  its outputs. Prints the figures at the end.
+- `check`: writes a small synthetic DICOM cohort (plus a few bad files) into one source folder and
+  submits one `ingest_new_scans` run per hash bucket that holds files (the keys of
+  `cmr_assets.ingest.assets.SCAN_BUCKETS`, tag `dagster/partition`; buckets from
+  `cmr_assets.ingest.partitions.bucket_of`) at once to the queued run coordinator. It waits for them
+  (failing on any failed run, or after `--timeout` seconds), ingests the same folder in one process
+  with `cmr-assets ingest` into a second data folder sharing the scan-id key, and requires `scans`,
+  `slices` and `rejected_files` (timestamps aside) and the stored images to be equal. Then it trains
+  one epoch on the ingested slices, logs, registers and promotes the model through
+  cmr_assets.mlflow_store / cmr_assets.promotion against MLflow on the same PostgreSQL, loads the
+  champion back and compares its outputs. Prints the figures at the end.
 
-How runs are split (`plan_runs`): once `cmr_assets.ingest.partitions.SCAN_BUCKETS` exists the
-ingestion job is partitioned by hash bucket of the top-level folder, and one run per bucket that
-holds files is launched (tag `dagster/partition`) over one source folder. Mode `folders` (the default
-before partitioned ingestion) runs the job twice at once over two halves of the cohort (two source
-folders; on partitioned ingestion each run covers every bucket), and the reference ingests both
-folders one after the other. `--mode` forces either.
-
-Runs are created and submitted in this process like `dagster job launch` does (its helper
-`dagster._cli.job._create_run`, pinned dagster 1.13.27), with one workspace load for all of them.
+Each run executes in one process (the job has `executor_def=dg.in_process_executor`,
+cmr_assets/automation/sensors.py). Runs are created and submitted in this process like `dagster job
+launch` does (its helper `dagster._cli.job._create_run`, pinned dagster 1.13.27), with one workspace
+load for all of them.
 
 Environment (set by scripts/test_cluster.sh): DAGSTER_HOME (the Postgres instance), CMR_DATA_DIR (the
 cluster's data folder, also the daemon's), MLFLOW_TRACKING_URI (postgresql://...), MLFLOW_ARTIFACT_ROOT.
@@ -42,7 +39,6 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -115,31 +111,7 @@ def wait_for_daemon(instance: Any, since: float, timeout_s: float) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# the cohort and how it is split into runs
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One launched run: what it is called in the output, its tags and the folder it ingests."""
-
-    label: str
-    source_dir: Path
-    tags: dict[str, str] = field(default_factory=dict)
-
-    def run_config(self, workers: int, executor: str) -> dict[str, Any]:
-        """The run's config; `executor` "in_process" runs both steps in the run's own process."""
-        config = {"source_dir": str(self.source_dir), "workers": workers}
-        run_config: dict[str, Any] = {"ops": {"raw_scans": {"config": config}, "slices": {"config": config}}}
-        if executor == "in_process":
-            run_config["execution"] = {"config": {"in_process": {}}}
-        return run_config
-
-
-@dataclass(frozen=True)
-class RunPlan:
-    mode: str  # "partitions" or "folders"
-    runs: list[RunSpec]
-    reference_sources: list[Path]  # what the single process ingests, in order
+# the cohort and its partition runs
 
 
 def write_cohort(staging: Path, n_scans: int, seed: int) -> list[Path]:
@@ -177,72 +149,30 @@ def add_bad_files(folder: Path, scan_dirs: Sequence[Path]) -> int:
     return 4
 
 
-def partition_keys() -> list[str] | None:
-    """The keys of the ingestion partitions, `SCAN_BUCKETS` (in `cmr_assets.ingest.partitions`, else in
-    `cmr_assets.ingest.assets`, where it is defined today), None while ingestion is not partitioned."""
-    try:
-        from cmr_assets.ingest import partitions
-    except ImportError:
-        return None
-    buckets = getattr(partitions, "SCAN_BUCKETS", None)
-    if buckets is None:
-        from cmr_assets.ingest import assets
+def write_source(work: Path, n_scans: int, seed: int) -> tuple[Path, list[str]]:
+    """The cohort and the bad files in work/source; returns it and the partition keys that hold files
+    (one run each: an empty bucket starts no run)."""
+    from cmr_assets.ingest.assets import SCAN_BUCKETS
+    from cmr_assets.ingest.partitions import bucket_of
 
-        buckets = getattr(assets, "SCAN_BUCKETS", None)
-    return list(buckets.get_partition_keys()) if buckets is not None else None
-
-
-def occupied_buckets(source: Path, keys: Sequence[str]) -> list[str]:
-    """The keys whose bucket holds at least one file under `source` (empty buckets start no run)."""
-    from cmr_assets.ingest import partitions
-
-    bucket_of = getattr(partitions, "bucket_of", None)
-    if bucket_of is None:
-        return list(keys)
-    used = {bucket_of(p.relative_to(source).as_posix()) for p in source.rglob("*") if p.is_file()}
-    return [key for key in keys if key in used]
-
-
-def plan_runs(work: Path, n_scans: int, seed: int, mode: str) -> RunPlan:
-    """Write the cohort under work/source and decide the runs (see the module docstring)."""
-    keys = partition_keys()
-    if mode == "auto":
-        mode = "partitions" if keys else "folders"
-    if mode == "partitions" and not keys:
-        raise CheckFailed("--mode partitions: cmr_assets.ingest.partitions.SCAN_BUCKETS is not there yet")
     source = work / "source"
-    scan_dirs = write_cohort(work / "staging", n_scans, seed)
-    if mode == "partitions":
-        source.mkdir()
-        for scan_dir in scan_dirs:
-            scan_dir.rename(source / scan_dir.name)
-        n_bad = add_bad_files(source, [source / d.name for d in scan_dirs])
-        assert keys is not None
-        runs = [RunSpec(f"partition {key}", source, {PARTITION_TAG: key}) for key in occupied_buckets(source, keys)]
-        reference = [source]
-    else:
-        halves = [source / "delivery_a", source / "delivery_b"]
-        for half in halves:
-            half.mkdir(parents=True)
-        for index, scan_dir in enumerate(scan_dirs):
-            scan_dir.rename(halves[index % 2] / scan_dir.name)
-        n_bad = add_bad_files(halves[1], sorted(p for p in halves[1].iterdir() if p.is_dir()))
-        # on partitioned ingestion each of these runs covers every bucket (a partition range)
-        every_bucket = ({"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]}
-                        if keys else {})
-        runs = [RunSpec(half.name, half, every_bucket) for half in halves]
-        reference = halves
-    say(f"mode {mode}: {len(runs)} runs ({', '.join(r.label for r in runs)}); {n_bad} bad files planted")
-    return RunPlan(mode, runs, reference)
+    source.mkdir()
+    scan_dirs = [scan_dir.rename(source / scan_dir.name) for scan_dir in write_cohort(work / "staging", n_scans, seed)]
+    n_bad = add_bad_files(source, scan_dirs)
+    used = {bucket_of(p.relative_to(source).as_posix()) for p in source.rglob("*") if p.is_file()}
+    keys = [key for key in SCAN_BUCKETS.get_partition_keys() if key in used]
+    say(f"{n_bad} bad files planted; {len(keys)} of {len(SCAN_BUCKETS.get_partition_keys())} buckets hold files: "
+        f"{', '.join(keys)}")
+    return source, keys
 
 
 # ---------------------------------------------------------------------------------------------
 # launching and waiting
 
 
-def launch_runs(instance: Any, workspace: Any, location: Any, repo: Any, plan: RunPlan, workers: int,
-                executor: str) -> list[str]:
-    """Create and submit one run per RunSpec through the instance's (queued) run coordinator."""
+def launch_runs(instance: Any, workspace: Any, location: Any, repo: Any, source: Path, keys: Sequence[str],
+                workers: int) -> list[str]:
+    """Create and submit one partition run per key through the instance's (queued) run coordinator."""
     from dagster._cli.job import _create_run
     from dagster._cli.workspace.cli_target import get_remote_job_from_remote_repo
 
@@ -250,14 +180,15 @@ def launch_runs(instance: Any, workspace: Any, location: Any, repo: Any, plan: R
     if coordinator != "QueuedRunCoordinator":
         raise CheckFailed(f"the instance's run coordinator is {coordinator}, expected QueuedRunCoordinator")
     remote_job = get_remote_job_from_remote_repo(repo, INGEST_JOB)
+    config = {"source_dir": str(source), "workers": workers}
+    run_config = {"ops": {"raw_scans": {"config": config}, "slices": {"config": config}}}
     run_ids = []
-    for spec in plan.runs:
+    for key in keys:
         run = _create_run(instance=instance, code_location=location, remote_repo=repo, remote_job=remote_job,
-                          run_config=spec.run_config(workers, executor),
-                          tags={"cmr/cluster_check": spec.label, **spec.tags}, op_selection=None, run_id=None)
+                          run_config=run_config, tags={PARTITION_TAG: key}, op_selection=None, run_id=None)
         submitted = instance.submit_run(run.run_id, workspace)
         run_ids.append(submitted.run_id)
-        say(f"submitted {spec.label}: run {submitted.run_id[:8]} ({submitted.status.value})")
+        say(f"submitted partition {key}: run {submitted.run_id[:8]} ({submitted.status.value})")
     return run_ids
 
 
@@ -319,19 +250,18 @@ def share_scan_id_key(cluster_root: Path, reference_root: Path) -> None:
     shutil.copy2(cluster.secret / KEY_FILE_NAME, reference.secret / KEY_FILE_NAME)
 
 
-def ingest_single_process(reference_root: Path, sources: Sequence[Path], dagster_home: Path) -> float:
-    """`cmr-assets ingest` of each source folder, in order, into `reference_root`; returns wall seconds."""
+def ingest_single_process(reference_root: Path, source: Path, dagster_home: Path) -> float:
+    """`cmr-assets ingest` of the source folder into `reference_root`; returns wall seconds."""
     cli = Path(sys.executable).parent / "cmr-assets"
     dagster_home.mkdir(parents=True, exist_ok=True)  # its own (SQLite) instance: not the cluster's
     env = {**os.environ, "CMR_DATA_DIR": str(reference_root), "DAGSTER_HOME": str(dagster_home)}
     started = time.perf_counter()
-    for source in sources:
-        done = subprocess.run([str(cli), "ingest", str(source)], env=env, cwd=PROJECT_ROOT, capture_output=True,
-                              text=True)
-        if done.returncode != 0:
-            raise CheckFailed(f"cmr-assets ingest {source} exited {done.returncode}:\n"
-                              f"{(done.stdout + done.stderr)[-4000:]}")
-        say(f"single process: ingested {source.name}: {done.stdout.strip().splitlines()[-1:]}")
+    done = subprocess.run([str(cli), "ingest", str(source)], env=env, cwd=PROJECT_ROOT, capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        raise CheckFailed(f"cmr-assets ingest {source} exited {done.returncode}:\n"
+                          f"{(done.stdout + done.stderr)[-4000:]}")
+    say(f"single process: {done.stdout.strip().splitlines()[-1:]}")
     return time.perf_counter() - started
 
 
@@ -471,14 +401,15 @@ def check(args: argparse.Namespace) -> int:
     if not str(cluster_root).startswith(str(work)):
         raise CheckFailed(f"CMR_DATA_DIR={cluster_root} is not under the test's folder {work}: refusing to use it")
     share_scan_id_key(cluster_root, reference_root)
-    plan = plan_runs(work, args.n_scans, args.seed, args.mode)
+    source, keys = write_source(work, args.n_scans, args.seed)
+    labels = [f"partition {key}" for key in keys]
 
     with instance_and_workspace() as (instance, workspace, location, repo):
         wait_for_daemon(instance, args.daemon_since, args.daemon_timeout)
         say("dagster-daemon is up (queued run coordinator heartbeat)")
         launched = time.time()
-        run_ids = launch_runs(instance, workspace, location, repo, plan, args.workers, args.executor)
-        outcome = wait_for_runs(instance, run_ids, [r.label for r in plan.runs], args.timeout)
+        run_ids = launch_runs(instance, workspace, location, repo, source, keys, args.workers)
+        outcome = wait_for_runs(instance, run_ids, labels, args.timeout)
     finished = max(record.end_time or record.update_timestamp.timestamp() for record in outcome["records"].values())
     cluster_wall = finished - launched
     run_seconds = [(r.end_time or 0) - (r.start_time or 0) for r in outcome["records"].values()]
@@ -486,7 +417,7 @@ def check(args: argparse.Namespace) -> int:
     to_start = [(r.start_time or 0) - r.create_timestamp.timestamp() for r in outcome["records"].values()]
     say(f"all {len(run_ids)} runs succeeded, {cluster_wall:.1f} s from first submit to last run finished")
 
-    single_wall = ingest_single_process(reference_root, plan.reference_sources, work / "reference-dagster-home")
+    single_wall = ingest_single_process(reference_root, source, work / "reference-dagster-home")
     cluster_tables, reference_tables = read_tables(cluster_root), read_tables(reference_root)
     rows = compare_tables(cluster_tables, reference_tables)
     n_files = compare_images(cluster_root, reference_root, reference_tables["slices"])
@@ -498,15 +429,12 @@ def check(args: argparse.Namespace) -> int:
     mlflow_result = check_mlflow(cluster_root, cluster_tables["slices"])
 
     print("\n== make test-cluster: figures ==")
-    print(f"  mode                        {plan.mode}")
-    print(f"  runs launched (queued)      {len(run_ids)} ({', '.join(r.label for r in plan.runs)}), "
-          f"executor {args.executor}")
+    print(f"  runs launched (queued)      {len(run_ids)} partition runs (buckets {', '.join(keys)})")
     print(f"  most runs in progress       {outcome['max_in_progress']}")
     print(f"  concurrent runs, wall       {cluster_wall:.1f} s (submit -> last finished; "
           f"per run {min(run_seconds):.1f}-{max(run_seconds):.1f} s of work after "
           f"{min(to_start):.0f}-{max(to_start):.0f} s queued and starting)")
-    print(f"  single-process ingestion    {single_wall:.1f} s (cmr-assets ingest, "
-          f"{len(plan.reference_sources)} folder(s))")
+    print(f"  single-process ingestion    {single_wall:.1f} s (cmr-assets ingest, every bucket)")
     print(f"  rows compared               scans {rows['scans']}, slices {rows['slices']}, "
           f"rejected_files {rows['rejected_files']} (+{n_files} image files)")
     print(f"  mlflow on postgres          {mlflow_result['model']} v{mlflow_result['version']} "
@@ -523,11 +451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--work", required=True, help="the test's temporary folder (holds CMR_DATA_DIR)")
     run.add_argument("--n-scans", type=int, default=12)
     run.add_argument("--seed", type=int, default=7)
-    run.add_argument("--mode", choices=("auto", "partitions", "folders"), default="auto")
     run.add_argument("--workers", type=int, default=1, help="ingestion processes per run")
-    run.add_argument("--executor", choices=("in_process", "job"), default="in_process",
-                     help="in_process: each run in one process (default: a 2-core machine pays ~20 s of imports "
-                          "per process); job: the job's own executor, a process per step")
     run.add_argument("--timeout", type=float, default=900, help="seconds for all runs to finish")
     run.add_argument("--daemon-since", type=float, default=0.0, help="epoch seconds the daemon was started")
     run.add_argument("--daemon-timeout", type=float, default=180)

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # `make test-cluster`: the ingestion and the model registry run "for real" on this machine, the way a
 # cluster runs them: a PostgreSQL server behind the Dagster instance (runs, event logs, schedules)
-# and behind MLflow; dagster-daemon dequeuing several ingestion runs at once (QueuedRunCoordinator,
-# DefaultRunLauncher); their tables compared with a single-process ingestion of the same files.
+# and behind MLflow; dagster-daemon dequeuing one `ingest_new_scans` run per occupied hash bucket at
+# once (QueuedRunCoordinator, DefaultRunLauncher); their tables compared with a single-process
+# ingestion of the same folder.
 # The checks themselves are in scripts/cluster_check.py; this script owns the processes and the
 # temporary folder, and always stops and removes them (trap), on success, failure or Ctrl-C.
 #
@@ -10,9 +11,8 @@
 # postgresql-15) and `pip install -e '.[dev,cluster]'` (dagster-postgres, psycopg2).
 # Run as root, the server runs as the `postgres` user (else `nobody`): PostgreSQL refuses root.
 #
-# Environment knobs: CLUSTER_N_SCANS (12), CLUSTER_MODE (auto|partitions|folders), CLUSTER_TIMEOUT
-# (900 s for the runs), CLUSTER_EXECUTOR (in_process: one process per run; job: the job's own
-# executor, a process per step), CLUSTER_KEEP=1 (keep the temporary folder, to look after a failure).
+# Environment knobs: CLUSTER_N_SCANS (12), CLUSTER_TIMEOUT (900 s for the runs), CLUSTER_KEEP=1 (keep
+# the temporary folder, to look after a failure).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -142,8 +142,7 @@ DAEMON_PID=$!
 set +m
 log "dagster-daemon started (pid $DAEMON_PID), log $WORK/daemon.log"
 
-# 4. The checks: concurrent ingestion runs vs one process, then MLflow on PostgreSQL.
-args=(--work "$WORK" --daemon-since "$DAEMON_SINCE" --n-scans "${CLUSTER_N_SCANS:-12}"
-      --mode "${CLUSTER_MODE:-auto}" --timeout "${CLUSTER_TIMEOUT:-900}" --executor "${CLUSTER_EXECUTOR:-in_process}")
-"$PY" scripts/cluster_check.py check "${args[@]}"
+# 4. The checks: concurrent partition runs vs one process, then MLflow on PostgreSQL.
+"$PY" scripts/cluster_check.py check --work "$WORK" --daemon-since "$DAEMON_SINCE" \
+    --n-scans "${CLUSTER_N_SCANS:-12}" --timeout "${CLUSTER_TIMEOUT:-900}"
 STATUS=0
