@@ -58,6 +58,10 @@ def build_definitions() -> dg.Definitions:
         schedules=[nightly_retrain_schedule],
         resources={"data_paths": data_paths, "duckdb": duckdb_resource(data_paths.paths()), "mlflow": MlflowResource(),
                    "retrain_policy": RetrainPolicyResource(quiet_minutes=retrain_quiet_minutes())},
+        # Every run in one process: a process per step would import torch, MLflow and Dagster again
+        # for each short step (tens of seconds on a loaded 2-core machine), and the pools (duckdb,
+        # gpu: one slot each) serialise the steps anyway. Runs themselves spread (run launcher).
+        executor=dg.in_process_executor,
     )
 
 

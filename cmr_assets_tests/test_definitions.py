@@ -93,3 +93,10 @@ def test_dagster_cli_validates_the_workspace(tmp_path: Path) -> None:
     result = subprocess.run([str(dagster), "definitions", "validate", "-w", "workspace.yaml"], cwd=PROJECT_ROOT,
                             env=env, capture_output=True, text=True, timeout=110)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_job_runs_in_one_process() -> None:
+    """A process per step would import torch and MLflow again for each step (tens of seconds)."""
+    jobs = [job.name for job in defs.resolve_all_job_defs()]
+    assert "cmr_pipeline" in jobs and "ingest_new_scans" in jobs
+    assert {defs.resolve_job_def(name).executor_def.name for name in jobs} == {"in_process"}

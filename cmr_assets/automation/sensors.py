@@ -18,6 +18,7 @@ from pathlib import Path
 
 import dagster as dg
 import duckdb
+import numpy as np
 
 from cmr_assets.automation.file_cursor import (
     FileStamp,
@@ -52,21 +53,19 @@ RELABEL_SELECTION = dg.AssetSelection.assets("raw_annotations_single", "raw_anno
 RETRAIN_SELECTION = (dg.AssetSelection.assets("model_single", "model_ranking").downstream()
                      - dg.AssetSelection.assets("archive_filter"))
 NEW_SCANS_SELECTION = dg.AssetSelection.assets("raw_scans", "slices")
+INGEST_RUNS_PER_TICK = 4  # the run queue's default limit (deploy/dagster-postgres/dagster.yaml)
 
-# These run in one process: a step per subprocess would import torch, MLflow and Dagster again for
-# each of a dozen short steps (tens of seconds each on a loaded 2-core machine), and the pools
-# (duckdb, gpu: one slot each) serialise the steps anyway.
 relabel_job = dg.define_asset_job(
-    "relabel", selection=RELABEL_SELECTION, tags={LANE_TAG: "relabel"}, executor_def=dg.in_process_executor,
+    "relabel", selection=RELABEL_SELECTION, tags={LANE_TAG: "relabel"},
     description="Ingest new annotation files, re-aggregate labels and agreement, assign newly labelled scans "
                 "to the split. Models are retrained separately (`retrain_models`), when labels settle.",
 )
 ingest_new_scans_job = dg.define_asset_job(
-    "ingest_new_scans", selection=NEW_SCANS_SELECTION, executor_def=dg.in_process_executor,
+    "ingest_new_scans", selection=NEW_SCANS_SELECTION,
     description="Ingest DICOM that appeared under the scans folder (already ingested scans are skipped).",
 )
 retrain_job = dg.define_asset_job(
-    "retrain_models", selection=RETRAIN_SELECTION, tags={LANE_TAG: "retrain"}, executor_def=dg.in_process_executor,
+    "retrain_models", selection=RETRAIN_SELECTION, tags={LANE_TAG: "retrain"},
     description="Retrain the models on the current labels and re-evaluate (one such run at a time).",
 )
 
@@ -198,17 +197,35 @@ def changed_buckets(stamps: list[FileStamp], cursor: str | None) -> tuple[list[s
     return changed, json.dumps({"buckets": now}), {bucket: len(files) for bucket, files in by_bucket.items()}
 
 
+def bucket_ranges(buckets: list[str], max_runs: int) -> list[tuple[str, str]]:
+    """The changed buckets (sorted keys) as at most `max_runs` contiguous key ranges of about equal
+    length; a range may cover unchanged buckets between changed ones (ingestion skips what is stored)."""
+    groups = [list(group) for group in np.array_split(buckets, min(max_runs, len(buckets))) if len(group)]
+    return [(group[0], group[-1]) for group in groups]
+
+
 @dg.sensor(job=ingest_new_scans_job, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
 def new_scans_sensor(context: dg.SensorEvaluationContext,
                      data_paths: DataPathsResource) -> list[dg.RunRequest] | dg.SkipReason:
-    """New files under the scans folder -> one incremental ingestion run per bucket that changed
-    (`ingest/partitions.py`); those runs share no writer, so the run queue may run them side by side."""
+    """New files under the scans folder -> incremental ingestion of the buckets that changed
+    (`ingest/partitions.py`): one run per bucket, or per range of buckets when more than
+    `INGEST_RUNS_PER_TICK` changed (the first tick sees every bucket as changed); those runs share
+    no writer, so the run queue may run them side by side."""
     paths = data_paths.paths()
-    changed, cursor, counts = changed_buckets(scan_folder(paths.scans, DICOM_PATTERNS), context.cursor)
+    stamps = scan_folder(paths.scans, DICOM_PATTERNS)
+    changed, cursor, counts = changed_buckets(stamps, context.cursor)
     if not changed:
         return dg.SkipReason(f"no new files under {paths.scans}")
     context.update_cursor(cursor)
     context.log.info(f"files under scans/: {len(changed)} bucket(s) changed: {', '.join(changed)}")
-    digests = json.loads(cursor)["buckets"]
-    return [dg.RunRequest(run_key=f"{bucket}-{digests[bucket]}", partition_key=bucket,
-                          tags={"cmr/bucket_files": str(counts[bucket])}) for bucket in changed]
+    digest = folder_state(stamps).digest
+    requests = []
+    for first, last in bucket_ranges(changed, INGEST_RUNS_PER_TICK):
+        files = sum(n for bucket, n in counts.items() if first <= bucket <= last)
+        tags = {"cmr/bucket_files": str(files)}
+        if first == last:
+            requests.append(dg.RunRequest(run_key=f"{first}-{digest}", partition_key=first, tags=tags))
+        else:
+            requests.append(dg.RunRequest(run_key=f"{first}-{last}-{digest}", tags={
+                **tags, "dagster/asset_partition_range_start": first, "dagster/asset_partition_range_end": last}))
+    return requests

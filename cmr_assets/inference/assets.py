@@ -16,7 +16,7 @@ from mlflow.exceptions import MlflowException
 from cmr_assets.domain import CHAMPION, REGISTERED_MODEL_NAMES
 from cmr_assets.figures import archive_decisions_png
 from cmr_assets.inference.archive import decide_scans, decision_summary, scans_to_decide
-from cmr_assets.ingest.assets import SCAN_BUCKETS
+from cmr_assets.ingest.assets import BUCKETS_PER_RUN, SCAN_BUCKETS
 from cmr_assets.metadata import picture
 from cmr_assets.partitioned_tables import PartitionStore, sync_partitioned_tables
 from cmr_assets.resources import DataPathsResource, MlflowResource
@@ -57,7 +57,8 @@ def _decide_bucket(context: dg.AssetExecutionContext, store: PartitionStore, buc
 
 
 @dg.asset(group_name=GROUP, deps=["slices", f"model_{FILTER_STRATEGY}"], partitions_def=SCAN_BUCKETS,
-          kinds={"parquet", "pytorch"}, automation_condition=dg.AutomationCondition.eager())
+          backfill_policy=BUCKETS_PER_RUN, kinds={"parquet", "pytorch"},
+          automation_condition=dg.AutomationCondition.eager())
 def archive_filter(context: dg.AssetExecutionContext, config: ArchiveFilterConfig, data_paths: DataPathsResource,
                    duckdb: DuckDBResource, mlflow: MlflowResource) -> dg.MaterializeResult:
     """Every ingested slice of the bucket(s) through the champion and the filter's decision rule

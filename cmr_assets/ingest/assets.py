@@ -24,6 +24,9 @@ from cmr_assets.settings import DataPaths
 
 GROUP = "ingest"
 SCAN_BUCKETS = dg.StaticPartitionsDefinition(list(BUCKET_KEYS))
+# a backfill (UI "Materialize all", the archive filter's automation) runs 4 buckets per run: 4 runs
+# spread over workers, without paying a run's start-up (tens of seconds of imports) 16 times
+BUCKETS_PER_RUN = dg.BackfillPolicy.multi_run(max_partitions_per_run=4)
 # a run over every bucket at once (the demo, `cmr-assets ingest`): one process, one worker pool
 ALL_BUCKETS_TAGS = {"dagster/asset_partition_range_start": BUCKET_KEYS[0],
                     "dagster/asset_partition_range_end": BUCKET_KEYS[-1]}
@@ -70,7 +73,8 @@ def _slice_montage(paths: DataPaths, slices: pd.DataFrame, n_scans: int = 2) -> 
     return montage(images, titles, ncols=8)
 
 
-@dg.asset(group_name=GROUP, deps=[raw_scans], partitions_def=SCAN_BUCKETS, kinds={"dicom", "parquet"})
+@dg.asset(group_name=GROUP, deps=[raw_scans], partitions_def=SCAN_BUCKETS, backfill_policy=BUCKETS_PER_RUN,
+          kinds={"dicom", "parquet"})
 def slices(context: dg.AssetExecutionContext, config: ScanSourceConfig, data_paths: DataPathsResource,
            duckdb: DuckDBResource) -> dg.MaterializeResult:
     """De-identified slices, base -> apex, end-diastolic phase: PNGs, arrays and the rows of `scans`,

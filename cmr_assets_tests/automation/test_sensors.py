@@ -12,7 +12,12 @@ import pandas as pd
 import pytest
 
 from cmr_assets.automation.file_cursor import FileStamp
-from cmr_assets.automation.sensors import annotation_files_sensor, changed_buckets, new_scans_sensor
+from cmr_assets.automation.sensors import (
+    annotation_files_sensor,
+    bucket_ranges,
+    changed_buckets,
+    new_scans_sensor,
+)
 from cmr_assets.definitions import defs
 from cmr_assets.ingest.partitions import bucket_of
 from cmr_assets.labelling.annotation_format import write_annotation_file
@@ -124,6 +129,22 @@ def test_new_scans_sensor_requests_one_run_per_bucket_that_changed(data_paths, i
     second, _ = tick(new_scans_sensor, data_paths, instance, cursor)
     assert sorted(r.partition_key for r in second) == sorted(bucket_of(f"{folder}/x") for folder in others)
     assert {r.run_key for r in second}.isdisjoint({request.run_key})
+
+
+def test_many_changed_buckets_are_asked_for_in_at_most_four_ranges(data_paths, instance, series_writer) -> None:
+    assert bucket_ranges(["00", "02", "03", "07", "08", "12"], 4) == [("00", "02"), ("03", "07"), ("08", "08"),
+                                                                    ("12", "12")]
+    assert bucket_ranges(["05"], 4) == [("05", "05")]
+    folders = [f"export{k}" for k in range(40)]
+    for folder in folders[:12]:
+        series_writer(data_paths.scans / folder)
+    requests, _ = tick(new_scans_sensor, data_paths, instance, None)
+    changed = sorted({bucket_of(f"{folder}/x") for folder in folders[:12]})
+    assert len(requests) == min(4, len(changed))
+    covered = [(r.tags.get("dagster/asset_partition_range_start", r.partition_key),
+                r.tags.get("dagster/asset_partition_range_end", r.partition_key)) for r in requests]
+    assert all(any(first <= bucket <= last for first, last in covered) for bucket in changed)
+    assert sum(int(r.tags["cmr/bucket_files"]) for r in requests) == 12 * 12
 
 
 def test_a_whole_folder_cursor_from_before_buckets_asks_for_every_bucket_once(data_paths) -> None:
