@@ -4,7 +4,9 @@ file per bucket, `partitioned_tables.py`, so bucket runs share no writer), redon
 when new scans are ingested or a retrain registers a model (eager automation; `archive_filter_sensor`
 evaluates it)."""
 
+import functools
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,8 +35,8 @@ class ArchiveFilterConfig(dg.Config):
     scans_per_chunk: int = 200
 
 
-def _decide_bucket(context: dg.AssetExecutionContext, store: PartitionStore, bucket: str, model: Any,
-                   name: str, version: str, scans_per_chunk: int) -> int:
+def _decide_bucket(context: dg.AssetExecutionContext, store: PartitionStore, bucket: str,
+                   champion: Callable[[], Any], name: str, version: str, scans_per_chunk: int) -> int:
     """Decide the bucket's scans that this version has not decided; the bucket's file is rewritten after
     each chunk (its other rows kept), so an interrupted run keeps its progress. Returns scans decided."""
     slices = store.read("slices", "slice_id, scan_id, slice_from_base, array_path, array_index",
@@ -46,7 +48,7 @@ def _decide_bucket(context: dg.AssetExecutionContext, store: PartitionStore, buc
     for start in range(0, len(todo), scans_per_chunk):
         chunk = todo[start:start + scans_per_chunk]
         rows = slices[slices["scan_id"].isin(chunk)]
-        decisions = decide_scans(rows, load_slice_images(store.paths.root, rows), model, name, version,
+        decisions = decide_scans(rows, load_slice_images(store.paths.root, rows), champion(), name, version,
                                  datetime.now(UTC))
         kept = pd.concat([frame for frame in (kept, decisions) if len(frame)], ignore_index=True)
         store.write_partition("slice_decisions", DECISIONS_GROUP, bucket, kept)
@@ -73,8 +75,8 @@ def archive_filter(context: dg.AssetExecutionContext, config: ArchiveFilterConfi
         raise dg.Failure(f"archive_filter: no {CHAMPION} of {name} to filter with ({error})") from error
     paths = data_paths.paths()
     store = PartitionStore(paths)
-    model = mlflow.load_model(f"models:/{name}/{version}")
-    decided_now = sum(_decide_bucket(context, store, bucket, model, name, version, config.scans_per_chunk)
+    champion = functools.cache(lambda: mlflow.load_model(f"models:/{name}/{version}"))  # only if work
+    decided_now = sum(_decide_bucket(context, store, bucket, champion, name, version, config.scans_per_chunk)
                       for bucket in context.partition_keys)
     context.log.info(f"archive_filter: {decided_now} scans decided with {name} v{version} in bucket(s) "
                      f"{', '.join(context.partition_keys)}")
