@@ -1,7 +1,8 @@
-"""Declared schemas of the DuckDB tables that are written row by row, by ingestion and by annotation
-ingestion, with the migrations older database files need: one place to read such a table's columns
-and types. Tables written whole from a DataFrame (tasks, labels, split, agreement, reference labels)
-take the frame's schema; docs/architecture.md lists every table.
+"""Declared schemas of the tables that are written row by row: by annotation ingestion (DuckDB tables),
+by ingestion and the archive-wide filter (Parquet partition files, `partitioned_tables.py`, whose
+types these DDLs declare): one place to read such a table's columns and types. Tables written whole
+from a DataFrame (tasks, labels, split, agreement, reference labels) take the frame's schema;
+docs/architecture.md lists every table.
 
 Public API:
 - `SCANS_COLUMNS`, `SLICES_COLUMNS`, `REJECTED_FILES_COLUMNS`, `INGESTION_DDL`: the types of the ingested

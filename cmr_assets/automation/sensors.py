@@ -5,7 +5,7 @@
 - `labels_settled_sensor`: -> `retrain_models` for the strategies whose training labels changed since
   their newest registered model, once the inbox has been quiet (see `cmr_assets.automation.retrain`).
 - `new_scans_sensor`: new files under `data/scans/` -> `ingest_new_scans`, one run per bucket (partition)
-  whose files changed.
+  whose files changed, at most `INGEST_RUNS_PER_TICK` runs (bucket ranges) per tick.
 
 Defaults (documented in the README): the sensors and the nightly schedule are RUNNING once the
 Dagster daemon runs (`make ui` starts it); switch any of them in the UI (Automation tab) or with

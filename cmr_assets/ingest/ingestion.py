@@ -17,8 +17,8 @@ Behaviour:
   the source folder, reason); a series rejected as a whole gives each of its files a
   "series rejected: ..." reason.
 - An empty source folder is not an error: it records one row (path ".", reason "empty folder: no
-  files found") and returns a zero-count report. An empty bucket records nothing. A missing source folder raises
-  FileNotFoundError / NotADirectoryError naming it.
+  files found") and returns a zero-count report; an empty bucket records nothing. A missing source
+  folder raises FileNotFoundError / NotADirectoryError naming it.
 - Parallelism: up to `workers` processes working, this one included (`worker_pool`,
   `parallel_map`), one per `MIN_FILES_PER_WORKER` files (a small folder is read in this process
   alone: a spawned worker's start-up would cost more than it saves). The pool is started before
