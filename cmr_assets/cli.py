@@ -44,7 +44,8 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 def _cmd_filter(args: argparse.Namespace) -> int:
     from cmr_assets.inference.slice_filter import run_filter_cli
 
-    return run_filter_cli(Path(args.series_dir), model=args.model, as_json=args.json, out_dir=args.out)
+    return run_filter_cli(Path(args.series_dir), model=args.model, as_json=args.json, out_dir=args.out,
+                          lv_share=args.lv_share)
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -135,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="print JSON, one object per slice position, base first ('files' relative to "
                            "SERIES_DIR; 'frames': 1-based frame numbers per multi-frame file)")
     filt.add_argument("--out", default=None, help="copy the kept DICOM files, unchanged, into this folder")
+    filt.add_argument("--lv-share", type=float, default=None,
+                      help="share of LV slices expected in the stack: the class prior the filter decides under "
+                           "(default $CMR_FILTER_LV_SHARE or 0.5; 0.333 = the model's own balanced decision)")
     filt.set_defaults(func=_cmd_filter)
 
     sim = sub.add_parser("simulate-experts", help="write simulated expert annotation files for current tasks")

@@ -24,7 +24,8 @@ def test_ingest_of_a_missing_folder_is_a_clear_error(tmp_path, capsys, monkeypat
 
 def test_filter_defaults_to_the_ranking_champion():
     args = build_parser().parse_args(["filter", "series"])
-    assert args.model == "ranking" and not args.json
+    assert args.model == "ranking" and not args.json and args.lv_share is None
+    assert build_parser().parse_args(["filter", "series", "--lv-share", "0.7"]).lv_share == 0.7
 
 
 def test_bench_outside_a_source_checkout_says_how_to_run_it(monkeypatch, capsys):

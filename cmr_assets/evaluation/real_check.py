@@ -3,9 +3,11 @@
 Why: a model trained on the phantom can score 95% on synthetic slices and still remove real LV
 slices. Every evaluation therefore scores the champions on the real short-axis cines shipped in
 `real_data/` (two CC0 Sunnybrook patients with expert contours; see its README), read with the
-filter's own code path (`read_series` -> model -> monotone step -> keep/remove):
-- contoured slices contain LV myocardium: LV recall of the raw model class and of the filter's
-  keep decision;
+filter's own code path (`read_series` -> model -> deployment class prior -> monotone step ->
+keep/remove):
+- contoured slices contain LV myocardium: LV recall of the model's class before the monotone step
+  (under the deployment prior, as the filter decides; also the network's own balanced-prior argmax)
+  and of the filter's keep decision;
 - uncontoured slices before the first contour (base: outflow tract, atria) and after the last
   (beyond the apex) should be removed; "not contoured" is weaker evidence than a positive label, so
   these are reported as decisions, not scored as errors;
@@ -13,7 +15,7 @@ filter's own code path (`read_series` -> model -> monotone step -> keep/remove):
 
 Public API:
 - `REAL_DATA_DIR`, `RealSeries`, `load_real_series(root) -> list[RealSeries]`
-- `real_image_check(model, series) -> dict` (JSON-ready; `summary` + `slices`)
+- `real_image_check(model, series, lv_share=None) -> dict` (JSON-ready; `summary` + `slices`)
 - `decisions_png(check, series, path=None) -> bytes`: every real slice with its truth, the
   model's class and the filter's decision.
 - `MATCHED_LEVELS`, `synthetic_vs_real_png(synthetic, series, path=None) -> bytes`: the "look before
@@ -33,12 +35,14 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
+from cmr_assets.domain import CLASS_NAMES
 from cmr_assets.figures import montage
+from cmr_assets.inference.class_prior import deployment_prior, lv_share_from_env, shift_prior
 from cmr_assets.inference.decisions import decide
 from cmr_assets.ingest.dicom_series import OrderedSeries, read_series
 from cmr_assets.settings import PROJECT_ROOT
 from cmr_assets.synthetic.cohort import plan_scan, stored_slices
-from cmr_assets.training.packaging import predict_slices_with_ood
+from cmr_assets.training.packaging import predict_slices_with_ood, training_prior_of
 
 REAL_DATA_DIR = PROJECT_ROOT / "real_data" / "sunnybrook"
 TRUTH_FILE = "slices_truth.csv"
@@ -93,20 +97,29 @@ def _rate(numerator: int, denominator: int) -> float | None:
     return numerator / denominator if denominator else None
 
 
-def real_image_check(model: nn.Module, series: list[RealSeries]) -> dict[str, Any]:
-    """Score one model on the real series: raw and filter LV recall, base/apex decisions, OOD flags."""
+def real_image_check(model: nn.Module, series: list[RealSeries], lv_share: float | None = None) -> dict[str, Any]:
+    """Score one model on the real series: raw and filter LV recall, base/apex decisions, OOD flags.
+
+    The model's class is the filter's: under the deployment class prior (`class_prior`; `lv_share`
+    defaults to `$CMR_FILTER_LV_SHARE` or 0.5). `lv_recall_balanced_prior` is the network's own
+    argmax, trained on balanced classes, for comparison."""
+    share = lv_share_from_env() if lv_share is None else lv_share
     slices: list[dict[str, Any]] = []
     for item in series:
         images = np.stack([s.image_128 for s in item.series.slices])
-        probabilities, ood_scores = predict_slices_with_ood(model, images)
-        for decision, truth in zip(decide(item.series, probabilities, ood_scores), item.truth, strict=True):
+        balanced, ood_scores = predict_slices_with_ood(model, images)
+        probabilities = shift_prior(balanced, training_prior_of(model), deployment_prior(share))
+        for decision, truth, own in zip(decide(item.series, probabilities, ood_scores), item.truth, balanced,
+                                        strict=True):
             slices.append({"series": item.name, "slice_from_base": decision.slice_from_base, "truth": truth,
                            "model_class": decision.model_class, "filter_class": decision.predicted_class,
+                           "balanced_prior_class": CLASS_NAMES[int(np.argmax(own))],
                            "keep": decision.keep, "ood": decision.ood, "ood_score": decision.ood_score})
     lv = [s for s in slices if s["truth"] == LV]
     summary: dict[str, Any] = {
-        "n_series": len(series), "n_slices": len(slices), "n_lv": len(lv),
+        "n_series": len(series), "n_slices": len(slices), "n_lv": len(lv), "lv_share": share,
         "lv_recall_model": _rate(sum(s["model_class"] == "lv" for s in lv), len(lv)),
+        "lv_recall_balanced_prior": _rate(sum(s["balanced_prior_class"] == "lv" for s in lv), len(lv)),
         "lv_recall_filter": _rate(sum(s["keep"] for s in lv), len(lv)),
         "n_ood": sum(bool(s["ood"]) for s in slices),
     }

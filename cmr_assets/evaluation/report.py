@@ -400,13 +400,19 @@ def _real_image_lines(check: Mapping[str, Any] | None) -> list[str]:
         summary = block["summary"]
         rows.append([
             f"{strategy} v{block['model']['version']} ({block['model'].get('training_data', 'unknown')})",
-            f"{summary['n_lv']}", _fmt(summary["lv_recall_model"], "pct"), _fmt(summary["lv_recall_filter"], "pct"),
+            f"{summary['n_lv']}", _fmt(summary.get("lv_recall_balanced_prior"), "pct"),
+            _fmt(summary["lv_recall_model"], "pct"), _fmt(summary["lv_recall_filter"], "pct"),
             *[f"{summary[k]['removed']} of {summary[k]['n']} removed" for k in ("uncontoured_base",
                                                                                  "uncontoured_apex")],
             f"{summary['n_ood']} of {summary['n_slices']}"])
-    return lines + _table(["champion (training data)", "contoured LV slices", "LV recall, model class",
-                           "LV recall, filter keep", "uncontoured base", "uncontoured apex", "OOD slices"], rows) + [
-        "", "Uncontoured slices are weaker evidence than contours: reported as decisions, not scored."]
+    shares = {block["summary"].get("lv_share") for block in check.get("strategies", {}).values()} - {None}
+    prior = f"an LV share of {', '.join(f'{s:g}' for s in sorted(shares))}" if shares else "the deployment prior"
+    return lines + _table(["champion (training data)", "contoured LV slices", "LV recall, balanced-prior argmax",
+                           "LV recall, model class", "LV recall, filter keep", "uncontoured base",
+                           "uncontoured apex", "OOD slices"], rows) + [
+        "", f"Model class: the model's call before the monotone step under {prior} (the filter's class prior, "
+        "docs/real_images.md); balanced-prior argmax: the network's own call, trained on balanced classes.",
+        "Uncontoured slices are weaker evidence than contours: reported as decisions, not scored."]
 
 
 def write_report(report: Mapping[str, Any], reports_dir: str | Path) -> tuple[Path, Path]:

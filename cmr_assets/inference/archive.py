@@ -1,10 +1,10 @@
 """The filter over a whole archive: the champion's keep/remove decision for every ingested slice.
 
 Why: the clinical use at scale is to filter every stack of an archive, not one series at a time.
-The decisions are the slice filter's own (`decisions.judge_stack`: monotone step along each stack,
-OOD slices kept), computed from the slice store's images instead of re-reading DICOM, and kept in
-the `slice_decisions` table with the model version that made them. Work is incremental: a scan is
-decided again only when the champion changed or its slices did.
+The decisions are the slice filter's own (deployment class prior, then `decisions.judge_stack`:
+monotone step along each stack, OOD slices kept), computed from the slice store's images instead of
+re-reading DICOM, and kept in the `slice_decisions` table with the model version that made them.
+Work is incremental: a scan is decided again only when the champion changed or its slices did.
 
 Pure of Dagster and MLflow: slice rows, images and a model in, DataFrames out.
 
@@ -24,9 +24,9 @@ import pandas as pd
 from torch import nn
 
 from cmr_assets.domain import CLASS_NAMES
+from cmr_assets.inference.class_prior import deployment_predictions
 from cmr_assets.inference.decisions import judge_stack
 from cmr_assets.tables import SLICE_DECISIONS_COLUMNS
-from cmr_assets.training.packaging import predict_slices_with_ood
 
 
 def scans_to_decide(slices: pd.DataFrame, decided: pd.DataFrame, model_version: str) -> list[str]:
@@ -43,7 +43,7 @@ def decide_scans(slices: pd.DataFrame, images: np.ndarray, model: nn.Module, reg
     images are `images` in row order: one row per slice, each scan judged as a stack, base first."""
     if len(slices) != len(images):
         raise ValueError(f"{len(slices)} slice rows but {len(images)} images")
-    probabilities, ood_scores = predict_slices_with_ood(model, images)
+    probabilities, ood_scores = deployment_predictions(model, images)
     frames = []
     rows = slices.reset_index(drop=True)
     for _, stack in rows.groupby("scan_id", sort=False):

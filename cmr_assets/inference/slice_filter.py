@@ -1,7 +1,8 @@
 """The clinical use: classify every slice position of a new series and keep only those with LV myocardium.
 
 The series is read with ingestion's own ordering and de-identification code (`read_series`), the
-registry's `champion` classifies each position, and the monotone step (too_basal* lv* too_apical*
+registry's `champion` classifies each position (its probabilities re-weighted to the class mix of
+clinical stacks, `class_prior`), and the monotone step (too_basal* lv* too_apical*
 along the stack) makes the labels consistent with the anatomy before the keep/remove decision.
 
 The keep/remove decision itself is `inference.decisions` (pure, also used by the real-image
@@ -20,6 +21,7 @@ import numpy as np
 from torch import nn
 
 from cmr_assets.domain import CLASS_NAMES, REGISTERED_MODEL_NAMES
+from cmr_assets.inference.class_prior import deployment_predictions
 from cmr_assets.inference.decisions import SERIES_OOD_REASON, SliceDecision, decide
 from cmr_assets.ingest.dicom_series import read_series
 from cmr_assets.mlflow_store import (
@@ -29,15 +31,15 @@ from cmr_assets.mlflow_store import (
     model_version_tags,
 )
 from cmr_assets.settings import mlflow_tracking_uri
-from cmr_assets.training.packaging import predict_slices_with_ood
 from cmr_assets.training.provenance import TRAINING_DATA_TAG
 
 
-def filter_series(series_dir: Path, model: nn.Module) -> list[SliceDecision]:
-    """Read one series base -> apex and classify each position with `model` (a registry model)."""
+def filter_series(series_dir: Path, model: nn.Module, lv_share: float | None = None) -> list[SliceDecision]:
+    """Read one series base -> apex and classify each position with `model` (a registry model), under
+    the deployment class prior (`class_prior`; `lv_share` defaults to `$CMR_FILTER_LV_SHARE` or 0.5)."""
     series = read_series(series_dir)
     images = np.stack([s.image_128 for s in series.slices])
-    return decide(series, *predict_slices_with_ood(model, images))
+    return decide(series, *deployment_predictions(model, images, lv_share))
 
 
 def model_uri_for(choice: str) -> str:
@@ -81,12 +83,13 @@ def synthetic_only_warning(tags: dict[str, str]) -> str | None:
             "decisions on your scanner's images, or train it on your own labelled scans (README, 'Your own labels').")
 
 
-def run_filter_cli(series_dir: Path, model: str = "ranking", as_json: bool = False, out_dir: str | None = None) -> int:
+def run_filter_cli(series_dir: Path, model: str = "ranking", as_json: bool = False, out_dir: str | None = None,
+                   lv_share: float | None = None) -> int:
     """`cmr-assets filter`: errors go to stderr with the reason; exit 0 on success, 1 on failure."""
     try:
         module = load_champion(model_uri_for(model), tracking_uri=mlflow_tracking_uri())
         tags = model_version_tags(model_uri_for(model), tracking_uri=mlflow_tracking_uri())
-        decisions = filter_series(series_dir, module)
+        decisions = filter_series(series_dir, module, lv_share)
     except (ChampionNotFoundError, MlflowUnavailableError, ValueError, OSError) as error:
         print(f"cmr-assets filter: {error}", file=sys.stderr)
         return 1

@@ -52,6 +52,18 @@ def training_targets(rows: pd.DataFrame, soft_labels: bool) -> torch.Tensor:
     return torch.from_numpy(rows["target"].to_numpy().copy())
 
 
+def training_class_prior(train: pd.DataFrame, config: TrainConfig) -> np.ndarray:
+    """The class shares the trained network's probabilities assume: balanced under inverse-frequency
+    class weighting (the default), else the training labels' own mix (soft labels: their mean)."""
+    if config.class_weighting:
+        return np.full(len(CLASS_NAMES), 1.0 / len(CLASS_NAMES))
+    if config.soft_labels:
+        shares = train[PROBABILITY_COLUMNS].to_numpy(dtype=float).mean(axis=0)
+    else:
+        shares = np.bincount(train["target"].to_numpy(), minlength=len(CLASS_NAMES)) / max(1, len(train))
+    return np.clip(shares, 1e-3, None)
+
+
 def fit_classifier(root: Path, train: pd.DataFrame, val: pd.DataFrame, config: TrainConfig,
                    on_epoch: Callable[[EpochMetrics], None] | None = None) -> FittedClassifier:
     """Train on `train` rows, select the epoch on `val` rows, package and score on validation.
@@ -64,7 +76,7 @@ def fit_classifier(root: Path, train: pd.DataFrame, val: pd.DataFrame, config: T
     result = train_classifier(torch.from_numpy(train_images), training_targets(train, config.soft_labels),
                               torch.from_numpy(val_images), torch.from_numpy(val_targets.copy()), config, on_epoch)
     deployable = DeployableClassifier(result.model, config.input_size, config.crop_fraction,
-                                      symmetry_views_for(config)).eval()
+                                      symmetry_views_for(config), training_class_prior(train, config)).eval()
     val_metrics = classification_metrics(val_targets, predict_slices(deployable, val_images))
     return FittedClassifier(deployable, result, train_images, val_images, val_metrics)
 
@@ -105,6 +117,7 @@ def train_strategy(root: Path, strategy: str, train: pd.DataFrame, val: pd.DataF
     params = {
         "architecture": config.architecture, "input_size": config.input_size, "crop_fraction": config.crop_fraction,
         "test_time_views": symmetry_views_for(config),
+        "training_prior": " ".join(f"{x:.3f}" for x in training_class_prior(train, config)),
         "epochs": config.epochs, "batch_size": config.batch_size, "learning_rate": config.lr,
         "patience": config.patience, "max_minutes": config.max_minutes, "seed": config.seed,
         "soft_labels": config.soft_labels, "label_column": label_column,

@@ -24,6 +24,11 @@ The probabilities are therefore the mean over the first `n_views` symmetries of 
 (`DEFAULT_VIEWS` = 2: the image and its mirror; up to `DIHEDRAL_VIEWS` = 8 adds the quarter turns,
 which training shows only in the third of images turned by any angle, and which cost synthetic
 accuracy: docs/real_images.md), one batched pass; the OOD features come from the plain view.
+
+Why the model carries its training class prior (`training_prior`): training weights the classes by
+inverse frequency, so the network's probabilities are those of a cohort with balanced classes. The
+filter re-weights them to the class mix of the stacks it judges (`inference.class_prior`); to do
+that it must know which mix the network learnt under.
 """
 
 from __future__ import annotations
@@ -84,7 +89,7 @@ class DeployableClassifier(nn.Module):
     symmetry views, plus the OOD score."""
 
     def __init__(self, network: nn.Module, input_size: int, crop_fraction: float = 1.0,
-                 n_views: int = DEFAULT_VIEWS):
+                 n_views: int = DEFAULT_VIEWS, training_prior: np.ndarray | None = None):
         super().__init__()
         _check_views(n_views)
         self.network = network
@@ -93,6 +98,10 @@ class DeployableClassifier(nn.Module):
         self.n_views = int(n_views)
         self.n_ood_stages = 0
         self.register_buffer("ood_threshold", torch.zeros(0))
+        prior = np.full(N_CLASSES, 1.0 / N_CLASSES) if training_prior is None else np.asarray(training_prior, float)
+        if prior.shape != (N_CLASSES,) or not (prior > 0).all():
+            raise ValueError(f"training_prior must be {N_CLASSES} positive shares, got {prior.tolist()}")
+        self.register_buffer("training_prior", torch.tensor(prior / prior.sum(), dtype=torch.float32))
 
     def _features_and_probabilities(self, images: torch.Tensor,
                                     n_views: int | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -149,6 +158,15 @@ class DeployableClassifier(nn.Module):
             batches = [self._features_and_probabilities(_as_batch(images[start:start + batch_size]), n_views=1)[0]
                        for start in range(0, len(images), batch_size)]
         return [torch.cat(parts) for parts in zip(*batches, strict=True)]
+
+
+def training_prior_of(model: nn.Module) -> np.ndarray:
+    """The class shares the model's probabilities assume; balanced for models registered before the
+    prior travelled with them (they were all trained with inverse-frequency class weights)."""
+    prior = getattr(model, "training_prior", None)
+    if prior is None:
+        return np.full(N_CLASSES, 1.0 / N_CLASSES)
+    return prior.detach().cpu().numpy().astype(float)
 
 
 def _as_batch(images: np.ndarray) -> torch.Tensor:

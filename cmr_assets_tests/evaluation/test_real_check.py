@@ -51,6 +51,21 @@ def test_check_reports_lv_recall_and_decisions_outside_the_lv(real_series):
     assert len(always_basal["slices"]) == 25 and always_basal["slices"][0]["ood_score"] is None
 
 
+class UnsureModel(torch.nn.Module):
+    """Leans a little to too apical over LV for every image, as the CPU model did on real mid-ventricular slices."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([[0.12, 0.43, 0.45]]).expand(images.shape[0], 3)
+
+
+def test_the_model_class_is_the_filter_s_under_the_deployment_prior(real_series):
+    check = real_image_check(UnsureModel(), real_series, lv_share=0.5)["summary"]
+    assert check["lv_share"] == 0.5
+    assert check["lv_recall_balanced_prior"] == 0.0 and check["lv_recall_model"] == 1.0
+    balanced = real_image_check(UnsureModel(), real_series, lv_share=1 / 3)["summary"]
+    assert balanced["lv_recall_model"] == balanced["lv_recall_balanced_prior"] == 0.0
+
+
 def test_truth_needs_a_contour():
     assert slice_truth([False, True, True, False]) == (BASE, LV, LV, APEX)
     with pytest.raises(ValueError, match="no contoured slice"):

@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import numpy as np
@@ -102,3 +103,25 @@ def test_cli_says_when_a_whole_series_is_out_of_distribution(monkeypatch, capsys
         assert slice_filter.run_filter_cli(tmp_path) == 0
         err = capsys.readouterr().err
         assert ("every slice is kept" in err) == says and "synthetic" not in err
+
+
+def test_the_cli_decides_under_the_share_asked_for_and_refuses_a_bad_one(monkeypatch, capsys, tmp_path):
+    import torch
+
+    from cmr_assets.inference import slice_filter
+
+    class Unsure(torch.nn.Module):  # a registry model leaning a little to too basal everywhere
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            return torch.tensor([[0.44, 0.43, 0.13, 0.2]]).expand(images.shape[0], 4)
+
+    series = _series(3)
+    monkeypatch.setattr(slice_filter, "read_series", lambda path: series)
+    monkeypatch.setattr(slice_filter, "load_champion", lambda *args, **kwargs: Unsure())
+    monkeypatch.setattr(slice_filter, "model_version_tags", lambda *args, **kwargs: {"cmr.training_data": "real"})
+    for share, kept in ((0.5, True), (1 / 3, False)):
+        assert slice_filter.run_filter_cli(tmp_path, as_json=True, lv_share=share) == 0
+        rows = json.loads(capsys.readouterr().out)
+        assert [row["keep"] for row in rows] == [kept] * 3 and {row["model_class"] for row in rows} == (
+            {"lv"} if kept else {"too_basal"})
+    assert slice_filter.run_filter_cli(tmp_path, lv_share=1.5) == 1
+    assert "lv_share=1.5" in capsys.readouterr().err

@@ -40,6 +40,20 @@ def test_train_strategy_gathers_params_metrics_provenance_and_picture(tmp_path: 
     assert set(trained.ood_calibration) <= set(trained.metrics)
     assert trained.confusion_png.startswith(b"\x89PNG")
     assert trained.fitted.deployable.n_views == trained.params["test_time_views"] == 2
+    assert trained.params["training_prior"] == "0.333 0.333 0.333"  # class-weighted: balanced
+
+
+def test_the_training_prior_is_balanced_under_class_weights_else_the_labels_mix(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from cmr_assets.training.fitting import training_class_prior
+
+    rows = _rows(tmp_path, "scanA", 8, 0)  # classes 0 1 2 0 1 2 0 1: 3, 3, 2
+    config = TrainConfig()
+    np.testing.assert_allclose(training_class_prior(rows, config), [1 / 3] * 3)
+    for soft_labels in (False, True):
+        unweighted = replace(config, class_weighting=False, soft_labels=soft_labels)
+        np.testing.assert_allclose(training_class_prior(rows, unweighted), [3 / 8, 3 / 8, 2 / 8])
 
 
 def test_the_packaged_model_averages_symmetry_views_only_when_training_turned_the_images() -> None:

@@ -18,6 +18,7 @@ from cmr_assets.training.packaging import (
     predict_slices,
     predict_slices_with_ood,
     symmetry_views,
+    training_prior_of,
 )
 
 FAST = TrainConfig(input_size=64, epochs=3, batch_size=32, num_threads=1, lr=3e-3, device="cpu")
@@ -90,6 +91,18 @@ def test_score_and_provenance_survive_the_registry(calibrated, tmp_path):
     actual = predict_slices_with_ood(loaded, val_images[:7])
     for a, b in zip(actual, expected, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-4)
+    np.testing.assert_allclose(training_prior_of(loaded), [1 / 3] * 3, atol=1e-6)
+
+
+def test_the_training_prior_travels_with_the_model_and_defaults_to_balanced(calibrated):
+    model, _, _ = calibrated
+    skewed = DeployableClassifier(model.network, FAST.input_size, training_prior=np.array([1.0, 2.0, 1.0]))
+    np.testing.assert_allclose(training_prior_of(skewed), [0.25, 0.5, 0.25])
+    assert "training_prior" in skewed.state_dict()
+    del skewed._buffers["training_prior"]  # as a model registered before the prior travelled with it
+    np.testing.assert_allclose(training_prior_of(skewed), [1 / 3] * 3)
+    with pytest.raises(ValueError, match="training_prior"):
+        DeployableClassifier(model.network, FAST.input_size, training_prior=np.array([1.0, 0.0, 1.0]))
 
 
 def test_symmetry_views_are_the_eight_distinct_symmetries_of_the_square():
