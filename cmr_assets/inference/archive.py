@@ -9,8 +9,8 @@ Work is incremental: a scan is decided again only when the champion changed or i
 Pure of Dagster and MLflow: slice rows, images and a model in, DataFrames out.
 
 Public API:
-- `scans_to_decide(slices, decided, model_version) -> list[str]`
-- `decide_scans(slices, images, model, registered_model, model_version, now) -> pd.DataFrame`
+- `scans_to_decide(slices, decided, model_version, redecide=False) -> list[str]`
+- `decide_scans(slices, images, model, registered_model, model_version, now, lv_share=None) -> pd.DataFrame`
   (`tables.SLICE_DECISIONS_COLUMNS`)
 - `decision_summary(decisions) -> dict`: counts by filter class, kept, removed, out of distribution.
 """
@@ -29,21 +29,26 @@ from cmr_assets.inference.decisions import judge_stack
 from cmr_assets.tables import SLICE_DECISIONS_COLUMNS
 
 
-def scans_to_decide(slices: pd.DataFrame, decided: pd.DataFrame, model_version: str) -> list[str]:
+def scans_to_decide(slices: pd.DataFrame, decided: pd.DataFrame, model_version: str,
+                    redecide: bool = False) -> list[str]:
     """Scans (in `slices` order) without a decision by `model_version` for each of their slices: new
-    scans, scans decided by an earlier champion, scans whose slices changed."""
+    scans, scans decided by an earlier champion, scans whose slices changed; every scan with `redecide`
+    (after a change of the class prior, which the stored decisions do not record)."""
+    if redecide:
+        return list(dict.fromkeys(slices["scan_id"]))
     current = set(decided.loc[decided["model_version"] == model_version, "slice_id"]) if len(decided) else set()
     missing = ~slices["slice_id"].isin(current)
     return list(dict.fromkeys(slices.loc[missing, "scan_id"]))
 
 
 def decide_scans(slices: pd.DataFrame, images: np.ndarray, model: nn.Module, registered_model: str,
-                 model_version: str, now: datetime) -> pd.DataFrame:
+                 model_version: str, now: datetime, lv_share: float | None = None) -> pd.DataFrame:
     """Decisions for the rows of `slices` (slice_id, scan_id, slice_from_base; whole scans), whose
-    images are `images` in row order: one row per slice, each scan judged as a stack, base first."""
+    images are `images` in row order: one row per slice, each scan judged as a stack, base first,
+    under the class prior of `lv_share` (default `$CMR_FILTER_LV_SHARE` or 0.5)."""
     if len(slices) != len(images):
         raise ValueError(f"{len(slices)} slice rows but {len(images)} images")
-    probabilities, ood_scores = deployment_predictions(model, images)
+    probabilities, ood_scores = deployment_predictions(model, images, lv_share)
     frames = []
     rows = slices.reset_index(drop=True)
     for _, stack in rows.groupby("scan_id", sort=False):

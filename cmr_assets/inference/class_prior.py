@@ -20,7 +20,7 @@ of LV slices expected in the stacks filtered, default `DEFAULT_LV_SHARE`; the re
 between too basal and too apical). 1/3 gives the network's own balanced decision.
 
 Public API:
-- `DEFAULT_LV_SHARE`, `LV_SHARE_ENV`, `lv_share_from_env() -> float`
+- `DEFAULT_LV_SHARE`, `LV_SHARE_ENV`, `lv_share_from_env() -> float`, `check_lv_share(value, source) -> float`
 - `deployment_prior(lv_share) -> np.ndarray`
 - `shift_prior(probabilities, training_prior, deployment_prior) -> np.ndarray`
 - `deployment_predictions(model, images, lv_share=None) -> (probabilities, ood_scores)`
@@ -40,7 +40,8 @@ DEFAULT_LV_SHARE = 0.5  # LV as likely as the two other classes together: see th
 LV_SHARE_ENV = "CMR_FILTER_LV_SHARE"
 
 
-def _checked_share(lv_share: float, source: str) -> float:
+def check_lv_share(lv_share: float, source: str) -> float:
+    """`lv_share` as a float when strictly between 0 and 1; raises `ValueError` naming `source`."""
     if not 0 < lv_share < 1:
         raise ValueError(f"{source}={lv_share!r}: the expected share of LV slices must lie strictly between 0 and 1")
     return float(lv_share)
@@ -55,12 +56,12 @@ def lv_share_from_env() -> float:
         value = float(raw)
     except ValueError as error:
         raise ValueError(f"{LV_SHARE_ENV}={raw!r} is not a number between 0 and 1") from error
-    return _checked_share(value, LV_SHARE_ENV)
+    return check_lv_share(value, LV_SHARE_ENV)
 
 
 def deployment_prior(lv_share: float) -> np.ndarray:
     """Class shares in `CLASS_NAMES` order: `lv_share` for LV, the rest split evenly."""
-    share = _checked_share(lv_share, "lv_share")
+    share = check_lv_share(lv_share, "lv_share")
     prior = np.full(N_CLASSES, (1 - share) / (N_CLASSES - 1))
     prior[CLASS_INDEX["lv"]] = share
     return prior

@@ -70,6 +70,21 @@ def test_only_scans_without_this_champions_decision_are_decided_again() -> None:
     assert scans_to_decide(slices, decided, "2") == ["b", "c"]  # b: older champion; c: a new slice
     assert scans_to_decide(slices, decided.iloc[0:0], "2") == ["a", "b", "c"]
     assert scans_to_decide(slices, pd.DataFrame(), "2") == ["a", "b", "c"]
+    assert scans_to_decide(slices, decided, "2", redecide=True) == ["a", "b", "c"]  # e.g. a new class prior
+
+
+class UnsureModel(nn.Module):
+    """Leans a little to too basal over LV for every image."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.tensor([[0.44, 0.43, 0.13, 0.2]]).expand(images.shape[0], 4)
+
+
+def test_the_archive_decides_under_the_class_prior_asked_for() -> None:
+    rows, images = _stack("a", [LV, LV, LV])
+    for share, kept in ((0.5, [True] * 3), (1 / 3, [False] * 3)):
+        decisions = decide_scans(rows, images, UnsureModel(), "m", "1", datetime.now(UTC), lv_share=share)
+        assert decisions["keep"].tolist() == kept
 
 
 def test_rows_and_images_must_match() -> None:
@@ -78,7 +93,11 @@ def test_rows_and_images_must_match() -> None:
         decide_scans(rows, images[:1], BrightnessModel(), "m", "1", datetime.now(UTC))
 
 
-def test_the_asset_fails_clearly_without_a_champion(tmp_path) -> None:
+@pytest.mark.parametrize(("config", "says"), [
+    ({}, "no champion of cmr-slice-classifier-ranking"),
+    ({"lv_share": 1.2}, "lv_share=1.2: the expected share of LV slices must lie strictly between 0 and 1"),
+])
+def test_the_asset_fails_clearly_without_a_champion_or_with_a_bad_share(tmp_path, config, says) -> None:
     import dagster as dg
 
     from cmr_assets.inference.assets import archive_filter
@@ -88,9 +107,10 @@ def test_the_asset_fails_clearly_without_a_champion(tmp_path) -> None:
     paths = DataPaths(tmp_path / "data").ensure()
     result = dg.materialize(
         [archive_filter], partition_key="00", raise_on_error=False, instance=dg.DagsterInstance.ephemeral(),
+        run_config={"ops": {"archive_filter": {"config": config}}},
         resources={"data_paths": DataPathsResource(root=str(paths.root)), "duckdb": duckdb_resource(paths),
                    "mlflow": MlflowResource(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
                                             artifact_location=(tmp_path / "artifacts").as_uri())})
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
-    assert "no champion of cmr-slice-classifier-ranking" in failure.step_failure_data.error.message
+    assert says in failure.step_failure_data.error.message
