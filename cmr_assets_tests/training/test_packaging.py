@@ -75,8 +75,12 @@ def test_an_uncalibrated_model_has_no_score(calibrated):
     assert probabilities.shape == (3, 3) and np.isnan(scores).all()
 
 
-def test_score_and_provenance_survive_the_registry(calibrated, tmp_path):
+def test_score_prior_and_provenance_survive_the_registry(calibrated, tmp_path):
+    import copy
+
     model, _, val_images = calibrated
+    model = copy.deepcopy(model)
+    model.training_prior.copy_(torch.tensor([0.25, 0.5, 0.25]))  # as a model trained without class weights
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     logged = log_trained_model(tracking_uri, (tmp_path / "artifacts").as_uri(), "ranking", model, params={},
                                history=[], metrics={}, input_example=val_images[:1, None].astype(np.float32),
@@ -91,7 +95,7 @@ def test_score_and_provenance_survive_the_registry(calibrated, tmp_path):
     actual = predict_slices_with_ood(loaded, val_images[:7])
     for a, b in zip(actual, expected, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-4)
-    np.testing.assert_allclose(training_prior_of(loaded), [1 / 3] * 3, atol=1e-6)
+    np.testing.assert_allclose(training_prior_of(loaded), [0.25, 0.5, 0.25], atol=1e-6)
 
 
 def test_the_training_prior_travels_with_the_model_and_defaults_to_balanced(calibrated):
