@@ -21,7 +21,7 @@ import numpy as np
 from torch import nn
 
 from cmr_assets.domain import CLASS_NAMES, REGISTERED_MODEL_NAMES
-from cmr_assets.inference.class_prior import deployment_predictions
+from cmr_assets.inference.class_prior import LV_SHARE_ENV, check_lv_share, deployment_predictions, lv_share_from_env
 from cmr_assets.inference.decisions import SERIES_OOD_REASON, SliceDecision, decide
 from cmr_assets.ingest.dicom_series import read_series
 from cmr_assets.mlflow_store import (
@@ -87,15 +87,18 @@ def run_filter_cli(series_dir: Path, model: str = "ranking", as_json: bool = Fal
                    lv_share: float | None = None) -> int:
     """`cmr-assets filter`: errors go to stderr with the reason; exit 0 on success, 1 on failure."""
     try:
+        share = lv_share_from_env() if lv_share is None else check_lv_share(lv_share, "--lv-share")
         module = load_champion(model_uri_for(model), tracking_uri=mlflow_tracking_uri())
         tags = model_version_tags(model_uri_for(model), tracking_uri=mlflow_tracking_uri())
-        decisions = filter_series(series_dir, module, lv_share)
+        decisions = filter_series(series_dir, module, share)
     except (ChampionNotFoundError, MlflowUnavailableError, ValueError, OSError) as error:
         print(f"cmr-assets filter: {error}", file=sys.stderr)
         return 1
     warning = synthetic_only_warning(tags)
     if warning:
         print(warning, file=sys.stderr)
+    print(f"cmr-assets filter: class prior: an LV share of {share:g} per stack (--lv-share, {LV_SHARE_ENV}; "
+          "1/3 is the model's own balanced call)", file=sys.stderr)
     if decisions and decisions[0].reason == SERIES_OOD_REASON:  # decide's verdict, on the unrounded scores
         print(f"cmr-assets filter: WARNING: {series_dir} is unlike the model's training data "
               "(most slices out of distribution): every slice is kept", file=sys.stderr)

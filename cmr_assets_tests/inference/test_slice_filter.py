@@ -120,8 +120,10 @@ def test_the_cli_decides_under_the_share_asked_for_and_refuses_a_bad_one(monkeyp
     monkeypatch.setattr(slice_filter, "model_version_tags", lambda *args, **kwargs: {"cmr.training_data": "real"})
     for share, kept in ((0.5, True), (1 / 3, False)):
         assert slice_filter.run_filter_cli(tmp_path, as_json=True, lv_share=share) == 0
-        rows = json.loads(capsys.readouterr().out)
+        out, err = capsys.readouterr()
+        rows = json.loads(out)
+        assert f"LV share of {share:g}" in err and "synthetic" not in err
         assert [row["keep"] for row in rows] == [kept] * 3 and {row["model_class"] for row in rows} == (
             {"lv"} if kept else {"too_basal"})
     assert slice_filter.run_filter_cli(tmp_path, lv_share=1.5) == 1
-    assert "lv_share=1.5" in capsys.readouterr().err
+    assert "--lv-share=1.5" in capsys.readouterr().err
