@@ -65,7 +65,9 @@ def main() -> None:
         print(f"  {row['series']} {row['slice_from_base']:2d} {row['truth']:16s} {row['model_class']:10s} "
               f"{'keep' if row['keep'] else 'drop'} ood={row['ood_score']:.2f}")
     summary = check["summary"]
-    print(f"real LV recall raw {summary['lv_recall_model']:.3f} filter {summary['lv_recall_filter']:.3f}; "
+    print(f"real LV recall: model class {summary['lv_recall_model']:.3f} (LV share {summary['lv_share']:g}; "
+          f"balanced-prior argmax {summary['lv_recall_balanced_prior']:.3f}), "
+          f"filter {summary['lv_recall_filter']:.3f}; "
           f"base {summary['uncontoured_base']}; apex {summary['uncontoured_apex']}")
 
 
