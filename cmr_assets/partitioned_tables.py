@@ -124,15 +124,10 @@ class PartitionStore:
         return self.file(table, LEGACY_FOLDER, "rows")
 
     def files(self, table: str) -> list[Path]:
-        """Every file of the table (the schema file included), sorted."""
-        self.ensure_schema_files()
+        """Every file of the table (its schema file, written on first use, included), sorted."""
+        if not self.file(table, SCHEMA_FOLDER, "empty").exists():
+            self.write_partition(table, SCHEMA_FOLDER, "empty", pd.DataFrame(columns=list(PARTITIONED_TABLES[table])))
         return sorted(self.folder(table).glob("*/*.parquet"))
-
-    def ensure_schema_files(self) -> None:
-        """The empty typed file of each table (written once)."""
-        for table, columns in PARTITIONED_TABLES.items():
-            if not self.file(table, SCHEMA_FOLDER, "empty").exists():
-                self.write_partition(table, SCHEMA_FOLDER, "empty", pd.DataFrame(columns=list(columns)))
 
     def read(self, table: str, columns: str = "*", files: Sequence[Path] | None = None) -> pd.DataFrame:
         """Rows of the table from `files` (default: every partition), without opening the DuckDB file."""
