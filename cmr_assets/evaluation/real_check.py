@@ -37,12 +37,12 @@ from torch import nn
 
 from cmr_assets.domain import CLASS_NAMES
 from cmr_assets.figures import montage
-from cmr_assets.inference.class_prior import deployment_prior, lv_share_from_env, shift_prior
+from cmr_assets.inference.class_prior import lv_share_from_env, to_deployment
 from cmr_assets.inference.decisions import decide
 from cmr_assets.ingest.dicom_series import OrderedSeries, read_series
 from cmr_assets.settings import PROJECT_ROOT
 from cmr_assets.synthetic.cohort import plan_scan, stored_slices
-from cmr_assets.training.packaging import predict_slices_with_ood, training_prior_of
+from cmr_assets.training.packaging import predict_slices_with_ood
 
 REAL_DATA_DIR = PROJECT_ROOT / "real_data" / "sunnybrook"
 TRUTH_FILE = "slices_truth.csv"
@@ -108,7 +108,7 @@ def real_image_check(model: nn.Module, series: list[RealSeries], lv_share: float
     for item in series:
         images = np.stack([s.image_128 for s in item.series.slices])
         balanced, ood_scores = predict_slices_with_ood(model, images)
-        probabilities = shift_prior(balanced, training_prior_of(model), deployment_prior(share))
+        probabilities = to_deployment(balanced, model, share)
         for decision, truth, own in zip(decide(item.series, probabilities, ood_scores), item.truth, balanced,
                                         strict=True):
             slices.append({"series": item.name, "slice_from_base": decision.slice_from_base, "truth": truth,

@@ -22,7 +22,8 @@ between too basal and too apical). 1/3 gives the network's own balanced decision
 Public API:
 - `DEFAULT_LV_SHARE`, `LV_SHARE_ENV`, `lv_share_from_env() -> float`, `check_lv_share(value, source) -> float`
 - `deployment_prior(lv_share) -> np.ndarray`
-- `shift_prior(probabilities, training_prior, deployment_prior) -> np.ndarray`
+- `shift_prior(probabilities, training_prior, deployment_prior) -> np.ndarray`;
+  `to_deployment(probabilities, model, lv_share=None) -> np.ndarray`
 - `deployment_predictions(model, images, lv_share=None) -> (probabilities, ood_scores)`
 """
 
@@ -74,11 +75,16 @@ def shift_prior(probabilities: np.ndarray, training_prior: np.ndarray, deploymen
     return weighted / np.where(total > 0, total, 1.0)
 
 
+def to_deployment(probabilities: np.ndarray, model: nn.Module, lv_share: float | None = None) -> np.ndarray:
+    """`model`'s probabilities re-weighted from its training prior to the deployment prior of
+    `lv_share` (default `lv_share_from_env()`)."""
+    share = lv_share_from_env() if lv_share is None else lv_share
+    return shift_prior(probabilities, training_prior_of(model), deployment_prior(share))
+
+
 def deployment_predictions(model: nn.Module, images: np.ndarray,
                            lv_share: float | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The filter's view of `images`: probabilities under the deployment prior, and the OOD scores.
-
-    `lv_share` defaults to `lv_share_from_env()`."""
+    """The filter's view of `images`: probabilities under the deployment prior (`to_deployment`), and
+    the OOD scores."""
     probabilities, ood_scores = predict_slices_with_ood(model, images)
-    share = lv_share_from_env() if lv_share is None else lv_share
-    return shift_prior(probabilities, training_prior_of(model), deployment_prior(share)), ood_scores
+    return to_deployment(probabilities, model, lv_share), ood_scores
